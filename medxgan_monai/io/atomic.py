@@ -1,0 +1,68 @@
+"""Atomic file and folder output: a crash never leaves a half-written result, and nothing is overwritten silently."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_output", "atomic_replace_dir"]
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; move it onto ``path`` only if the block succeeds.
+
+    Example::
+
+        with atomic_output("out/report.csv") as tmp:
+            frame.to_csv(tmp)
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary name keeps the suffix so that writers choosing a format by extension still work
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_replace_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; it replaces ``path`` only when the block succeeds.
+
+    The old folder (when ``overwrite`` is True) is removed only after the new one is in place.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial.", dir=path.parent))
+    try:
+        yield staging
+        previous = None
+        if path.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, previous / path.name)
+        os.replace(staging, path)
+        if previous is not None:
+            shutil.rmtree(previous)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
