@@ -1,6 +1,15 @@
 """Data: the demo benchmark builder and datalist loading and validation."""
 
+from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
 from medxgan_monai.data.demo import DemoDataSettings, build_demo_dataset, image_statistics_auc
 from medxgan_monai.data.lesions import LesionSettings
 
-__all__ = ["DemoDataSettings", "LesionSettings", "build_demo_dataset", "image_statistics_auc"]
+__all__ = [
+    "DatalistError",
+    "DemoDataSettings",
+    "LesionSettings",
+    "build_demo_dataset",
+    "image_statistics_auc",
+    "load_datalist",
+    "validate_datalist",
+]

@@ -1,0 +1,213 @@
+"""Loading scans from NIfTI, single-file DICOM and PNG/JPEG, with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.image_reader import ImageReader, NibabelReader, PILReader, PydicomReader
+from monai.transforms import LoadImage, MapTransform
+from monai.utils import MetaKeys
+
+__all__ = ["DicomSliceReader", "ImageReadError", "LoadScan", "LoadScand", "detect_format"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ImageReadError(ValueError):
+    """A scan could not be read; the message starts with the file path and says what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Return ``"nifti"``, ``"dicom"`` or ``"bitmap"`` from the file name, or from the DICOM preamble.
+
+    Raises:
+        ImageReadError: the file is missing, empty, or of no supported format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file does not exist")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder; expected one image file (DICOM series folders are not supported)")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(BITMAP_SUFFIXES):
+        return "bitmap"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    with open(path, "rb") as stream:
+        preamble = stream.read(132)
+    if preamble[128:132] == b"DICM":
+        return "dicom"
+    raise ImageReadError(path, "unsupported format; expected NIfTI (.nii, .nii.gz), DICOM (.dcm) or PNG/JPEG")
+
+
+class DicomSliceReader(PydicomReader):
+    """MONAI's ``PydicomReader`` for single-file DICOM images, with two fixes for projection radiographs.
+
+    * ``MONOCHROME1`` images (high values displayed dark) are inverted so that bright always means high signal.
+    * When ``ImagePositionPatient``/``ImageOrientationPatient`` are missing (typical for CR/DX), the affine uses
+      ``PixelSpacing`` or, failing that, ``ImagerPixelSpacing``, instead of MONAI's fallback of 1 mm.
+
+    Rescale slope and intercept are applied by ``PydicomReader``. The data keep MONAI's layout: the array is indexed
+    [column, row] and the affine is RAS.
+
+    Example::
+
+        image = LoadImage(reader=DicomSliceReader(), image_only=True)("scan.dcm")
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("swap_ij", True)
+        kwargs.setdefault("affine_lps_to_ras", True)
+        super().__init__(**kwargs)
+
+    def get_data(self, data) -> tuple[np.ndarray, dict]:
+        array, meta = super().get_data(data)
+        datasets = data if isinstance(data, list) else [data]
+        if len(datasets) != 1 or isinstance(datasets[0], list):
+            return array, meta
+        ds = datasets[0]
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            array = _invert_monochrome1(array, ds)
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            affine = _affine_without_position(ds)
+            meta[MetaKeys.AFFINE] = affine
+            meta[MetaKeys.ORIGINAL_AFFINE] = affine.copy()
+            meta["spacing"] = np.abs(np.diag(affine)[:2])
+        return array, meta
+
+
+def _invert_monochrome1(array: np.ndarray, ds) -> np.ndarray:
+    """Invert within the value range the stored bits allow, mapped through the modality rescale."""
+    bits = int(getattr(ds, "BitsStored", 16))
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        stored_low, stored_high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        stored_low, stored_high = 0, 2**bits - 1
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
+    return (low + high - array.astype(np.float64)).astype(np.float32)
+
+
+def _affine_without_position(ds) -> np.ndarray:
+    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None) or (1.0, 1.0)
+    row_spacing, column_spacing = float(spacing[0]), float(spacing[1])
+    # index i runs along a row (columns), j down the columns (rows); the patient axes are unknown, so LPS identity
+    lps = np.diag([column_spacing, row_spacing, 1.0, 1.0])
+    return RAS_FROM_LPS @ lps
+
+
+_READERS = {"nifti": NibabelReader, "dicom": DicomSliceReader, "bitmap": PILReader}
+
+
+class LoadScan(LoadImage):
+    """Load one scan as a channel-first ``MetaTensor``, choosing the reader from the file itself.
+
+    Args:
+        spatial_dims: expected number of spatial dimensions; trailing singleton dimensions beyond it are dropped
+            (a NIfTI slice stored as ``(H, W, 1)`` loads as ``(1, H, W)``). ``None`` keeps the shape as read.
+        grayscale: average colour channels (an RGB or RGBA PNG) into one channel.
+        dtype: output data type.
+
+    Every failure raises :class:`ImageReadError` naming the file and the problem.
+
+    Example::
+
+        image = LoadScan()("case_001.dcm")   # MetaTensor of shape (1, W, H) with a RAS affine
+    """
+
+    def __init__(self, spatial_dims: int | None = 2, grayscale: bool = True, dtype=np.float32) -> None:
+        super().__init__(reader=None, image_only=True, dtype=dtype, ensure_channel_first=True)
+        self.spatial_dims = spatial_dims
+        self.grayscale = grayscale
+        self._reader_cache: dict[str, ImageReader] = {}
+
+    def _reader_for(self, kind: str) -> ImageReader:
+        if kind not in self._reader_cache:
+            self._reader_cache[kind] = _READERS[kind]()
+        return self._reader_cache[kind]
+
+    def __call__(self, filename, reader: ImageReader | None = None):  # type: ignore[override]
+        if isinstance(filename, (list, tuple)):
+            if len(filename) != 1:
+                raise ImageReadError(str(filename), "expected one file per image")
+            filename = filename[0]
+        kind = detect_format(filename)
+        try:
+            image = super().__call__(filename, reader=reader or self._reader_for(kind))
+        except ImageReadError:
+            raise
+        except Exception as error:  # the readers raise many types; the user needs the file and the reason
+            raise ImageReadError(filename, f"cannot read as {kind}: {type(error).__name__}: {error}") from error
+        return self._conform(image, filename)
+
+    def _conform(self, image: MetaTensor, filename) -> MetaTensor:
+        if self.grayscale and image.shape[0] > 1:
+            channels = image.shape[0]
+            if channels in (3, 4):
+                image = image[:3].mean(dim=0, keepdim=True)
+            else:
+                raise ImageReadError(filename, f"has {channels} channels; expected 1 (or RGB/RGBA)")
+        if self.spatial_dims is not None:
+            while image.ndim - 1 > self.spatial_dims and image.shape[-1] == 1:
+                image = image.squeeze(-1)
+            if image.ndim - 1 != self.spatial_dims:
+                raise ImageReadError(
+                    filename,
+                    f"expected a {self.spatial_dims}D image, got spatial shape {tuple(image.shape[1:])}",
+                )
+        if not torch.isfinite(image).all():
+            raise ImageReadError(filename, "contains NaN or infinite values")
+        return image
+
+
+class LoadScand(MapTransform):
+    """Dictionary version of :class:`LoadScan`; the reader is chosen per file.
+
+    Example::
+
+        LoadScand(keys=["image", "mask"])({"image": "a.nii.gz", "mask": "a_mask.nii.gz"})
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_dims: int | None = 2,
+        grayscale: bool = True,
+        dtype=np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadScan(spatial_dims=spatial_dims, grayscale=grayscale, dtype=dtype)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+def load_scan(path: str | os.PathLike, spatial_dims: int | None = 2) -> MetaTensor:
+    """Convenience wrapper: ``LoadScan(spatial_dims)(path)``."""
+    return LoadScan(spatial_dims=spatial_dims)(str(path))
+
+
+__all__ += ["load_scan"]
