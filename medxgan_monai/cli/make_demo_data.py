@@ -26,11 +26,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-val", type=int, default=defaults.n_val)
     parser.add_argument("--n-test", type=int, default=defaults.n_test)
     parser.add_argument(
-        "--lesion-area", type=float, nargs=2, default=lesion_defaults.area_fraction, metavar=("MIN", "MAX"),
+        "--lesion-area",
+        type=float,
+        nargs=2,
+        default=lesion_defaults.area_fraction,
+        metavar=("MIN", "MAX"),
         help="area of one lesion as a fraction of the field of view",
     )
     parser.add_argument(
-        "--lesion-contrast", type=float, nargs=2, default=lesion_defaults.contrast, metavar=("MIN", "MAX"),
+        "--lesion-contrast",
+        type=float,
+        nargs=2,
+        default=lesion_defaults.contrast,
+        metavar=("MIN", "MAX"),
         help="lesion intensity change relative to the mean brain intensity",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")

@@ -38,20 +38,14 @@ def _read_json(path: Path) -> dict:
     return content
 
 
-def load_datalist(path: str | os.PathLike, section: str, require_mask: bool = False) -> list[dict]:
-    """Return the items of ``section`` with absolute paths; structural problems raise :class:`DatalistError`.
-
-    Example::
-
-        train_items = load_datalist("data/demo/datalist.json", "training")
-    """
-    path = Path(path).resolve()
+def _parse_section(path: Path, section: str, require_mask: bool) -> tuple[list[dict], list[str]]:
+    """Items of ``section`` with absolute paths (those that have an image path), and the structural problems."""
     content = _read_json(path)
     if section not in content:
-        raise DatalistError(path, [f"has no '{section}' section (found: {sorted(content)})"])
+        return [], [f"has no '{section}' section (found: {sorted(content)})"]
     items = content[section]
     if not isinstance(items, list):
-        raise DatalistError(path, [f"section '{section}' must be a list, got {type(items).__name__}"])
+        return [], [f"section '{section}' must be a list, got {type(items).__name__}"]
     problems, resolved = [], []
     for index, item in enumerate(items):
         where = f"{section}[{index}]"
@@ -72,9 +66,21 @@ def load_datalist(path: str | os.PathLike, section: str, require_mask: bool = Fa
             if isinstance(entry.get(key), str):
                 entry[key] = str((path.parent / entry[key]).resolve())
         resolved.append(entry)
+    return resolved, problems
+
+
+def load_datalist(path: str | os.PathLike, section: str, require_mask: bool = False) -> list[dict]:
+    """Return the items of ``section`` with absolute paths; structural problems raise :class:`DatalistError`.
+
+    Example::
+
+        train_items = load_datalist("data/demo/datalist.json", "training")
+    """
+    path = Path(path).resolve()
+    items, problems = _parse_section(path, section, require_mask)
     if problems:
         raise DatalistError(path, problems)
-    return resolved
+    return items
 
 
 def validate_datalist(
@@ -103,17 +109,16 @@ def validate_datalist(
     problems: list[str] = []
     counts = {}
     for section in sections:
-        try:
-            items = load_datalist(path, section, require_mask=require_mask)
-        except DatalistError as error:
-            problems.extend(error.problems)
-            continue
+        items, section_problems = _parse_section(path, section, require_mask)
+        problems.extend(section_problems)
         counts[section] = len(items)
         if not items:
-            problems.append(f"section '{section}' is empty")
+            if not section_problems:
+                problems.append(f"section '{section}' is empty")
             continue
-        if len({item["label"] for item in items}) < 2:
-            problems.append(f"section '{section}' holds only label {items[0]['label']}; a binary task needs both")
+        labels = {item.get("label") for item in items}
+        if len(labels) == 1:
+            problems.append(f"section '{section}' holds only label {labels.pop()!r}; a binary task needs both")
         for index, item in enumerate(items):
             for key in PATH_KEYS:
                 if key not in item:

@@ -126,9 +126,7 @@ def slice_affine(settings: DemoDataSettings, z_mm: float, centre_xy: tuple[float
     return affine
 
 
-def render_sample(
-    template: _Template, settings: DemoDataSettings, rng: np.random.Generator, positive: bool
-) -> dict:
+def render_sample(template: _Template, settings: DemoDataSettings, rng: np.random.Generator, positive: bool) -> dict:
     """Render one slice: returns the stored integer image, its mask, the nominal affine and what was drawn."""
     n = settings.size
     z_mm = float(rng.uniform(*settings.z_range_mm))
@@ -219,7 +217,9 @@ def build_demo_dataset(
             np.random.default_rng([settings.seed, SPLITS.index(split), 2**31]).shuffle(labels)
             for index in range(n):
                 stem = f"{split}_{index:05d}"
-                sample = render_sample(template, settings, _sample_rng(settings.seed, split, index), bool(labels[index]))
+                sample = render_sample(
+                    template, settings, _sample_rng(settings.seed, split, index), bool(labels[index])
+                )
                 write_nifti(sample["image"], sample["affine"], staging / "images" / f"{stem}.nii.gz")
                 write_nifti(sample["mask"], sample["affine"], staging / "masks" / f"{stem}.nii.gz")
                 uid_entropy = [str(settings.seed), split, str(index)]

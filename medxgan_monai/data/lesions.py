@@ -25,7 +25,7 @@ class LesionSettings:
 
     area_fraction: tuple[float, float] = (0.03, 0.15)
     max_lesions: int = 3
-    contrast: tuple[float, float] = (0.12, 0.5)
+    contrast: tuple[float, float] = (0.2, 0.6)
     hyper_probability: float = 0.5
     necrotic_core_probability: float = 0.3
 

@@ -4,4 +4,11 @@ from medxgan_monai.io.atomic import atomic_output, atomic_replace_dir
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
 from medxgan_monai.io.nifti import write_nifti
 
-__all__ = ["MRSliceGeometry", "SyntheticPatient", "atomic_output", "atomic_replace_dir", "write_mr_slice", "write_nifti"]
+__all__ = [
+    "MRSliceGeometry",
+    "SyntheticPatient",
+    "atomic_output",
+    "atomic_replace_dir",
+    "write_mr_slice",
+    "write_nifti",
+]

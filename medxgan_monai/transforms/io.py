@@ -63,7 +63,8 @@ class DicomSliceReader(PydicomReader):
 
     * ``MONOCHROME1`` images (high values displayed dark) are inverted so that bright always means high signal.
     * When ``ImagePositionPatient``/``ImageOrientationPatient`` are missing (typical for CR/DX), the affine uses
-      ``PixelSpacing`` or, failing that, ``ImagerPixelSpacing``, instead of MONAI's fallback of 1 mm.
+      ``PixelSpacing`` or, failing that, ``ImagerPixelSpacing`` (values <= 0 count as missing), instead of MONAI's
+      fallback of 1 mm.
 
     Rescale slope and intercept are applied by ``PydicomReader``. The data keep MONAI's layout: the array is indexed
     [column, row] and the affine is RAS.
@@ -107,9 +108,21 @@ def _invert_monochrome1(array: np.ndarray, ds) -> np.ndarray:
     return (low + high - array.astype(np.float64)).astype(np.float32)
 
 
+def _positive_spacing(value) -> tuple[float, float] | None:
+    try:
+        row_spacing, column_spacing = float(value[0]), float(value[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (row_spacing, column_spacing) if row_spacing > 0 and column_spacing > 0 else None
+
+
 def _affine_without_position(ds) -> np.ndarray:
-    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None) or (1.0, 1.0)
-    row_spacing, column_spacing = float(spacing[0]), float(spacing[1])
+    spacing = (
+        _positive_spacing(getattr(ds, "PixelSpacing", None))
+        or _positive_spacing(getattr(ds, "ImagerPixelSpacing", None))
+        or (1.0, 1.0)
+    )
+    row_spacing, column_spacing = spacing
     # index i runs along a row (columns), j down the columns (rows); the patient axes are unknown, so LPS identity
     lps = np.diag([column_spacing, row_spacing, 1.0, 1.0])
     return RAS_FROM_LPS @ lps
