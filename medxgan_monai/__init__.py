@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from medxgan_monai import bundle, data, handlers, io, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
+from medxgan_monai import bundle, data, engines, handlers, io, networks, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
 
-__all__ = ["__version__", "bundle", "data", "handlers", "io", "transforms"]
+__all__ = ["__version__", "bundle", "data", "engines", "handlers", "io", "networks", "transforms"]

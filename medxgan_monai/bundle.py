@@ -11,7 +11,15 @@ from pathlib import Path
 
 from monai.utils import path_to_sqlite_uri
 
-__all__ = ["default_tracking_uri", "export_executed_config", "run_name"]
+__all__ = [
+    "default_tracking_uri",
+    "export_executed_config",
+    "latest_checkpoint",
+    "persistent_run_name",
+    "reopen_mlflow_run",
+    "run_name",
+    "save_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +59,64 @@ def export_executed_config(path: str | os.PathLike) -> str:
             return str(path)
     logger.warning("export_executed_config: no running bundle workflow found; nothing written")
     return ""
+
+
+def persistent_run_name(output_dir: str | os.PathLike, prefix: str, resume: bool = False) -> str:
+    """A run name remembered in ``output_dir/<prefix>_run_name.txt``, so a resumed run logs into the same MLflow run.
+
+    A fresh run (``resume=False``) makes a new name and records it; a resumed run reuses the recorded one.
+    """
+    record = Path(output_dir) / f"{prefix}_run_name.txt"
+    if resume and record.is_file():
+        return record.read_text().strip()
+    name = run_name(prefix)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".partial")
+    tmp.write_text(name + "\n")
+    os.replace(tmp, record)
+    return name
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str, required: bool = True) -> str:
+    """The most recently written ``<prefix>_*.pt`` in ``ckpt_dir`` (for resuming); ``""`` if none and not required.
+
+    Raises:
+        FileNotFoundError: ``required`` and there is none, with the folder and pattern in the message.
+    """
+    candidates = sorted(Path(ckpt_dir).glob(f"{prefix}_*.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        if not required:
+            return ""
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint '{prefix}_*.pt' to resume from; run without --resume first")
+    return str(candidates[-1])
+
+
+def save_state_dict(module, path: str | os.PathLike) -> str:
+    """Save ``module.state_dict()`` to ``path`` atomically (a plain state dict, loadable with ``weights_only=True``)."""
+    import torch
+
+    from medxgan_monai.io.atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(module.state_dict(), tmp)
+    return str(path)
+
+
+def reopen_mlflow_run(tracking_uri: str, experiment_name: str, name: str) -> str:
+    """Mark the latest run called ``name`` as running again so that a resumed training appends to its history.
+
+    MONAI's ``MLFlowHandler`` attaches to an existing run of the same name only while it is not finished; a resumed
+    training must continue the same run, not start a second one. Returns the run ID, or ``""`` if there is no run.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return ""
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == name]
+    if not runs:
+        return ""
+    run = max(runs, key=lambda r: r.info.start_time)
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id

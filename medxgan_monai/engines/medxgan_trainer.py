@@ -1,0 +1,289 @@
+"""The classifier-guided GAN trainer of medXGAN, as a MONAI/Ignite engine."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines import Trainer
+from monai.engines.utils import default_prepare_batch
+from monai.utils import StrEnum, min_version, optional_import
+from torch import nn
+from torch.optim import Optimizer
+
+from medxgan_monai.networks.classifier import FrozenClassifier
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+    from ignite.metrics import Metric
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+    Metric, _ = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
+
+__all__ = ["MedXGANKeys", "MedXGANTrainer", "discriminator_loss", "ema_copy", "generator_adversarial_loss"]
+
+
+class MedXGANKeys(StrEnum):
+    """Keys of the trainer's per-iteration output."""
+
+    D_LOSS = "d_loss"
+    D_R1 = "d_r1"
+    G_LOSS = "g_loss"
+    G_ADV = "g_adversarial"
+    G_CLS = "g_classifier"
+    E_LOSS = "e_loss"
+    E_PIXEL = "e_pixel"
+    E_CLS = "e_classifier"
+    E_LATENT = "e_latent"
+    E_NEGATIVE = "e_negative_code"
+
+
+ENCODER_KEYS = (
+    MedXGANKeys.E_LOSS,
+    MedXGANKeys.E_PIXEL,
+    MedXGANKeys.E_CLS,
+    MedXGANKeys.E_LATENT,
+    MedXGANKeys.E_NEGATIVE,
+)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    """Hinge (Lim and Ye 2017) or logistic (the paper's BCE) discriminator loss on logits."""
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind == "bce":
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    raise ValueError(f"adversarial loss must be 'hinge' or 'bce', not {kind!r}")
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    """Generator side of :func:`discriminator_loss` (non-saturating for ``bce``)."""
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "bce":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"adversarial loss must be 'hinge' or 'bce', not {kind!r}")
+
+
+class MedXGANTrainer(Trainer):
+    """Train G(z_a, z_p), D and optionally the encoder E against a frozen classifier C (Dravid et al. 2022).
+
+    Each iteration, for a batch of ``m`` real images with labels:
+
+        1. Discriminator: ``m`` fakes from random codes with uniformly drawn classes (z_p = 0 for class 0); minimise
+           the adversarial loss on reals vs fakes, plus ``r1_gamma / 2 * ||grad D(real)||^2`` when ``r1_gamma > 0``.
+        2. Generator: ``m`` fakes with the real batch's classes; minimise the adversarial loss plus
+           ``lambda_classifier * CE(C(G(z_a, z_p)), class)``, so that C(G(z_a, 0)) is negative and C(G(z_a, z_p))
+           positive. C stays in eval mode and its weights get no gradient.
+        3. ``g_ema`` (a copy of G) follows G with exponential moving average ``ema_decay`` (0 copies G), warmed up
+           as ``min(ema_decay, (1 + t) / (10 + t))`` at iteration ``t``.
+        4. Encoder (when given): invert the real batch through ``g_ema``; minimise ``lambda_pixel * L1`` plus
+           ``lambda_classifier_match * KL(C(x) || C(G(E(x))))``, plus ``lambda_latent * MSE(E(G(z)), z)`` on generated
+           samples (latent cycle), plus ``lambda_negative_code * ||z_p||^2`` on real negatives.
+
+    The output of each iteration is a dict of floats keyed by :class:`MedXGANKeys`.
+
+    Args:
+        device: where to train.
+        max_epochs: epochs to run.
+        train_data_loader: yields dicts with ``image`` and ``label`` (0/1).
+        g_network, g_optimizer: generator and its optimizer (G must provide ``sample_codes(labels)``).
+        d_network, d_optimizer: discriminator and its optimizer; D is called as ``D(images, labels)`` when it has
+            ``num_classes > 0`` (class projection), else as ``D(images)``.
+        classifier: the trained classifier, wrapped in :class:`FrozenClassifier` if it is not already.
+        e_network, e_optimizer: optional encoder and its optimizer.
+        g_ema: optional prepared EMA copy of G (for resume); a copy of ``g_network`` otherwise.
+        adversarial_loss: ``"hinge"`` or ``"bce"`` (the paper).
+        encoder_start_epoch: first epoch (1-based) in which the encoder trains; before it the encoder losses are
+            reported as NaN. Training E after G has settled is cheaper than training both from the start.
+        amp: mixed precision (CUDA only; ignored on CPU).
+
+    Example::
+
+        trainer = MedXGANTrainer(device, 10, loader, g, g_opt, d, d_opt, classifier, e_network=e, e_optimizer=e_opt)
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        g_network: nn.Module,
+        g_optimizer: Optimizer,
+        d_network: nn.Module,
+        d_optimizer: Optimizer,
+        classifier: nn.Module,
+        e_network: nn.Module | None = None,
+        e_optimizer: Optimizer | None = None,
+        g_ema: nn.Module | None = None,
+        lambda_classifier: float = 2.0,
+        adversarial_loss: str = "hinge",
+        r1_gamma: float = 0.0,
+        ema_decay: float = 0.999,
+        lambda_pixel: float = 10.0,
+        lambda_classifier_match: float = 1.0,
+        lambda_latent: float = 1.0,
+        lambda_negative_code: float = 0.0,
+        encoder_start_epoch: int = 1,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+    ) -> None:
+        kwargs: dict[str, Any] = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+        device = torch.device(device)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=amp and device.type == "cuda",
+            decollate=False,
+            **kwargs,
+        )
+        if (e_network is None) != (e_optimizer is None):
+            raise ValueError("MedXGANTrainer: give both e_network and e_optimizer, or neither")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"MedXGANTrainer: ema_decay must be in [0, 1), not {ema_decay}")
+        self.g_network, self.g_optimizer = g_network, g_optimizer
+        self.d_network, self.d_optimizer = d_network, d_optimizer
+        self.e_network, self.e_optimizer = e_network, e_optimizer
+        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+        self.g_ema = ema_copy(g_network) if g_ema is None else g_ema.requires_grad_(False).eval()
+        self.lambda_classifier = lambda_classifier
+        self.adversarial_loss = adversarial_loss
+        self.r1_gamma = r1_gamma
+        self.ema_decay = ema_decay
+        self.lambda_pixel = lambda_pixel
+        self.lambda_classifier_match = lambda_classifier_match
+        self.lambda_latent = lambda_latent
+        self.lambda_negative_code = lambda_negative_code
+        self.encoder_start_epoch = encoder_start_epoch
+        self.conditional_d = getattr(d_network, "num_classes", 0) > 0
+        self.scalers = {
+            name: torch.amp.GradScaler("cuda", enabled=self.amp) for name in ("generator", "discriminator", "encoder")
+        }
+
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.d_network(images, labels) if self.conditional_d else self.d_network(images)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.state.device.type, enabled=self.amp)
+
+    def _step(self, name: str, loss: torch.Tensor, optimizer: Optimizer) -> None:
+        scaler = self.scalers[name]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
+        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        labels = labels.reshape(-1).long()
+        batch_size = images.shape[0]
+        output: dict[str, float] = {}
+
+        # 1. discriminator: reals vs fakes of uniformly drawn classes
+        self.d_network.train()
+        fake_labels = torch.randint(0, 2, (batch_size,), device=images.device)
+        with torch.no_grad(), self._autocast():
+            fakes = self.g_network(*self.g_network.sample_codes(fake_labels))
+        self.d_optimizer.zero_grad(set_to_none=True)
+        real_input = images.detach().requires_grad_(self.r1_gamma > 0)
+        with self._autocast():
+            real_logits = self._discriminate(real_input, labels)
+            d_loss = discriminator_loss(real_logits, self._discriminate(fakes, fake_labels), self.adversarial_loss)
+        if self.r1_gamma > 0:
+            (gradients,) = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
+            r1 = gradients.pow(2).flatten(1).sum(1).mean()
+            d_loss = d_loss + 0.5 * self.r1_gamma * r1
+            output[MedXGANKeys.D_R1] = r1.item()
+        self._step("discriminator", d_loss, self.d_optimizer)
+        output[MedXGANKeys.D_LOSS] = d_loss.item()
+
+        # 2. generator: adversarial + frozen-classifier guidance, with the classes of the real batch
+        self.g_network.train()
+        self.g_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            fakes = self.g_network(*self.g_network.sample_codes(labels))
+            adversarial = generator_adversarial_loss(self._discriminate(fakes, labels), self.adversarial_loss)
+            guidance = F.cross_entropy(self.classifier(fakes).float(), labels)
+            g_loss = adversarial + self.lambda_classifier * guidance
+        self._step("generator", g_loss, self.g_optimizer)
+        output.update({MedXGANKeys.G_LOSS: g_loss.item(), MedXGANKeys.G_ADV: adversarial.item()})
+        output[MedXGANKeys.G_CLS] = guidance.item()
+
+        # 3. moving average of G, the copy used for inversion and explanation
+        self._update_ema()
+
+        # 4. encoder: invert reals through the EMA generator
+        if self.e_network is not None:
+            if engine.state.epoch >= self.encoder_start_epoch:
+                output.update(self._encoder_step(images, labels))
+            else:
+                output.update({key: float("nan") for key in ENCODER_KEYS})
+        return output
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # warm-up: early on the average would be dominated by the random initialisation
+        step = self.state.iteration
+        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
+        for ema_param, param in zip(self.g_ema.parameters(), self.g_network.parameters(), strict=True):
+            ema_param.lerp_(param.detach(), 1.0 - decay)
+        for ema_buffer, buffer in zip(self.g_ema.buffers(), self.g_network.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def _encoder_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        self.e_network.train()
+        self.e_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            z_a, z_p = self.e_network(images)
+            reconstruction = self.g_ema(z_a, z_p)
+            pixel = F.l1_loss(reconstruction.float(), images.float())
+            with torch.no_grad():
+                target = torch.softmax(self.classifier(images).float(), dim=1)
+            matched = F.kl_div(
+                torch.log_softmax(self.classifier(reconstruction).float(), dim=1), target, reduction="batchmean"
+            )
+            sample_labels = torch.randint(0, 2, (images.shape[0],), device=images.device)
+            with torch.no_grad():
+                code_a, code_p = self.g_ema.sample_codes(sample_labels)
+                samples = self.g_ema(code_a, code_p)
+            cycle_a, cycle_p = self.e_network(samples)
+            latent = F.mse_loss(cycle_a.float(), code_a) + F.mse_loss(cycle_p.float(), code_p)
+            negatives = labels == 0
+            negative_code = z_p[negatives].float().pow(2).mean() if negatives.any() else z_p.sum() * 0.0
+            e_loss = (
+                self.lambda_pixel * pixel
+                + self.lambda_classifier_match * matched
+                + self.lambda_latent * latent
+                + self.lambda_negative_code * negative_code
+            )
+        self._step("encoder", e_loss, self.e_optimizer)
+        return {
+            MedXGANKeys.E_LOSS: e_loss.item(),
+            MedXGANKeys.E_PIXEL: pixel.item(),
+            MedXGANKeys.E_CLS: matched.item(),
+            MedXGANKeys.E_LATENT: latent.item(),
+            MedXGANKeys.E_NEGATIVE: negative_code.item(),
+        }
+
+
+def ema_copy(network: nn.Module) -> nn.Module:
+    """A frozen copy of ``network`` in eval mode, to be updated by :class:`MedXGANTrainer` as a moving average."""
+    copied = copy.deepcopy(network)
+    copied.requires_grad_(False)
+    return copied.eval()

@@ -1,0 +1,74 @@
+"""A frozen classifier: the fixed judge that guides GAN training and that every explanation explains."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+__all__ = ["FrozenClassifier"]
+
+
+class FrozenClassifier(nn.Module):
+    """Wrap a trained classifier so that it stays in eval mode and its weights never receive gradients.
+
+    Gradients still flow *through* it to its input, which is what GAN training and gradient explanations need.
+    ``features(x)`` returns the input of the last ``nn.Linear`` layer (the penultimate features), used for Frechet
+    distances in the classifier's feature space.
+
+    Args:
+        network: the classifier; it must return logits of shape (batch, 2) (or (batch, 1) for a single logit).
+        checkpoint: optional path of a ``state_dict`` (loaded with ``weights_only=True``).
+        key_in_checkpoint: key of the state dict inside the checkpoint, if nested.
+
+    Example::
+
+        classifier = FrozenClassifier(DenseNet(2, 1, 2, block_config=(4, 8, 8)), "bundle/models/model.pt")
+        p_lesion = classifier.probability(images)
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        checkpoint: str | os.PathLike | None = None,
+        key_in_checkpoint: str | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        if checkpoint is not None:
+            state = torch.load(checkpoint, map_location=map_location, weights_only=True)
+            network.load_state_dict(state[key_in_checkpoint] if key_in_checkpoint else state)
+        self.network = network
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+        self.network.eval()
+        linears = [m for m in self.network.modules() if isinstance(m, nn.Linear)]
+        self._feature_layer = linears[-1] if linears else None
+
+    def train(self, mode: bool = True) -> FrozenClassifier:
+        # the classifier is a fixed judge: BatchNorm/Dropout must never switch to training behaviour
+        super().train(False)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def probability(self, images: torch.Tensor) -> torch.Tensor:
+        """P(positive class) per image."""
+        logits = self.network(images)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, dim=1)[:, 1]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the input of the last linear layer), flattened per image."""
+        if self._feature_layer is None:
+            raise ValueError("FrozenClassifier.features: the network has no nn.Linear layer to read features from")
+        captured: list[torch.Tensor] = []
+        hook = self._feature_layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            self.network(images)
+        finally:
+            hook.remove()
+        return captured[0].flatten(1)

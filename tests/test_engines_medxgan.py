@@ -1,0 +1,114 @@
+"""The medXGAN trainer on random data: losses, frozen classifier, EMA, and a bundle run with resume."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from conftest import BUNDLE_ROOT
+from mlflow.tracking import MlflowClient
+from monai.bundle import ConfigWorkflow
+from monai.networks.nets import DenseNet
+
+from medxgan_monai.engines import MedXGANKeys, MedXGANTrainer
+from medxgan_monai.networks import MedXGANDiscriminator, MedXGANEncoder, MedXGANGenerator
+
+CONFIGS = BUNDLE_ROOT / "configs"
+
+
+def _tiny_setup():
+    torch.manual_seed(0)
+    generator = MedXGANGenerator(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(16, 8))
+    discriminator = MedXGANDiscriminator(image_size=32, channels=(8, 16), num_classes=2)
+    encoder = MedXGANEncoder(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(8, 16))
+    classifier = DenseNet(2, 1, 2, init_features=8, growth_rate=4, block_config=(2, 2))
+    data = [{"image": torch.rand(4, 1, 32, 32), "label": torch.tensor([0, 1, 0, 1])} for _ in range(3)]
+    return generator, discriminator, encoder, classifier, data
+
+
+def test_one_epoch_updates_g_d_e_but_not_the_classifier():
+    generator, discriminator, encoder, classifier, data = _tiny_setup()
+    before = {name: copy.deepcopy(m.state_dict()) for name, m in (("g", generator), ("c", classifier))}
+    trainer = MedXGANTrainer(
+        "cpu",
+        1,
+        data,
+        generator,
+        torch.optim.Adam(generator.parameters(), 1e-3),
+        discriminator,
+        torch.optim.Adam(discriminator.parameters(), 1e-3),
+        classifier,
+        e_network=encoder,
+        e_optimizer=torch.optim.Adam(encoder.parameters(), 1e-3),
+        r1_gamma=1.0,
+        ema_decay=0.5,
+        lambda_negative_code=1.0,
+    )
+    trainer.run()
+    output = trainer.state.output
+    for key in MedXGANKeys:
+        assert key in output and torch.isfinite(torch.tensor(output[key])), key
+    for name, value in classifier.state_dict().items():
+        assert torch.equal(value, before["c"][name]), f"classifier changed: {name}"
+    assert any(not torch.equal(v, before["g"][k]) for k, v in generator.state_dict().items())
+    ema_weight = trainer.g_ema.head.weight
+    assert not torch.equal(ema_weight, generator.head.weight) and not ema_weight.requires_grad
+    assert not trainer.g_ema.training
+
+
+def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    common = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "dataset_dir": str(tiny_demo),
+        "image_size": [32, 32],
+        "batch_size": 4,
+        "device": "cpu",
+        "network_def#block_config": [2, 2],
+    }
+    # an untrained classifier is enough to exercise the GAN workflow
+    classifier_ckpt = tmp_path / "classifier.pt"
+    torch.save(DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)).state_dict(), classifier_ckpt)
+    gan_dir = tmp_path / "gan"
+    overrides = {
+        **common,
+        "output_dir": str(gan_dir),
+        "classifier_ckpt": str(classifier_ckpt),
+        "anatomy_dim": 16,
+        "pathology_dim": 4,
+        "generator#channels": [16, 8],
+        "discriminator#channels": [8, 16],
+        "encoder#channels": [8, 16],
+        "validation#num_samples": 20,
+        "train#trainer#encoder_start_epoch": 2,
+        "train#trainer#epoch_length": 2,
+    }
+    for epochs, resume in ((1, False), (2, True)):
+        workflow = ConfigWorkflow(
+            workflow_type="train",
+            config_file=[str(CONFIGS / "train_classifier.json"), str(CONFIGS / "train_gan.json")],
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            resume=resume,
+            **overrides,
+            **{"train#trainer#max_epochs": epochs},
+        )
+        workflow.initialize()
+        workflow.check_properties()
+        workflow.run()
+        workflow.finalize()
+        assert workflow.parser.get_parsed_content("train#trainer").state.epoch == epochs
+    for name in ("generator.pt", "encoder.pt"):
+        assert (gan_dir / "models" / name).is_file()
+    generator = MedXGANGenerator(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(16, 8))
+    generator.load_state_dict(torch.load(gan_dir / "models" / "generator.pt", weights_only=True))
+    client = MlflowClient(tracking_uri=f"sqlite:///{gan_dir / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medxgan_gan").experiment_id])
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "val_cf_validity")] == [1, 2]
+    for metric in ("val_anatomy_ssim", "val_fd_negative", "val_inversion_psnr", "val_inversion_flip_rate", "d_loss"):
+        assert metric in runs[0].data.metrics, metric
+    samples = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert samples == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
