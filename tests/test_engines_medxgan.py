@@ -112,3 +112,10 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
         assert metric in runs[0].data.metrics, metric
     samples = {a.path for a in client.list_artifacts(run_id, "samples")}
     assert samples == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
+
+
+def test_benchmark_measures_a_tiny_size():
+    from medxgan_monai.cli.benchmark_gan import measure
+
+    result = measure(size=16, batch_size=2, iterations=1, device="cpu", encoder=True)
+    assert result["iterations_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["size"] == 16

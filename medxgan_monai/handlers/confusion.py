@@ -5,16 +5,10 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from monai.utils import min_version, optional_import
 
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from medxgan_monai.handlers._ignite import Engine, Events
 
 __all__ = ["ConfusionMatrixSaver"]
 

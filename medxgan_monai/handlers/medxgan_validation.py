@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from monai.metrics import FIDMetric, PSNRMetric, SSIMMetric
-from monai.utils import min_version, optional_import
 from torch import nn
 
+from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.networks.classifier import FrozenClassifier
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["MedXGANValidator"]
 

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.utils import min_version, optional_import
 from PIL import Image
 from torch import nn
 
+from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.io.atomic import atomic_output
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["SampleGridSaver", "sample_grid"]
 

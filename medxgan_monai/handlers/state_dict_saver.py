@@ -5,18 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from monai.utils import min_version, optional_import
 from torch import nn
 
 from medxgan_monai.bundle import save_state_dict
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from medxgan_monai.handlers._ignite import Engine, Events
 
 __all__ = ["StateDictExporter"]
 

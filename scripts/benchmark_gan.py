@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""GAN training throughput and peak memory at several sizes: ``python scripts/benchmark_gan.py --sizes 64 128 256``."""
+
+import sys
+
+from medxgan_monai.cli.benchmark_gan import main
+
+if __name__ == "__main__":
+    sys.exit(main())
