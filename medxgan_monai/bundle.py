@@ -19,6 +19,7 @@ __all__ = [
     "reopen_mlflow_run",
     "run_name",
     "save_state_dict",
+    "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,3 +121,14 @@ def reopen_mlflow_run(tracking_uri: str, experiment_name: str, name: str) -> str
     run = max(runs, key=lambda r: r.info.start_time)
     client.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
+
+
+def write_report(metrics: dict, path: str | os.PathLike) -> dict:
+    """Write ``metrics`` as JSON to ``path`` (atomically), log them, and return them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    os.replace(tmp, path)
+    logger.info("report written to %s: %s", path, json.dumps(metrics))
+    return metrics

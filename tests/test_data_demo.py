@@ -105,3 +105,15 @@ def test_simple_image_statistics_do_not_predict_the_label(tmp_path):
 def test_existing_output_is_not_overwritten(tiny_demo):
     with pytest.raises(FileExistsError):
         build_demo_dataset(tiny_demo, TINY_SETTINGS)
+
+
+def test_outputs_get_ordinary_file_permissions(tiny_demo):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE((tiny_demo / "images" / "training_00000.nii.gz").stat().st_mode)
+    assert mode == 0o666 & ~mask
+    folder_mode = stat.S_IMODE(tiny_demo.stat().st_mode)
+    assert folder_mode == 0o777 & ~mask

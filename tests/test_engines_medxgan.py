@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 from conftest import BUNDLE_ROOT
@@ -108,10 +109,29 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
     run_id = runs[0].info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run_id, "val_cf_validity")] == [1, 2]
-    for metric in ("val_anatomy_ssim", "val_fd_negative", "val_inversion_psnr", "val_inversion_flip_rate", "d_loss"):
+    expected = ("val_anatomy_ssim", "val_fd_negative", "val_inversion_psnr", "val_inversion_valid_flip_rate", "d_loss")
+    for metric in expected:
         assert metric in runs[0].data.metrics, metric
     samples = {a.path for a in client.list_artifacts(run_id, "samples")}
     assert samples == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
+
+    evaluation = ConfigWorkflow(
+        workflow_type="train",
+        config_file=[
+            str(CONFIGS / "train_classifier.json"),
+            str(CONFIGS / "train_gan.json"),
+            str(CONFIGS / "evaluate_gan.json"),
+        ],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        generator_ckpt=str(gan_dir / "models" / "generator.pt"),
+        encoder_ckpt=str(gan_dir / "models" / "encoder.pt"),
+        **overrides,
+    )
+    evaluation.initialize()
+    evaluation.run()
+    report = json.loads((gan_dir / "gan_evaluation_test.json").read_text())
+    assert 0 <= report["cf_validity"] <= 1 and "inversion_valid_flip_rate" in report
 
 
 def test_benchmark_measures_a_tiny_size():

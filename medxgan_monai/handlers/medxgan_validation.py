@@ -29,8 +29,10 @@ class MedXGANValidator:
     * ``fd_negative`` / ``fd_positive``: Frechet distance between real and generated images of each class in C's
       penultimate feature space (an FID with the classifier as the feature network; biased upwards with few images);
     * with an encoder: ``inversion_psnr`` (dB, images in [0, 1]) and ``inversion_probability_gap``
-      (mean |C(G(E(x))) - C(x)|) on held-out real images, and ``inversion_flip_rate``: the fraction of real positives
-      x with C(G(E(x)_a, 0)) negative.
+      (mean |C(G(E(x))) - C(x)|) on held-out real images; over the real positives x: ``inversion_flip_rate``, the
+      fraction with C(G(E(x)_a, 0)) negative, ``inversion_positive_kept``, the fraction whose reconstruction
+      C(G(E(x))) is still positive, and ``inversion_valid_flip_rate``, both at once (a flip only means something when
+      the reconstruction was positive).
 
     Example (config)::
 
@@ -125,7 +127,7 @@ class MedXGANValidator:
     def _real(self, device: torch.device) -> dict:
         psnr = PSNRMetric(max_val=1.0)
         features: list[list[torch.Tensor]] = [[], []]
-        psnr_values, gaps, flips = [], [], []
+        psnr_values, gaps, flips, kept = [], [], [], []
         for batch in self.val_data_loader:
             images = batch["image"].to(device).float()
             labels = torch.as_tensor(batch["label"]).reshape(-1).to(device)
@@ -142,12 +144,16 @@ class MedXGANValidator:
             if positives.any():
                 counterfactual = self.generator(z_a[positives], torch.zeros_like(z_p[positives]))
                 flips.append(self.classifier.probability(counterfactual) < 0.5)
+                kept.append(self.classifier.probability(reconstruction[positives]) >= 0.5)
         inversion = {}
         if psnr_values:
             inversion["inversion_psnr"] = torch.cat(psnr_values).mean().item()
             inversion["inversion_probability_gap"] = torch.cat(gaps).mean().item()
         if flips:
-            inversion["inversion_flip_rate"] = torch.cat(flips).float().mean().item()
+            flipped, positive_kept = torch.cat(flips), torch.cat(kept)
+            inversion["inversion_flip_rate"] = flipped.float().mean().item()
+            inversion["inversion_positive_kept"] = positive_kept.float().mean().item()
+            inversion["inversion_valid_flip_rate"] = (flipped & positive_kept).float().mean().item()
         return {"features": [torch.cat(f) if f else torch.empty(0) for f in features], "inversion": inversion}
 
 

@@ -12,6 +12,12 @@ from pathlib import Path
 __all__ = ["atomic_output", "atomic_replace_dir"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; move it onto ``path`` only if the block succeeds.
@@ -34,6 +40,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file private (0600); the result gets the permissions of any other new file
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -56,6 +64,7 @@ def atomic_replace_dir(path: str | os.PathLike, overwrite: bool = False) -> Iter
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial.", dir=path.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes the folder private (0700)
         previous = None
         if path.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
