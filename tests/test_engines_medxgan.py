@@ -139,3 +139,26 @@ def test_benchmark_measures_a_tiny_size():
 
     result = measure(size=16, batch_size=2, iterations=1, device="cpu", encoder=True)
     assert result["iterations_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["size"] == 16
+
+
+def test_frozen_gan_phase_trains_only_the_encoder():
+    generator, discriminator, encoder, classifier, data = _tiny_setup()
+    g_before = copy.deepcopy(generator.state_dict())
+    e_before = copy.deepcopy(encoder.state_dict())
+    trainer = MedXGANTrainer(
+        "cpu",
+        1,
+        data,
+        generator,
+        torch.optim.Adam(generator.parameters(), 1e-3),
+        discriminator,
+        torch.optim.Adam(discriminator.parameters(), 1e-3),
+        classifier,
+        e_network=encoder,
+        e_optimizer=torch.optim.Adam(encoder.parameters(), 1e-3),
+        gan_stop_epoch=1,
+    )
+    trainer.run()
+    assert all(torch.equal(v, g_before[k]) for k, v in generator.state_dict().items())
+    assert any(not torch.equal(v, e_before[k]) for k, v in encoder.state_dict().items())
+    assert torch.isnan(torch.tensor(trainer.state.output[MedXGANKeys.G_LOSS]))

@@ -41,6 +41,7 @@ class MedXGANKeys(StrEnum):
     E_NEGATIVE = "e_negative_code"
 
 
+GAN_KEYS = (MedXGANKeys.D_LOSS, MedXGANKeys.G_LOSS, MedXGANKeys.G_ADV, MedXGANKeys.G_CLS)
 ENCODER_KEYS = (
     MedXGANKeys.E_LOSS,
     MedXGANKeys.E_PIXEL,
@@ -99,6 +100,8 @@ class MedXGANTrainer(Trainer):
         adversarial_loss: ``"hinge"`` or ``"bce"`` (the paper).
         encoder_start_epoch: first epoch (1-based) in which the encoder trains; before it the encoder losses are
             reported as NaN. Training E after G has settled is cheaper than training both from the start.
+        gan_stop_epoch: first epoch in which G and D are frozen (only E trains, against a fixed G); ``None`` trains
+            G and D in every epoch. Their losses are reported as NaN once frozen.
         amp: mixed precision (CUDA only; ignored on CPU).
 
     Example::
@@ -129,6 +132,7 @@ class MedXGANTrainer(Trainer):
         lambda_latent: float = 1.0,
         lambda_negative_code: float = 0.0,
         encoder_start_epoch: int = 1,
+        gan_stop_epoch: int | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -172,6 +176,7 @@ class MedXGANTrainer(Trainer):
         self.lambda_latent = lambda_latent
         self.lambda_negative_code = lambda_negative_code
         self.encoder_start_epoch = encoder_start_epoch
+        self.gan_stop_epoch = gan_stop_epoch
         self.conditional_d = getattr(d_network, "num_classes", 0) > 0
         self.scalers = {
             name: torch.amp.GradScaler("cuda", enabled=self.amp) for name in ("generator", "discriminator", "encoder")
@@ -194,6 +199,11 @@ class MedXGANTrainer(Trainer):
         labels = labels.reshape(-1).long()
         batch_size = images.shape[0]
         output: dict[str, float] = {}
+        if self.gan_stop_epoch is not None and engine.state.epoch >= self.gan_stop_epoch:
+            output.update({key: float("nan") for key in GAN_KEYS})
+            if self.e_network is not None:
+                output.update(self._encoder_step(images, labels))
+            return output
 
         # 1. discriminator: reals vs fakes of uniformly drawn classes
         self.d_network.train()
