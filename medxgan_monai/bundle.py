@@ -11,6 +11,8 @@ from pathlib import Path
 
 from monai.utils import path_to_sqlite_uri
 
+from medxgan_monai.io.atomic import atomic_output, atomic_write_text
+
 __all__ = [
     "default_tracking_uri",
     "export_executed_config",
@@ -52,12 +54,7 @@ def export_executed_config(path: str | os.PathLike) -> str:
         candidate = frame_info.frame.f_locals.get("self")
         if isinstance(candidate, ConfigWorkflow):
             parser = candidate.parser
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            tmp.write_text(json.dumps(parser.get(), indent=2, default=str) + "\n")
-            os.replace(tmp, path)
-            return str(path)
+            return str(atomic_write_text(path, json.dumps(parser.get(), indent=2, default=str) + "\n"))
     logger.warning("export_executed_config: no running bundle workflow found; nothing written")
     return ""
 
@@ -71,10 +68,7 @@ def persistent_run_name(output_dir: str | os.PathLike, prefix: str, resume: bool
     if resume and record.is_file():
         return record.read_text().strip()
     name = run_name(prefix)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".partial")
-    tmp.write_text(name + "\n")
-    os.replace(tmp, record)
+    atomic_write_text(record, name + "\n")
     return name
 
 
@@ -95,8 +89,6 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str, required: bool =
 def save_state_dict(module, path: str | os.PathLike) -> str:
     """Save ``module.state_dict()`` to ``path`` atomically (a plain state dict, loadable with ``weights_only=True``)."""
     import torch
-
-    from medxgan_monai.io.atomic import atomic_output
 
     with atomic_output(path, overwrite=True) as tmp:
         torch.save(module.state_dict(), tmp)
@@ -125,10 +117,6 @@ def reopen_mlflow_run(tracking_uri: str, experiment_name: str, name: str) -> str
 
 def write_report(metrics: dict, path: str | os.PathLike) -> dict:
     """Write ``metrics`` as JSON to ``path`` (atomically), log them, and return them."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write_text(path, json.dumps(metrics, indent=1) + "\n")
     logger.info("report written to %s: %s", path, json.dumps(metrics))
     return metrics

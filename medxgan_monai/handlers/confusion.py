@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.io.atomic import atomic_output
 
 __all__ = ["ConfusionMatrixSaver"]
 
@@ -41,11 +42,11 @@ class ConfusionMatrixSaver:
                 "use monai.handlers.ConfusionMatrix(save_details=True) with that name"
             )
         tp, fp, tn, fn = (int(v) for v in torch.as_tensor(details).reshape(-1, 4).sum(dim=0).tolist())
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.output_dir / f".{self.filename}.partial"
-        with open(tmp, "w", newline="") as stream:
+        with (
+            atomic_output(self.output_dir / self.filename, overwrite=True) as tmp,
+            open(tmp, "w", newline="") as stream,
+        ):
             writer = csv.writer(stream)
             writer.writerow(["true \\ predicted", "negative", "positive"])
             writer.writerow(["negative", tn, fp])
             writer.writerow(["positive", fn, tp])
-        os.replace(tmp, self.output_dir / self.filename)

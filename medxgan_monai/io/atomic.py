@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_replace_dir"]
+__all__ = ["atomic_output", "atomic_replace_dir", "atomic_write_text"]
 
 
 def _current_umask() -> int:
@@ -75,3 +75,10 @@ def atomic_replace_dir(path: str | os.PathLike, overwrite: bool = False) -> Iter
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_output`; returns the path."""
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)
