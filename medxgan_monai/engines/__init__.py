@@ -6,6 +6,14 @@ from medxgan_monai.engines.medxgan_trainer import (
     discriminator_loss,
     ema_copy,
     generator_adversarial_loss,
+    output_averages,
 )
 
-__all__ = ["MedXGANKeys", "MedXGANTrainer", "discriminator_loss", "ema_copy", "generator_adversarial_loss"]
+__all__ = [
+    "MedXGANKeys",
+    "MedXGANTrainer",
+    "discriminator_loss",
+    "ema_copy",
+    "generator_adversarial_loss",
+    "output_averages",
+]

@@ -23,7 +23,14 @@ else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
     Metric, _ = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
 
-__all__ = ["MedXGANKeys", "MedXGANTrainer", "discriminator_loss", "ema_copy", "generator_adversarial_loss"]
+__all__ = [
+    "MedXGANKeys",
+    "MedXGANTrainer",
+    "discriminator_loss",
+    "ema_copy",
+    "generator_adversarial_loss",
+    "output_averages",
+]
 
 
 class MedXGANKeys(StrEnum):
@@ -197,13 +204,24 @@ class MedXGANTrainer(Trainer):
     def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
         images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         labels = labels.reshape(-1).long()
+        epoch = engine.state.epoch
+        if self.gan_stop_epoch is None or epoch < self.gan_stop_epoch:
+            output = self._gan_steps(images, labels)
+        else:
+            output = {key: float("nan") for key in GAN_KEYS}
+
+        # 4. encoder: invert reals through the EMA generator
+        if self.e_network is not None:
+            if epoch >= self.encoder_start_epoch:
+                output.update(self._encoder_step(images, labels))
+            else:
+                output.update({key: float("nan") for key in ENCODER_KEYS})
+        return output
+
+    def _gan_steps(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Steps 1-3 of the class docstring: discriminator, generator, moving average."""
         batch_size = images.shape[0]
         output: dict[str, float] = {}
-        if self.gan_stop_epoch is not None and engine.state.epoch >= self.gan_stop_epoch:
-            output.update({key: float("nan") for key in GAN_KEYS})
-            if self.e_network is not None:
-                output.update(self._encoder_step(images, labels))
-            return output
 
         # 1. discriminator: reals vs fakes of uniformly drawn classes
         self.d_network.train()
@@ -237,13 +255,6 @@ class MedXGANTrainer(Trainer):
 
         # 3. moving average of G, the copy used for inversion and explanation
         self._update_ema()
-
-        # 4. encoder: invert reals through the EMA generator
-        if self.e_network is not None:
-            if engine.state.epoch >= self.encoder_start_epoch:
-                output.update(self._encoder_step(images, labels))
-            else:
-                output.update({key: float("nan") for key in ENCODER_KEYS})
         return output
 
     @torch.no_grad()
@@ -297,3 +308,15 @@ def ema_copy(network: nn.Module) -> nn.Module:
     copied = copy.deepcopy(network)
     copied.requires_grad_(False)
     return copied.eval()
+
+
+def output_averages(keys: Sequence[str]) -> dict[str, Metric]:
+    """Ignite ``Average`` metrics of the named entries of the trainer output, for per-epoch logging.
+
+    Example (config)::
+
+        "train#additional_metrics": "$medxgan_monai.engines.output_averages(['d_loss', 'g_loss'])"
+    """
+    from ignite.metrics import Average
+
+    return {key: Average(output_transform=lambda output, key=key: output[key]) for key in keys}
