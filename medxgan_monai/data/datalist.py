@@ -38,9 +38,8 @@ def _read_json(path: Path) -> dict:
     return content
 
 
-def _parse_section(path: Path, section: str, require_mask: bool) -> tuple[list[dict], list[str]]:
+def _parse_section(path: Path, content: dict, section: str, require_mask: bool) -> tuple[list[dict], list[str]]:
     """Items of ``section`` with absolute paths (those that have an image path), and the structural problems."""
-    content = _read_json(path)
     if section not in content:
         return [], [f"has no '{section}' section (found: {sorted(content)})"]
     items = content[section]
@@ -77,7 +76,7 @@ def load_datalist(path: str | os.PathLike, section: str, require_mask: bool = Fa
         train_items = load_datalist("data/demo/datalist.json", "training")
     """
     path = Path(path).resolve()
-    items, problems = _parse_section(path, section, require_mask)
+    items, problems = _parse_section(path, _read_json(path), section, require_mask)
     if problems:
         raise DatalistError(path, problems)
     return items
@@ -105,11 +104,12 @@ def validate_datalist(
     from medxgan_monai.transforms.io import ImageReadError, LoadScan
 
     path = Path(path).resolve()
+    content = _read_json(path)
     loader = LoadScan(spatial_dims=spatial_dims)
     problems: list[str] = []
     counts = {}
     for section in sections:
-        items, section_problems = _parse_section(path, section, require_mask)
+        items, section_problems = _parse_section(path, content, section, require_mask)
         problems.extend(section_problems)
         counts[section] = len(items)
         if not items:
@@ -123,14 +123,13 @@ def validate_datalist(
             for key in PATH_KEYS:
                 if key not in item:
                     continue
-                file = Path(item[key])
-                if not file.exists():
-                    problems.append(f"{section}[{index}] {key}: {file}: file does not exist")
-                elif check_readable:
-                    try:
-                        loader(str(file))
-                    except ImageReadError as error:
-                        problems.append(f"{section}[{index}] {key}: {error}")
+                try:
+                    if check_readable:
+                        loader(item[key])  # also reports a missing file
+                    elif not Path(item[key]).exists():
+                        raise ImageReadError(item[key], "file does not exist")
+                except ImageReadError as error:
+                    problems.append(f"{section}[{index}] {key}: {error}")
     if problems:
         raise DatalistError(path, problems)
     return counts
