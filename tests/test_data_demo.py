@@ -10,7 +10,13 @@ import pydicom
 import pytest
 from conftest import TINY_SETTINGS
 
-from medxgan_monai.data import DemoDataSettings, LesionSettings, build_demo_dataset, load_datalist
+from medxgan_monai.data import (
+    DemoDataSettings,
+    LesionSettings,
+    build_demo_dataset,
+    image_statistics_auc,
+    load_datalist,
+)
 from medxgan_monai.data.lesions import draw_lesions
 from medxgan_monai.transforms import load_scan
 
@@ -100,6 +106,7 @@ def test_simple_image_statistics_do_not_predict_the_label(tmp_path):
     manifest = build_demo_dataset(tmp_path / "leak", DemoDataSettings(size=32, n_train=120, n_val=2, n_test=2))
     for statistic, auc in manifest["leakage_check_auc"].items():
         assert 0.35 < auc < 0.65, (statistic, auc)
+    assert manifest["leakage_check_auc"] == image_statistics_auc(tmp_path / "leak" / "datalist.json")
 
 
 def test_existing_output_is_not_overwritten(tiny_demo):

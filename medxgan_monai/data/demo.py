@@ -207,6 +207,7 @@ def build_demo_dataset(
     datalist: dict[str, list] = {split: [] for split in SPLITS}
     dicom_datalist: dict[str, list] = {split: [] for split in SPLITS}
     lesion_records = {}
+    training_statistics: list[dict[str, float]] = []
     with atomic_replace_dir(out_dir, overwrite=overwrite) as staging:
         for folder in ("images", "masks", "dicom"):
             (staging / folder).mkdir()
@@ -240,6 +241,8 @@ def build_demo_dataset(
                 item = {"image": f"images/{stem}.nii.gz", "label": int(labels[index]), "mask": f"masks/{stem}.nii.gz"}
                 datalist[split].append(item)
                 dicom_datalist[split].append({**item, "image": f"dicom/{stem}.dcm"})
+                if split == "training":
+                    training_statistics.append(_image_statistics(sample["image"]))
                 if sample["lesions"]:
                     lesion_records[stem] = sample["lesions"]
         _write_json(staging / "datalist.json", datalist)
@@ -250,7 +253,8 @@ def build_demo_dataset(
             "settings": asdict(settings),
             "counts": {split: {"total": counts[split], "positive": counts[split] // 2} for split in SPLITS},
             "intensity_scale": INTENSITY_SCALE,
-            "leakage_check_auc": image_statistics_auc(staging / "datalist.json", "training"),
+            # the same check as image_statistics_auc, on the arrays still in memory
+            "leakage_check_auc": _statistics_auc(training_statistics, [i["label"] for i in datalist["training"]]),
             "lesions": lesion_records,
         }
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
@@ -263,6 +267,27 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1) + "\n")
 
 
+def _image_statistics(data: np.ndarray) -> dict[str, float]:
+    data = np.asarray(data, dtype=np.float64)
+    return {
+        "mean": data.mean(),
+        "std": data.std(),
+        "min": data.min(),
+        "max": data.max(),
+        "p01": np.percentile(data, 1),
+        "p99": np.percentile(data, 99),
+    }
+
+
+def _statistics_auc(statistics: list[dict[str, float]], labels: list[int]) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels)) < 2:
+        return {}
+    names = statistics[0].keys()
+    return {name: round(float(roc_auc_score(labels, [row[name] for row in statistics])), 4) for name in names}
+
+
 def image_statistics_auc(datalist_file: str | os.PathLike, section: str = "training") -> dict[str, float]:
     """ROC AUC of simple whole-image statistics (mean, std, min, max, 1st and 99th percentile) against the label.
 
@@ -270,20 +295,8 @@ def image_statistics_auc(datalist_file: str | os.PathLike, section: str = "train
     classifier could learn instead of the lesion.
     """
     import nibabel as nib
-    from sklearn.metrics import roc_auc_score
 
     root = Path(datalist_file).parent
     items = json.loads(Path(datalist_file).read_text())[section]
-    if len({item["label"] for item in items}) < 2:
-        return {}
-    stats: dict[str, list[float]] = {k: [] for k in ("mean", "std", "min", "max", "p01", "p99")}
-    for item in items:
-        data = np.asarray(nib.load(root / item["image"]).dataobj, dtype=np.float64)
-        stats["mean"].append(data.mean())
-        stats["std"].append(data.std())
-        stats["min"].append(data.min())
-        stats["max"].append(data.max())
-        stats["p01"].append(np.percentile(data, 1))
-        stats["p99"].append(np.percentile(data, 99))
-    labels = [item["label"] for item in items]
-    return {name: round(float(roc_auc_score(labels, values)), 4) for name, values in stats.items()}
+    statistics = [_image_statistics(nib.load(root / item["image"]).dataobj) for item in items]
+    return _statistics_auc(statistics, [item["label"] for item in items])
