@@ -17,17 +17,25 @@ def test_paths_are_resolved_against_the_datalist_folder(tiny_demo):
     assert validate_datalist(tiny_demo / "datalist_dicom.json", ["test"], require_mask=True) == {"test": 8}
 
 
-def test_every_problem_is_listed_at_once(tiny_demo, tmp_path):
-    root = tmp_path / "broken"
+def _broken_copy(tiny_demo, root, break_items):
+    """Copy the demo set to ``root``, let ``break_items(root, training_items)`` damage it, save the datalist."""
     shutil.copytree(tiny_demo, root)
     datalist = json.loads((root / "datalist.json").read_text())
-    training = datalist["training"]
-    (root / training[0]["image"]).unlink()
-    (root / training[1]["image"]).write_bytes(b"\x00" * 10)
-    training[2]["label"] = 2
-    del training[3]["label"]
-    training[4]["image"] = "images/nowhere.nii.gz"
+    break_items(root, datalist["training"])
     (root / "datalist.json").write_text(json.dumps(datalist))
+    return datalist["training"]
+
+
+def test_every_problem_is_listed_at_once(tiny_demo, tmp_path):
+    def damage(root, training):
+        (root / training[0]["image"]).unlink()
+        (root / training[1]["image"]).write_bytes(b"\x00" * 10)
+        training[2]["label"] = 2
+        del training[3]["label"]
+        training[4]["image"] = "images/nowhere.nii.gz"
+
+    root = tmp_path / "broken"
+    _broken_copy(tiny_demo, root, damage)
     with pytest.raises(DatalistError) as error:
         validate_datalist(root / "datalist.json")
     problems = error.value.problems
@@ -37,15 +45,14 @@ def test_every_problem_is_listed_at_once(tiny_demo, tmp_path):
 
 
 def test_file_problems_are_all_reported(tiny_demo, tmp_path):
+    def damage(root, training):
+        (root / training[0]["image"]).unlink()
+        (root / training[1]["image"]).write_bytes(b"\x00" * 10)
+        (root / training[2]["mask"]).write_bytes(b"")
+        training[3]["image"] = "images/nowhere.nii.gz"
+
     root = tmp_path / "files"
-    shutil.copytree(tiny_demo, root)
-    datalist = json.loads((root / "datalist.json").read_text())
-    training = datalist["training"]
-    (root / training[0]["image"]).unlink()
-    (root / training[1]["image"]).write_bytes(b"\x00" * 10)
-    (root / training[2]["mask"]).write_bytes(b"")
-    training[3]["image"] = "images/nowhere.nii.gz"
-    (root / "datalist.json").write_text(json.dumps(datalist))
+    training = _broken_copy(tiny_demo, root, damage)
     with pytest.raises(DatalistError) as error:
         validate_datalist(root / "datalist.json")
     problems = error.value.problems

@@ -27,10 +27,8 @@ def _tiny_setup():
     return generator, discriminator, encoder, classifier, data
 
 
-def test_one_epoch_updates_g_d_e_but_not_the_classifier():
-    generator, discriminator, encoder, classifier, data = _tiny_setup()
-    before = {name: copy.deepcopy(m.state_dict()) for name, m in (("g", generator), ("c", classifier))}
-    trainer = MedXGANTrainer(
+def _tiny_trainer(generator, discriminator, encoder, classifier, data, **kwargs) -> MedXGANTrainer:
+    return MedXGANTrainer(
         "cpu",
         1,
         data,
@@ -41,9 +39,15 @@ def test_one_epoch_updates_g_d_e_but_not_the_classifier():
         classifier,
         e_network=encoder,
         e_optimizer=torch.optim.Adam(encoder.parameters(), 1e-3),
-        r1_gamma=1.0,
-        ema_decay=0.5,
-        lambda_negative_code=1.0,
+        **kwargs,
+    )
+
+
+def test_one_epoch_updates_g_d_e_but_not_the_classifier():
+    generator, discriminator, encoder, classifier, data = _tiny_setup()
+    before = {name: copy.deepcopy(m.state_dict()) for name, m in (("g", generator), ("c", classifier))}
+    trainer = _tiny_trainer(
+        generator, discriminator, encoder, classifier, data, r1_gamma=1.0, ema_decay=0.5, lambda_negative_code=1.0
     )
     trainer.run()
     output = trainer.state.output
@@ -145,19 +149,7 @@ def test_frozen_gan_phase_trains_only_the_encoder():
     generator, discriminator, encoder, classifier, data = _tiny_setup()
     g_before = copy.deepcopy(generator.state_dict())
     e_before = copy.deepcopy(encoder.state_dict())
-    trainer = MedXGANTrainer(
-        "cpu",
-        1,
-        data,
-        generator,
-        torch.optim.Adam(generator.parameters(), 1e-3),
-        discriminator,
-        torch.optim.Adam(discriminator.parameters(), 1e-3),
-        classifier,
-        e_network=encoder,
-        e_optimizer=torch.optim.Adam(encoder.parameters(), 1e-3),
-        gan_stop_epoch=1,
-    )
+    trainer = _tiny_trainer(generator, discriminator, encoder, classifier, data, gan_stop_epoch=1)
     trainer.run()
     assert all(torch.equal(v, g_before[k]) for k, v in generator.state_dict().items())
     assert any(not torch.equal(v, e_before[k]) for k, v in encoder.state_dict().items())

@@ -14,7 +14,7 @@ from monai.data.image_reader import ImageReader, NibabelReader, PILReader, Pydic
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import MetaKeys
 
-__all__ = ["DicomSliceReader", "ImageReadError", "LoadScan", "LoadScand", "detect_format"]
+__all__ = ["DicomSliceReader", "ImageReadError", "LoadScan", "LoadScand", "detect_format", "load_scan"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -221,6 +221,3 @@ class LoadScand(MapTransform):
 def load_scan(path: str | os.PathLike, spatial_dims: int | None = 2) -> MetaTensor:
     """Convenience wrapper: ``LoadScan(spatial_dims)(path)``."""
     return LoadScan(spatial_dims=spatial_dims)(str(path))
-
-
-__all__ += ["load_scan"]
