@@ -38,7 +38,7 @@ def _tiny_trainer(generator, discriminator, encoder, classifier, data, **kwargs)
         torch.optim.Adam(discriminator.parameters(), 1e-3),
         classifier,
         e_network=encoder,
-        e_optimizer=torch.optim.Adam(encoder.parameters(), 1e-3),
+        e_optimizer=None if encoder is None else torch.optim.Adam(encoder.parameters(), 1e-3),
         **kwargs,
     )
 
@@ -47,7 +47,15 @@ def test_one_epoch_updates_g_d_e_but_not_the_classifier():
     generator, discriminator, encoder, classifier, data = _tiny_setup()
     before = {name: copy.deepcopy(m.state_dict()) for name, m in (("g", generator), ("c", classifier))}
     trainer = _tiny_trainer(
-        generator, discriminator, encoder, classifier, data, r1_gamma=1.0, ema_decay=0.5, lambda_negative_code=1.0
+        generator,
+        discriminator,
+        encoder,
+        classifier,
+        data,
+        r1_gamma=1.0,
+        ema_decay=0.5,
+        lambda_negative_code=1.0,
+        lambda_minimal_change=1.0,
     )
     trainer.run()
     output = trainer.state.output
@@ -154,3 +162,31 @@ def test_frozen_gan_phase_trains_only_the_encoder():
     assert all(torch.equal(v, g_before[k]) for k, v in generator.state_dict().items())
     assert any(not torch.equal(v, e_before[k]) for k, v in encoder.state_dict().items())
     assert torch.isnan(torch.tensor(trainer.state.output[MedXGANKeys.G_LOSS]))
+
+
+def test_minimal_change_term_is_added_for_positive_samples_only():
+    generator, discriminator, encoder, classifier, data = _tiny_setup()
+    trainer = _tiny_trainer(generator, discriminator, None, classifier, data, lambda_minimal_change=3.0)
+    trainer.run()
+    output = trainer.state.output
+    expected = output[MedXGANKeys.G_ADV] + 2.0 * output[MedXGANKeys.G_CLS] + 3.0 * output[MedXGANKeys.G_MINIMAL]
+    assert output[MedXGANKeys.G_MINIMAL] > 0
+    assert abs(output[MedXGANKeys.G_LOSS] - expected) < 1e-4
+
+    negatives_only = [{"image": torch.rand(4, 1, 32, 32), "label": torch.zeros(4, dtype=torch.long)}]
+    trainer = _tiny_trainer(generator, discriminator, None, classifier, negatives_only, lambda_minimal_change=3.0)
+    trainer.run()
+    assert torch.isnan(torch.tensor(trainer.state.output[MedXGANKeys.G_MINIMAL]))
+
+
+def test_minimal_change_term_shrinks_the_counterfactual_difference():
+    def difference_after_training(weight: float) -> float:
+        generator, discriminator, _, classifier, data = _tiny_setup()
+        trainer = _tiny_trainer(generator, discriminator, None, classifier, data * 10, lambda_minimal_change=weight)
+        trainer.run()
+        z_a, z_p = generator.sample_codes(torch.ones(16, dtype=torch.long), torch.Generator().manual_seed(1))
+        generator.eval()
+        with torch.no_grad():
+            return (generator(z_a, z_p) - generator(z_a, torch.zeros_like(z_p))).abs().mean().item()
+
+    assert difference_after_training(100.0) < 0.5 * difference_after_training(0.0)

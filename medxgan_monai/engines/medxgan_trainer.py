@@ -41,6 +41,7 @@ class MedXGANKeys(StrEnum):
     G_LOSS = "g_loss"
     G_ADV = "g_adversarial"
     G_CLS = "g_classifier"
+    G_MINIMAL = "g_minimal_change"
     E_LOSS = "e_loss"
     E_PIXEL = "e_pixel"
     E_CLS = "e_classifier"
@@ -48,7 +49,7 @@ class MedXGANKeys(StrEnum):
     E_NEGATIVE = "e_negative_code"
 
 
-GAN_KEYS = (MedXGANKeys.D_LOSS, MedXGANKeys.G_LOSS, MedXGANKeys.G_ADV, MedXGANKeys.G_CLS)
+GAN_KEYS = (MedXGANKeys.D_LOSS, MedXGANKeys.G_LOSS, MedXGANKeys.G_ADV, MedXGANKeys.G_CLS, MedXGANKeys.G_MINIMAL)
 ENCODER_KEYS = (
     MedXGANKeys.E_LOSS,
     MedXGANKeys.E_PIXEL,
@@ -85,7 +86,10 @@ class MedXGANTrainer(Trainer):
            the adversarial loss on reals vs fakes, plus ``r1_gamma / 2 * ||grad D(real)||^2`` when ``r1_gamma > 0``.
         2. Generator: ``m`` fakes with the real batch's classes; minimise the adversarial loss plus
            ``lambda_classifier * CE(C(G(z_a, z_p)), class)``, so that C(G(z_a, 0)) is negative and C(G(z_a, z_p))
-           positive. C stays in eval mode and its weights get no gradient.
+           positive. C stays in eval mode and its weights get no gradient. With ``lambda_minimal_change > 0`` each
+           positive sample x+ = G(z_a, z_p) is also generated as its negative realisation x0 = G(z_a, 0) in the same
+           batch, and ``lambda_minimal_change * mean|x+ - x0|`` is added, so the pathology code changes only what it
+           must (beyond the paper, which relies on the sampling scheme alone; see the bundle docs).
         3. ``g_ema`` (a copy of G) follows G with exponential moving average ``ema_decay`` (0 copies G), warmed up
            as ``min(ema_decay, (1 + t) / (10 + t))`` at iteration ``t``.
         4. Encoder (when given): invert the real batch through ``g_ema``; minimise ``lambda_pixel * L1`` plus
@@ -131,6 +135,7 @@ class MedXGANTrainer(Trainer):
         e_optimizer: Optimizer | None = None,
         g_ema: nn.Module | None = None,
         lambda_classifier: float = 2.0,
+        lambda_minimal_change: float = 0.0,
         adversarial_loss: str = "hinge",
         r1_gamma: float = 0.0,
         ema_decay: float = 0.999,
@@ -175,6 +180,7 @@ class MedXGANTrainer(Trainer):
         self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
         self.g_ema = ema_copy(g_network) if g_ema is None else g_ema.requires_grad_(False).eval()
         self.lambda_classifier = lambda_classifier
+        self.lambda_minimal_change = lambda_minimal_change
         self.adversarial_loss = adversarial_loss
         self.r1_gamma = r1_gamma
         self.ema_decay = ema_decay
@@ -244,14 +250,26 @@ class MedXGANTrainer(Trainer):
         # 2. generator: adversarial + frozen-classifier guidance, with the classes of the real batch
         self.g_network.train()
         self.g_optimizer.zero_grad(set_to_none=True)
+        z_a, z_p = self.g_network.sample_codes(labels)
+        positives = labels == 1
+        paired = self.lambda_minimal_change > 0 and bool(positives.any())
+        if paired:
+            # one forward pass for the samples and their negative realisations: BatchNorm sees a single batch
+            z_a = torch.cat([z_a, z_a[positives]])
+            z_p = torch.cat([z_p, torch.zeros_like(z_p[positives])])
         with self._autocast():
-            fakes = self.g_network(*self.g_network.sample_codes(labels))
+            generated = self.g_network(z_a, z_p)
+            fakes = generated[:batch_size]
             adversarial = generator_adversarial_loss(self._discriminate(fakes, labels), self.adversarial_loss)
             guidance = F.cross_entropy(self.classifier(fakes).float(), labels)
             g_loss = adversarial + self.lambda_classifier * guidance
+            minimal = (fakes[positives] - generated[batch_size:]).float().abs().mean() if paired else None
+            if minimal is not None:
+                g_loss = g_loss + self.lambda_minimal_change * minimal
         self._step("generator", g_loss, self.g_optimizer)
         output.update({MedXGANKeys.G_LOSS: g_loss.item(), MedXGANKeys.G_ADV: adversarial.item()})
         output[MedXGANKeys.G_CLS] = guidance.item()
+        output[MedXGANKeys.G_MINIMAL] = float("nan") if minimal is None else minimal.item()
 
         # 3. moving average of G, the copy used for inversion and explanation
         self._update_ema()

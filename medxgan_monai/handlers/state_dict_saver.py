@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,25 +15,71 @@ from medxgan_monai.handlers._ignite import Engine, Events
 
 __all__ = ["StateDictExporter"]
 
+logger = logging.getLogger(__name__)
+
 
 class StateDictExporter:
-    """Write ``{file name: module}`` as plain state dicts into ``output_dir`` at the end of a run (atomically).
+    """Write ``{file name: module}`` as plain state dicts into ``output_dir`` (atomically).
 
+    Without ``metric_name`` the files are written once, when the run completes. With ``metric_name`` they are written
+    at the end of every epoch in which that engine metric improves (kept the best, for example the encoder with the
+    best validation PSNR), and at completion only if the metric never appeared. Attach it after the handler that
+    computes the metric. Put the exporter in the checkpoint's objects so that a resumed run remembers the best score.
     Attach it before an ``MLFlowHandler`` whose ``artifacts`` name these files, so they exist when MLflow logs them.
 
     Example (config)::
 
         {"_target_": "medxgan_monai.handlers.StateDictExporter", "output_dir": "@ckpt_dir",
-         "modules": {"generator.pt": "@g_ema", "encoder.pt": "@e_network"}}
+         "modules": {"encoder.pt": "@e_network"}, "metric_name": "val_inversion_psnr"}
     """
 
-    def __init__(self, output_dir: str | os.PathLike, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        modules: Mapping[str, nn.Module],
+        metric_name: str | None = None,
+        greater_is_better: bool = True,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.modules = dict(modules)
+        self.metric_name = metric_name
+        self.greater_is_better = greater_is_better
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
+        if self.metric_name is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.export_if_better)
         engine.add_event_handler(Events.COMPLETED, self)
 
+    def export_if_better(self, engine: Engine) -> None:
+        score = engine.state.metrics.get(self.metric_name)
+        if score is None or not math.isfinite(score):
+            return
+        if self.best_score is not None:
+            improved = score > self.best_score if self.greater_is_better else score < self.best_score
+            if not improved:
+                return
+        self.best_score, self.best_epoch = float(score), engine.state.epoch
+        self.export()
+        logger.info(
+            "epoch %d: %s %.4f is the best so far, exported %s",
+            self.best_epoch,
+            self.metric_name,
+            self.best_score,
+            ", ".join(self.modules),
+        )
+
     def __call__(self, engine: Engine) -> None:
+        if self.metric_name is None or self.best_score is None:
+            self.export()
+
+    def export(self) -> None:
         for filename, module in self.modules.items():
             save_state_dict(module, self.output_dir / filename)
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
