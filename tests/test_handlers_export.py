@@ -51,6 +51,10 @@ def test_keeps_the_best_epoch_and_remembers_it(tmp_path):
     _run(lower, module, [3.0, 1.0, 2.0])
     assert _exported_epoch(tmp_path / "lowest.pt") == 2
 
+    late = StateDictExporter(tmp_path, {"late.pt": module}, metric_name="val_psnr", start_epoch=3)
+    _run(late, module, [30.0, 20.0, 5.0, 6.0])
+    assert _exported_epoch(tmp_path / "late.pt") == 4, "epochs before start_epoch must not count"
+
 
 def test_exports_at_completion_when_the_metric_never_appears(tmp_path):
     module = nn.Linear(1, 1)

@@ -21,11 +21,13 @@ logger = logging.getLogger(__name__)
 class StateDictExporter:
     """Write ``{file name: module}`` as plain state dicts into ``output_dir`` (atomically).
 
-    Without ``metric_name`` the files are written once, when the run completes. With ``metric_name`` they are written
-    at the end of every epoch in which that engine metric improves (kept the best, for example the encoder with the
-    best validation PSNR), and at completion only if the metric never appeared. Attach it after the handler that
-    computes the metric. Put the exporter in the checkpoint's objects so that a resumed run remembers the best score.
-    Attach it before an ``MLFlowHandler`` whose ``artifacts`` name these files, so they exist when MLflow logs them.
+    Without ``metric_name`` the files are written once, when the run completes. With ``metric_name`` they are
+    written at the end of every epoch in which that engine metric improves (the best epoch is kept, for example the
+    encoder with the best validation PSNR), and at completion only if the metric never appeared. Epochs before
+    ``start_epoch`` do not count (for example those before the encoder starts training, whose scores mean nothing).
+
+    Attach it after the handler that computes the metric, and before an ``MLFlowHandler`` whose ``artifacts`` name
+    these files. Put the exporter among the checkpoint's objects so that a resumed run remembers the best score.
 
     Example (config)::
 
@@ -39,11 +41,13 @@ class StateDictExporter:
         modules: Mapping[str, nn.Module],
         metric_name: str | None = None,
         greater_is_better: bool = True,
+        start_epoch: int = 1,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.modules = dict(modules)
         self.metric_name = metric_name
         self.greater_is_better = greater_is_better
+        self.start_epoch = start_epoch
         self.best_score: float | None = None
         self.best_epoch: int | None = None
 
@@ -54,7 +58,7 @@ class StateDictExporter:
 
     def export_if_better(self, engine: Engine) -> None:
         score = engine.state.metrics.get(self.metric_name)
-        if score is None or not math.isfinite(score):
+        if engine.state.epoch < self.start_epoch or score is None or not math.isfinite(score):
             return
         if self.best_score is not None:
             improved = score > self.best_score if self.greater_is_better else score < self.best_score
