@@ -1,0 +1,114 @@
+"""Explainers on tiny networks: call shape, the shared map convention, batch independence, IG completeness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import DenseNet
+
+from medxgan_monai.explain import (
+    GradCAMExplainer,
+    InputGradientExplainer,
+    IntegratedGradientsExplainer,
+    LatentInverter,
+    LatentShiftExplainer,
+    MedXGANExplainer,
+    OcclusionExplainer,
+    latent_path_integrated_gradients,
+    normalize_saliency,
+)
+from medxgan_monai.networks import FrozenClassifier, MedXGANEncoder, MedXGANGenerator
+
+SIZE = (32, 40)  # non-square on purpose
+
+
+@pytest.fixture(scope="module")
+def networks():
+    torch.manual_seed(0)
+    classifier = FrozenClassifier(DenseNet(2, 1, 2, init_features=8, growth_rate=4, block_config=(2, 2)))
+    generator = MedXGANGenerator(image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8)).eval()
+    encoder = MedXGANEncoder(image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(8, 16)).eval()
+    images = torch.rand(3, 1, *SIZE)
+    return classifier, generator, encoder, images
+
+
+def test_normalize_saliency_is_absolute_and_peaks_at_one():
+    maps = torch.tensor([[[[-4.0, 2.0]], [[1.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]])  # (2, 2, 1, 2)
+    normalized = normalize_saliency(maps)
+    assert normalized.shape == (2, 1, 1, 2)
+    assert torch.allclose(normalized[0, 0, 0], torch.tensor([1.0, 0.4]))
+    assert torch.equal(normalized[1], torch.zeros(1, 1, 2))
+
+
+def test_every_baseline_returns_normalized_maps_and_batches_like_single_calls(networks):
+    classifier, generator, encoder, images = networks
+    explainers = [
+        GradCAMExplainer(classifier, "class_layers.relu"),
+        IntegratedGradientsExplainer(classifier, steps=8),
+        InputGradientExplainer(classifier),
+        OcclusionExplainer(classifier, mask_size=8),
+        LatentShiftExplainer(classifier, generator, encoder, search_steps=3, frames=3),
+    ]
+    for explainer in explainers:
+        with torch.no_grad():  # evaluators run under no_grad: explainers must enable gradients themselves
+            maps = explainer(images)
+        assert maps.shape == (3, 1, *SIZE), explainer.name
+        peaks = maps.flatten(1).amax(1)
+        assert maps.min() >= 0 and all(peak in (0.0, 1.0) for peak in peaks.tolist()), explainer.name
+        single = torch.cat([explainer(image[None]) for image in images])
+        assert torch.allclose(maps, single, atol=1e-4), f"{explainer.name}: batch differs from single calls"
+
+
+def test_integrated_gradients_attributions_add_up(networks):
+    classifier, _, _, images = networks
+    explainer = IntegratedGradientsExplainer(classifier, steps=64)
+    with torch.enable_grad():
+        attributions = explainer.attribute(images)
+    from medxgan_monai.explain import class_probability
+
+    with torch.no_grad():
+        expected = class_probability(classifier, images) - class_probability(classifier, torch.zeros_like(images))
+    assert torch.allclose(attributions.flatten(1).sum(1), expected, atol=1e-3)
+
+
+def test_latent_path_ig_is_complete_and_the_paper_variant_is_available(networks):
+    classifier, generator, _, _ = networks
+    z_a, z_p = generator.sample_codes(torch.ones(2, dtype=torch.long), torch.Generator().manual_seed(3))
+    attributions, gap = latent_path_integrated_gradients(generator, classifier, z_a, z_p, steps=64, chunk_size=20)
+    assert attributions.shape == (2, 1, *SIZE)
+    assert (gap < 1e-3).all(), gap
+    coarse, coarse_gap = latent_path_integrated_gradients(generator, classifier, z_a, z_p, steps=2)
+    assert (coarse_gap >= gap - 1e-6).all()
+    paper, _ = latent_path_integrated_gradients(generator, classifier, z_a, z_p, steps=10, variant="paper")
+    assert paper.shape == attributions.shape
+    with pytest.raises(ValueError, match="variant"):
+        latent_path_integrated_gradients(generator, classifier, z_a, z_p, variant="other")
+
+
+def test_inversion_reduces_its_loss_and_leaves_the_generator_alone(networks):
+    classifier, generator, encoder, _ = networks
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    target = generator(*generator.sample_codes(torch.tensor([0, 1]), torch.Generator().manual_seed(5))).detach()
+    _, _, start = LatentInverter(generator, classifier, encoder, steps=0)(target)
+    z_a, z_p, end = LatentInverter(generator, classifier, encoder, steps=60, learning_rate=5e-2)(target)
+    assert (end < start).all()
+    assert all(torch.equal(v, before[k]) for k, v in generator.state_dict().items())
+    _, _, from_zeros = LatentInverter(generator, classifier, None, steps=0)(target)
+    assert from_zeros.shape == (2,)
+
+
+def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(networks):
+    classifier, generator, encoder, images = networks
+    explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=5, ig_steps=6, sweep_frames=4)
+    with torch.no_grad():
+        explanation = explainer(images)
+    assert len(explanation) == 3
+    assert explanation.counterfactual.shape == explanation.reconstruction.shape == images.shape
+    assert explanation.sweep_frames.shape == (3, 4, 1, *SIZE) and explanation.sweep_probabilities.shape == (3, 4)
+    assert torch.allclose(explanation.sweep_frames[:, 0], explanation.counterfactual, atol=1e-6)
+    assert torch.allclose(explanation.sweep_frames[:, -1], explanation.reconstruction, atol=1e-6)
+    assert torch.allclose(explanation.difference, (explanation.reconstruction - explanation.counterfactual).abs())
+    assert set(explanation.maps) == {"medxgan", "medxgan_lig"}
+    for name in explanation.maps:
+        single = torch.cat([explainer(image[None]).maps[name] for image in images])
+        assert torch.allclose(explanation.maps[name], single, atol=1e-4), name
