@@ -17,6 +17,7 @@ __all__ = [
     "default_tracking_uri",
     "export_executed_config",
     "latest_checkpoint",
+    "load_weights",
     "persistent_run_name",
     "reopen_mlflow_run",
     "run_name",
@@ -93,6 +94,20 @@ def save_state_dict(module, path: str | os.PathLike) -> str:
     with atomic_output(path, overwrite=True) as tmp:
         torch.save(module.state_dict(), tmp)
     return str(path)
+
+
+def load_weights(module, path: str | os.PathLike, map_location="cpu"):
+    """Load a plain state dict from ``path`` into ``module`` and return the module (for configs).
+
+    Raises:
+        FileNotFoundError: naming the missing weights file and the command that makes it.
+    """
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (train it with the bundle, see bundle/docs/README.md)")
+    module.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return module.to(map_location)
 
 
 def reopen_mlflow_run(tracking_uri: str, experiment_name: str, name: str) -> str:

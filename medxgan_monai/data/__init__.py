@@ -2,14 +2,18 @@
 
 from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
 from medxgan_monai.data.demo import DemoDataSettings, build_demo_dataset, image_statistics_auc
+from medxgan_monai.data.inputs import InputProblem, collect_inputs, screen_inputs
 from medxgan_monai.data.lesions import LesionSettings
 
 __all__ = [
     "DatalistError",
     "DemoDataSettings",
+    "InputProblem",
     "LesionSettings",
     "build_demo_dataset",
+    "collect_inputs",
     "image_statistics_auc",
     "load_datalist",
+    "screen_inputs",
     "validate_datalist",
 ]

@@ -1,8 +1,19 @@
 """Ignite handlers used by the bundle configs."""
 
 from medxgan_monai.handlers.confusion import ConfusionMatrixSaver
+from medxgan_monai.handlers.explanation import ExplanationHandler, ExplanationWriter, InferenceFailed, InferenceReport
 from medxgan_monai.handlers.medxgan_validation import MedXGANValidator
 from medxgan_monai.handlers.sample_grid import SampleGridSaver, sample_grid
 from medxgan_monai.handlers.state_dict_saver import StateDictExporter
 
-__all__ = ["ConfusionMatrixSaver", "MedXGANValidator", "SampleGridSaver", "StateDictExporter", "sample_grid"]
+__all__ = [
+    "ConfusionMatrixSaver",
+    "ExplanationHandler",
+    "ExplanationWriter",
+    "InferenceFailed",
+    "InferenceReport",
+    "MedXGANValidator",
+    "SampleGridSaver",
+    "StateDictExporter",
+    "sample_grid",
+]

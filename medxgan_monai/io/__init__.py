@@ -2,6 +2,8 @@
 
 from medxgan_monai.io.atomic import atomic_output, atomic_replace_dir, atomic_write_text
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
+from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
+from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.nifti import write_nifti
 
 __all__ = [
@@ -11,5 +13,10 @@ __all__ = [
     "atomic_replace_dir",
     "atomic_write_text",
     "write_mr_slice",
+    "saliency_overlay",
     "write_nifti",
+    "write_overlay_secondary_capture",
+    "write_panel",
+    "write_saliency_parametric_map",
+    "write_sweep_gif",
 ]

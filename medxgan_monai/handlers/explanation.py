@@ -1,0 +1,308 @@
+"""Ignite handlers that explain each evaluated batch and write the results next to the source scans."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import torch
+from monai.data import MetaTensor, decollate_batch
+from monai.transforms import Invertd
+from monai.utils import CommonKeys
+
+from medxgan_monai.data.inputs import InputProblem
+from medxgan_monai.explain.base import SaliencyExplainer
+from medxgan_monai.explain.medxgan import MedXGANExplainer
+from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.io.atomic import atomic_write_text
+from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
+from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
+from medxgan_monai.io.nifti import write_nifti
+from medxgan_monai.transforms.io import detect_format
+
+__all__ = ["ExplanationHandler", "ExplanationWriter", "InferenceFailed", "InferenceReport"]
+
+logger = logging.getLogger(__name__)
+
+EXPLANATION = "explanation"
+MAPS = "maps"
+SECONDS = "seconds"
+#: the methods that come out of one medXGAN explanation
+MEDXGAN_METHODS = MedXGANExplainer.methods
+PANEL_METHODS = ("medxgan", "medxgan_lig", "gradcam", "ig")
+
+
+class InferenceFailed(RuntimeError):
+    """Raised at the end of a run in which some inputs could not be explained (the others were)."""
+
+
+class InferenceReport:
+    """Collects per-image predictions and per-input problems of one inference run; writes both CSV files.
+
+    ``predictions.csv``: stem, source, probability, predicted label, counterfactual probability, seconds per method.
+    ``errors.csv``: stem, source, problem (written only when something failed). :meth:`raise_if_failed` ends the run
+    with :class:`InferenceFailed` (a non-zero exit status) after everything that could be written was written.
+
+    Example::
+
+        report = InferenceReport("out/", problems=screening_problems)
+        ...
+        report.write(); report.raise_if_failed()
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, problems: Sequence[InputProblem] = ()) -> None:
+        self.output_dir = Path(output_dir)
+        self.predictions: list[dict] = []
+        self.problems: list[InputProblem] = list(problems)
+
+    def add_problem(self, stem: str, path: str, problem: str) -> None:
+        logger.error("%s (%s): %s", stem, path, problem)
+        self.problems.append(InputProblem(stem, path, problem))
+
+    def write(self, engine: Engine | None = None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
+        methods = sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
+        rows = [
+            [row[c] for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
+            for row in self.predictions
+        ]
+        atomic_write_text(
+            self.output_dir / "predictions.csv", _csv([*columns, *(f"seconds_{m}" for m in methods)], rows)
+        )
+        if self.problems:
+            rows = [[p.stem, p.path, p.problem] for p in self.problems]
+            atomic_write_text(self.output_dir / "errors.csv", _csv(["stem", "source", "problem"], rows))
+        logger.info(
+            "explained %d image(s), %d failed; outputs in %s",
+            len(self.predictions),
+            len(self.problems),
+            self.output_dir,
+        )
+
+    def raise_if_failed(self) -> None:
+        if self.problems:
+            raise InferenceFailed(
+                f"{len(self.problems)} input(s) could not be explained; see {self.output_dir / 'errors.csv'}"
+            )
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class ExplanationHandler:
+    """Explain every batch an evaluator sees; put the maps, the medXGAN explanation and timings in its output.
+
+    After each iteration ``engine.state.output`` (a batch dict: use an evaluator with ``decollate=False``) gains
+    ``"maps"`` ({method: (B, 1, *spatial) in [0, 1]}), ``"explanation"`` (the :class:`Explanation`, when the medXGAN
+    explainer ran) and ``"seconds"`` ({method: seconds per image}).
+
+    Args:
+        explainers: method name -> :class:`SaliencyExplainer`, plus optionally ``"medxgan"`` ->
+            :class:`MedXGANExplainer` (which yields the ``medxgan`` and ``medxgan_lig`` maps).
+        methods: the methods to run, in order; ``None`` runs every explainer given.
+
+    Example (config)::
+
+        {"_target_": "medxgan_monai.handlers.ExplanationHandler",
+         "explainers": {"medxgan": "@medxgan_explainer", "gradcam": "@gradcam"}, "methods": "@methods"}
+    """
+
+    def __init__(
+        self,
+        explainers: Mapping[str, SaliencyExplainer | MedXGANExplainer],
+        methods: Sequence[str] | None = None,
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        available = set(explainers) | (set(MEDXGAN_METHODS) if "medxgan" in explainers else set())
+        self.methods = list(methods) if methods is not None else sorted(available)
+        unknown = [m for m in self.methods if m not in available]
+        if unknown:
+            raise ValueError(f"unknown explanation method(s) {unknown}; available: {sorted(available)}")
+        self.explainers = dict(explainers)
+        self.image_key = image_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        images = output[self.image_key]
+        maps: dict[str, torch.Tensor] = {}
+        seconds: dict[str, float] = {}
+        if any(m in MEDXGAN_METHODS for m in self.methods):
+            start = time.perf_counter()
+            explanation = self.explainers["medxgan"](images)
+            seconds["medxgan"] = (time.perf_counter() - start) / len(explanation)
+            output[EXPLANATION] = explanation
+            maps.update({m: explanation.maps[m] for m in MEDXGAN_METHODS if m in self.methods})
+        for method in self.methods:
+            if method in MEDXGAN_METHODS:
+                continue
+            start = time.perf_counter()
+            maps[method] = self.explainers[method](images)
+            seconds[method] = (time.perf_counter() - start) / images.shape[0]
+        output[MAPS], output[SECONDS] = maps, seconds
+
+
+class ExplanationWriter:
+    """Write each explained image's outputs into ``output_dir``, in the source's geometry.
+
+    Per image ``<stem>``: ``<stem>_<method>.nii.gz`` (float maps) and ``<stem>_counterfactual.nii.gz``, brought back
+    from the model's grid to the source grid with ``Invertd`` (continuous interpolation) and written with the
+    source's own affine (NIfTI sources: the file's affine, exactly; DICOM and PNG sources: the loader's affine);
+    ``<stem>_panel.png``; ``<stem>_sweep.gif``; for DICOM sources, a Secondary Capture overlay and a Parametric Map
+    of the medXGAN map as new series of the source study. Predictions and failures go to the :class:`InferenceReport`.
+    A failure while writing one image is reported and the rest continue. Existing files are never overwritten unless
+    ``overwrite`` is set.
+
+    Args:
+        output_dir: destination folder.
+        preprocessing: the transform that made the model's input (inverted to return to the source grid).
+        report: collects predictions and problems.
+        dicom_method: the map stored in DICOM outputs.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        preprocessing,
+        report: InferenceReport,
+        panel: bool = True,
+        sweep: bool = True,
+        dicom: bool = True,
+        dicom_method: str = "medxgan",
+        overwrite: bool = False,
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.preprocessing = preprocessing
+        self.report = report
+        self.panel, self.sweep, self.dicom = panel, sweep, dicom
+        self.dicom_method = dicom_method
+        self.overwrite = overwrite
+        self.image_key = image_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.report.write)
+
+    def __call__(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output = engine.state.output
+        items = decollate_batch({key: engine.state.batch[key] for key in (self.image_key, "stem")})
+        probabilities = torch.softmax(output[CommonKeys.PRED].float(), dim=1)[:, 1]
+        explanation = output.get(EXPLANATION)
+        for index, item in enumerate(items):
+            source = str(item[self.image_key].meta["filename_or_obj"])
+            try:
+                row = self._write_item(index, item, output, explanation, float(probabilities[index]))
+            except Exception as error:  # one image's failure must not stop the batch
+                self.report.add_problem(
+                    item["stem"], source, f"writing outputs failed: {type(error).__name__}: {error}"
+                )
+                continue
+            self.report.predictions.append(row)
+
+    def _write_item(self, index: int, item: dict, output: dict, explanation, probability: float) -> dict:
+        image: MetaTensor = item[self.image_key]
+        stem, source = item["stem"], str(image.meta["filename_or_obj"])
+        volumes = {name: maps[index] for name, maps in output[MAPS].items()}
+        if explanation is not None:
+            volumes["counterfactual"] = explanation.counterfactual[index]
+        in_source_grid = self._invert(image, volumes)
+        kind = detect_format(source)
+        for name, array in in_source_grid.items():
+            self._write_nifti(array, image, source, kind, self.output_dir / f"{stem}_{name}.nii.gz")
+        if self.panel:
+            self._write_panel(stem, image, output, explanation, index, probability)
+        if self.sweep and explanation is not None:
+            write_sweep_gif(
+                self.output_dir / f"{stem}_sweep.gif",
+                explanation.sweep_frames[index, :, 0].cpu().numpy(),
+                explanation.sweep_probabilities[index].tolist(),
+                explanation.sweep_alphas.tolist(),
+                overwrite=self.overwrite,
+            )
+        if self.dicom and kind == "dicom" and self.dicom_method in in_source_grid:
+            self._write_dicom(stem, source, in_source_grid[self.dicom_method])
+        return {
+            "stem": stem,
+            "source": source,
+            "probability": f"{probability:.6f}",
+            "predicted_label": int(probability >= 0.5),
+            "counterfactual_probability": ""
+            if explanation is None
+            else f"{float(explanation.counterfactual_probability[index]):.6f}",
+            SECONDS: output.get(SECONDS, {}),
+        }
+
+    def _invert(self, image: MetaTensor, volumes: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        data = {self.image_key: image}
+        for name, volume in volumes.items():
+            data[name] = MetaTensor(
+                volume.detach().cpu().float(), meta=dict(image.meta), applied_operations=list(image.applied_operations)
+            )
+        inverter = Invertd(
+            keys=list(volumes), transform=self.preprocessing, orig_keys=self.image_key, nearest_interp=False
+        )
+        inverted = inverter(data)
+        return {name: np.asarray(inverted[name].detach().cpu().numpy()[0], dtype=np.float32) for name in volumes}
+
+    def _write_nifti(self, array: np.ndarray, image: MetaTensor, source: str, kind: str, path: Path) -> None:
+        if kind == "nifti":
+            header = nib.load(source)
+            affine, shape = header.affine, header.shape
+        else:
+            affine, shape = np.asarray(image.meta["original_affine"], dtype=np.float64), array.shape
+        write_nifti(array.reshape(shape), affine, path, overwrite=self.overwrite)
+
+    def _write_panel(self, stem, image, output, explanation, index, probability) -> None:
+        picture = image[0].detach().cpu().numpy()
+        maps = {m: output[MAPS][m][index, 0].cpu().numpy() for m in PANEL_METHODS if m in output[MAPS]}
+        captions = {"image": f"image\np={probability:.2f}"}
+        counterfactual = np.zeros_like(picture)
+        if explanation is not None:
+            counterfactual = explanation.counterfactual[index, 0].cpu().numpy()
+            captions["counterfactual"] = f"counterfactual\np={float(explanation.counterfactual_probability[index]):.2f}"
+        # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
+        write_panel(
+            self.output_dir / f"{stem}_panel.png",
+            picture.T,
+            counterfactual.T,
+            {m: v.T for m, v in maps.items()},
+            captions,
+            overwrite=self.overwrite,
+        )
+
+    def _write_dicom(self, stem: str, source: str, saliency: np.ndarray) -> None:
+        dataset = pydicom.dcmread(source)
+        # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
+        saliency_rows = np.clip(saliency.T, 0, 1)
+        pixels = dataset.pixel_array.astype(np.float32)
+        if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+            pixels = pixels.max() - pixels
+        low, high = np.percentile(pixels, (0.5, 99.5))
+        picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
+        write_overlay_secondary_capture(
+            dataset,
+            saliency_overlay(picture, saliency_rows),
+            self.output_dir / f"{stem}_overlay_sc.dcm",
+            overwrite=self.overwrite,
+        )
+        write_saliency_parametric_map(
+            dataset, saliency_rows, self.output_dir / f"{stem}_{self.dicom_method}_pm.dcm", overwrite=self.overwrite
+        )
