@@ -141,9 +141,11 @@ def _describe(error: BaseException) -> str:
 
 
 def _check_usable(image, path: str, min_size: int) -> None:
-    source_shape = tuple(image.meta.get("spatial_shape", image.shape[1:])) if hasattr(image, "meta") else image.shape
-    if min(int(s) for s in source_shape) < min_size:
-        raise ImageReadError(path, f"image of size {tuple(int(s) for s in source_shape)} is below {min_size} pixels")
+    source_shape = image.meta.get("spatial_shape", image.shape[1:]) if hasattr(image, "meta") else image.shape[1:]
+    # singleton axes (a slice stored as (H, W, 1)) were dropped by the loader and do not count
+    source_shape = tuple(int(s) for s in source_shape if int(s) != 1)
+    if min(source_shape, default=0) < min_size:
+        raise ImageReadError(path, f"image of size {source_shape} is below {min_size} pixels")
     tensor = torch.as_tensor(image)
     if not torch.isfinite(tensor).all():
         raise ImageReadError(path, "preprocessing produced NaN or infinite values")

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 EXPLANATION = "explanation"
 MAPS = "maps"
 SECONDS = "seconds"
+FAILURE = "explanation_failure"
 #: the methods that come out of one medXGAN explanation
 MEDXGAN_METHODS = MedXGANExplainer.methods
 PANEL_METHODS = ("medxgan", "medxgan_lig", "gradcam", "ig")
@@ -108,7 +109,8 @@ class ExplanationHandler:
 
     After each iteration ``engine.state.output`` (a batch dict: use an evaluator with ``decollate=False``) gains
     ``"maps"`` ({method: (B, 1, *spatial) in [0, 1]}), ``"explanation"`` (the :class:`Explanation`, when the medXGAN
-    explainer ran) and ``"seconds"`` ({method: seconds per image}).
+    explainer ran) and ``"seconds"`` ({method: seconds per image}); if explaining the batch fails, it gains
+    ``"explanation_failure"`` (the reason) instead and the run continues.
 
     Args:
         explainers: method name -> :class:`SaliencyExplainer`, plus optionally ``"medxgan"`` ->
@@ -140,6 +142,13 @@ class ExplanationHandler:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
+        try:
+            self._explain(output)
+        except Exception as error:  # a failing batch is reported by the writer; the run goes on
+            logger.exception("explanation failed for iteration %d", engine.state.iteration)
+            output[FAILURE] = f"explanation failed: {type(error).__name__}: {error}"
+
+    def _explain(self, output: dict) -> None:
         images = output[self.image_key]
         maps: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
@@ -208,6 +217,9 @@ class ExplanationWriter:
         explanation = output.get(EXPLANATION)
         for index, item in enumerate(items):
             source = str(item[self.image_key].meta["filename_or_obj"])
+            if FAILURE in output:
+                self.report.add_problem(item["stem"], source, output[FAILURE])
+                continue
             try:
                 row = self._write_item(index, item, output, explanation, float(probabilities[index]))
             except Exception as error:  # one image's failure must not stop the batch

@@ -121,6 +121,7 @@ def write_saliency_parametric_map(
         device_serial_number="0",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         content_label="SALIENCY",
         content_description=f"medXGAN saliency, {NOT_FOR_CLINICAL_USE}"[:64],
     )

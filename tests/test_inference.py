@@ -1,0 +1,159 @@
+"""The inference bundle end to end on tiny networks: source geometry, DICOM outputs, bad inputs, the CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from conftest import BUNDLE_ROOT
+from monai.bundle import ConfigWorkflow
+from monai.networks.nets import DenseNet
+
+from medxgan_monai.cli.explain import main as explain_main
+from medxgan_monai.handlers import InferenceFailed
+from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
+from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
+
+CONFIGS = BUNDLE_ROOT / "configs"
+TINY = {
+    "image_size": [32, 32],
+    "anatomy_dim": 16,
+    "pathology_dim": 4,
+    "network_def#block_config": [2, 2],
+    "generator_def#channels": [16, 8],
+    "encoder_def#channels": [8, 16],
+    "inversion_steps": 2,
+    "latent_ig_steps": 4,
+    "ig_steps": 4,
+    "sweep_frames": 3,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    modules = {
+        "classifier_ckpt": DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)),
+        "generator_ckpt": MedXGANGenerator(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
+        "encoder_ckpt": MedXGANEncoder(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
+    }
+    paths = {}
+    for key, module in modules.items():
+        paths[key] = str(folder / f"{key}.pt")
+        torch.save(module.state_dict(), paths[key])
+    return paths
+
+
+def _brain_like(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    good, bad = folder / "good", folder / "bad"
+    good.mkdir()
+    bad.mkdir()
+    # non-square, anisotropic, oblique NIfTI slice stored with a singleton third axis
+    affine = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 3.0, 7.25], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(_brain_like((40, 56, 1)), affine), good / "oblique.nii.gz")
+    nib.save(nib.Nifti1Image(_brain_like((48, 36), seed=1), np.diag([0.9, 1.1, 1.0, 1.0])), good / "plain.nii")
+    write_mr_slice(
+        _brain_like((36, 48), seed=2).astype(np.uint16),
+        MRSliceGeometry((10.0, -20.0, 5.0), pixel_spacing=(0.8, 1.2)),
+        SyntheticPatient("TEST-1", "TEST^ONE"),
+        good / "slice.dcm",
+    )
+    (bad / "garbage.nii.gz").write_bytes(b"not a nifti file")
+    nib.save(nib.Nifti1Image(np.full((32, 32), 7.0, np.float32), np.eye(4)), bad / "constant.nii.gz")
+    nib.save(nib.Nifti1Image(_brain_like((32, 32)) * np.nan, np.eye(4)), bad / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(_brain_like((4, 4)), np.eye(4)), bad / "tiny.nii.gz")
+    nib.save(nib.Nifti1Image(_brain_like((16, 16, 16)), np.eye(4)), bad / "volume.nii.gz")
+    return folder
+
+
+def _workflow(inputs, output_dir, weights, **extra) -> ConfigWorkflow:
+    return ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE_ROOT),
+        input=[str(p) for p in inputs],
+        output_dir=str(output_dir),
+        **weights,
+        **TINY,
+        **extra,
+    )
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, weights, tmp_path):
+    out = tmp_path / "out"
+    workflow = _workflow([scans / "good", scans / "bad"], out, weights)
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        workflow.run()
+    assert isinstance(failure.value.__cause__, InferenceFailed)
+
+    errors = {row["stem"]: row["problem"] for row in _rows(out / "errors.csv")}
+    assert set(errors) == {"garbage", "constant", "nan", "tiny", "volume"}
+    assert "NaN" in errors["nan"] and "constant" in errors["constant"] and "2D" in errors["volume"]
+    predictions = _rows(out / "predictions.csv")
+    assert {row["stem"] for row in predictions} == {"oblique", "plain", "slice"}
+    assert all(float(row["seconds_medxgan"]) > 0 for row in predictions)
+
+    methods = ("medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift", "counterfactual")
+    for stem in ("oblique", "plain"):
+        source = nib.load(next((scans / "good").glob(f"{stem}.nii*")))
+        for method in methods:
+            output = nib.load(out / f"{stem}_{method}.nii.gz")
+            assert output.shape == source.shape, (stem, method)
+            assert np.array_equal(output.affine, source.affine), (stem, method)
+            assert np.isfinite(output.get_fdata()).all()
+        assert (out / f"{stem}_panel.png").is_file() and (out / f"{stem}_sweep.gif").is_file()
+
+    source = pydicom.dcmread(scans / "good" / "slice.dcm")
+    saliency = nib.load(out / "slice_medxgan.nii.gz")
+    assert saliency.shape == (source.Columns, source.Rows)  # MONAI's (x, y) order of the DICOM grid
+    for name in ("slice_overlay_sc.dcm", "slice_medxgan_pm.dcm"):
+        derived = pydicom.dcmread(out / name)
+        assert derived.StudyInstanceUID == source.StudyInstanceUID
+        assert derived.FrameOfReferenceUID == source.FrameOfReferenceUID
+        assert derived.SeriesInstanceUID != source.SeriesInstanceUID
+        assert "NOT FOR CLINICAL USE" in derived.SeriesDescription
+        assert (derived.Rows, derived.Columns) == (source.Rows, source.Columns)
+    overlay = pydicom.dcmread(out / "slice_overlay_sc.dcm")
+    assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    parametric = pydicom.dcmread(out / "slice_medxgan_pm.dcm")
+    assert parametric.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert parametric.pixel_array.shape == (source.Rows, source.Columns)
+
+
+def test_existing_outputs_are_not_overwritten(scans, weights, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "plain_gradcam.nii.gz").write_bytes(b"the user's file")
+    workflow = _workflow([scans / "good" / "plain.nii"], out, weights, methods=["gradcam"])
+    workflow.initialize()
+    with pytest.raises(RuntimeError):
+        workflow.run()
+    assert (out / "plain_gradcam.nii.gz").read_bytes() == b"the user's file"
+    assert "exists" in _rows(out / "errors.csv")[0]["problem"]
+
+
+def test_command_line_exit_status(scans, tmp_path, capsys):
+    assert explain_main([str(tmp_path / "missing.nii.gz"), "--output", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
