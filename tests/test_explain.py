@@ -112,3 +112,11 @@ def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(netw
     for name in explanation.maps:
         single = torch.cat([explainer(image[None]).maps[name] for image in images])
         assert torch.allclose(explanation.maps[name], single, atol=1e-4), name
+
+
+def test_explanation_benchmark_measures_each_method_at_a_tiny_size():
+    from medxgan_monai.cli.benchmark_explain import METHODS, measure
+
+    for method in METHODS:
+        result = measure(size=16, method=method, images=1, device="cpu", paper_steps=2)
+        assert result["ms_per_image"] > 0 and result["peak_memory_mb"] > 0, method

@@ -12,35 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import resource
-import subprocess
 import sys
 import time
 
+from medxgan_monai.cli._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
+
 __all__ = ["main", "measure"]
-
-
-def _stages(size: int) -> int:
-    return int(math.log2(size // 4))
 
 
 def measure(size: int, batch_size: int, iterations: int, device: str, encoder: bool) -> dict:
     """Time ``iterations`` trainer iterations (after one warm-up) at ``size`` pixels; return rate and peak memory."""
     import torch
-    from monai.networks.nets import DenseNet
 
     from medxgan_monai.engines import MedXGANTrainer
-    from medxgan_monai.networks import MedXGANDiscriminator, MedXGANEncoder, MedXGANGenerator
 
-    torch.manual_seed(0)
-    stages = _stages(size)
-    g_channels = [max(128 // 2**i, 8) for i in range(stages)]
-    d_channels = [min(16 * 2**i, 256) for i in range(stages)]
-    generator = MedXGANGenerator(image_size=size, channels=g_channels).to(device)
-    discriminator = MedXGANDiscriminator(image_size=size, channels=d_channels).to(device)
-    e_network = MedXGANEncoder(image_size=size, channels=d_channels).to(device) if encoder else None
-    classifier = DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(4, 8, 8)).to(device)
+    networks = networks_for_size(size, device)
+    generator, discriminator, classifier = networks["generator"], networks["discriminator"], networks["classifier"]
+    e_network = networks["encoder"] if encoder else None
     batch = {"image": torch.rand(batch_size, 1, size, size), "label": torch.arange(batch_size) % 2}
     data = [batch] * (iterations + 1)
     trainer = MedXGANTrainer(
@@ -60,14 +48,9 @@ def measure(size: int, batch_size: int, iterations: int, device: str, encoder: b
     from ignite.engine import Events
 
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: times.append(time.perf_counter()))
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     trainer.run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb(device)
     elapsed = time.perf_counter() - times[1]  # skip the warm-up iteration
     return {
         "size": size,
@@ -94,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for size in args.sizes:
-        command = [sys.executable, "-m", "medxgan_monai.cli.benchmark_gan", "--single", str(size)]
-        command += ["--batch-size", str(args.batch_size), "--iterations", str(args.iterations), "--device", args.device]
-        command += ["--no-encoder"] if args.no_encoder else []
-        completed = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+        arguments = ["--single", str(size), "--batch-size", str(args.batch_size), "--iterations", str(args.iterations)]
+        arguments += ["--device", args.device] + (["--no-encoder"] if args.no_encoder else [])
+        rows.append(run_isolated("medxgan_monai.cli.benchmark_gan", arguments))
     base = rows[0]
     print(
         f"medXGAN training step on {args.device}, batch {args.batch_size}, encoder {'off' if args.no_encoder else 'on'}"
