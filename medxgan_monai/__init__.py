@@ -2,6 +2,6 @@
 
 __version__ = "0.2.0"
 
-from medxgan_monai import bundle, data, engines, explain, handlers, io, networks, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
+from medxgan_monai import bundle, data, engines, explain, handlers, io, metrics, networks, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
 
-__all__ = ["__version__", "bundle", "data", "engines", "explain", "handlers", "io", "networks", "transforms"]
+__all__ = ["__version__", "bundle", "data", "engines", "explain", "handlers", "io", "metrics", "networks", "transforms"]
