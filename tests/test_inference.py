@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import torch
 from conftest import BUNDLE_ROOT
+from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import DenseNet
 
@@ -89,6 +90,7 @@ def _workflow(inputs, output_dir, weights, **extra) -> ConfigWorkflow:
         bundle_root=str(BUNDLE_ROOT),
         input=[str(p) for p in inputs],
         output_dir=str(output_dir),
+        tracking_uri=f"sqlite:///{output_dir.parent / 'mlruns.db'}",
         **weights,
         **TINY,
         **extra,
@@ -114,6 +116,10 @@ def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, wei
     predictions = _rows(out / "predictions.csv")
     assert {row["stem"] for row in predictions} == {"oblique", "plain", "slice"}
     assert all(float(row["seconds_medxgan"]) > 0 for row in predictions)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("medxgan_inference").experiment_id])
+    assert run.data.metrics["explained"] == 3 and run.data.metrics["failed"] == 5
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"predictions.csv", "errors.csv"}
 
     methods = ("medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift", "counterfactual")
     for stem in ("oblique", "plain"):

@@ -68,7 +68,20 @@ class InferenceReport:
         logger.error("%s (%s): %s", stem, path, problem)
         self.problems.append(InputProblem(stem, path, problem))
 
+    def summary(self) -> dict[str, float]:
+        """Counts and mean seconds per image of each method, e.g. for MLflow."""
+        summary = {"explained": float(len(self.predictions)), "failed": float(len(self.problems))}
+        methods = sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
+        for method in methods:
+            values = [row[SECONDS][method] for row in self.predictions if method in row.get(SECONDS, {})]
+            summary[f"seconds_{method}"] = float(np.mean(values))
+        return summary
+
     def write(self, engine: Engine | None = None) -> None:
+        """Write the CSV files; with an engine, also put :meth:`summary` into its metrics (for a metrics logger
+        that runs after this on the same event)."""
+        if engine is not None:
+            engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
         methods = sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
@@ -207,7 +220,8 @@ class ExplanationWriter:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self.report.write)
+        # an evaluator runs one epoch: the report is complete when it ends, before a metrics logger reads it
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.report.write)
 
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
