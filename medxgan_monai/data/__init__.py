@@ -2,7 +2,7 @@
 
 from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
 from medxgan_monai.data.demo import DemoDataSettings, build_demo_dataset, image_statistics_auc
-from medxgan_monai.data.inputs import InputProblem, collect_inputs, screen_inputs
+from medxgan_monai.data.inputs import InputProblem, collect_inputs, output_stem, screen_inputs
 from medxgan_monai.data.lesions import LesionSettings
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "collect_inputs",
     "image_statistics_auc",
     "load_datalist",
+    "output_stem",
     "screen_inputs",
     "validate_datalist",
 ]

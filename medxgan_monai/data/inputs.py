@@ -14,7 +14,7 @@ import torch
 from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
 
-__all__ = ["InputProblem", "collect_inputs", "screen_inputs"]
+__all__ = ["InputProblem", "collect_inputs", "output_stem", "screen_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class InputProblem:
     problem: str
 
 
-def _stem(path: Path) -> str:
+def output_stem(path: Path) -> str:
+    """The file name without its image suffix (``case.nii.gz`` -> ``case``), used to name outputs."""
     name = path.name
     for suffix in (*NIFTI_SUFFIXES, ".dcm", ".dicom", ".png", ".jpg", ".jpeg"):
         if name.lower().endswith(suffix):
@@ -80,7 +81,7 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
             paths.append(str(path.resolve()))
     items, seen = [], {}
     for path in paths:
-        stem = _stem(Path(path))
+        stem = output_stem(Path(path))
         seen[stem] = seen.get(stem, 0) + 1
         items.append({"image": path, "stem": stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"})
     return items

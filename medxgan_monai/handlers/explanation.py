@@ -18,7 +18,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 from monai.utils import CommonKeys
 
-from medxgan_monai.data.inputs import InputProblem
+from medxgan_monai.data.inputs import InputProblem, output_stem
 from medxgan_monai.explain.base import SaliencyExplainer
 from medxgan_monai.explain.medxgan import MedXGANExplainer
 from medxgan_monai.handlers._ignite import Engine, Events
@@ -226,7 +226,12 @@ class ExplanationWriter:
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         output = engine.state.output
-        items = decollate_batch({key: engine.state.batch[key] for key in (self.image_key, "stem")})
+        items = decollate_batch({self.image_key: engine.state.batch[self.image_key]})
+        stems = engine.state.batch.get("stem") or [
+            output_stem(Path(str(i[self.image_key].meta["filename_or_obj"]))) for i in items
+        ]
+        for item, stem in zip(items, stems, strict=True):
+            item["stem"] = stem
         probabilities = torch.softmax(output[CommonKeys.PRED].float(), dim=1)[:, 1]
         explanation = output.get(EXPLANATION)
         for index, item in enumerate(items):
