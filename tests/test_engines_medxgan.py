@@ -145,6 +145,29 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
     report = json.loads((gan_dir / "gan_evaluation_test.json").read_text())
     assert 0 <= report["cf_validity"] <= 1 and "inversion_valid_flip_rate" in report
 
+    # a fresh run initialised from that checkpoint (fine-tuning): with G frozen from epoch 1, G stays as loaded
+    checkpoint = gan_dir / "models" / "gan_checkpoint_epoch=2.pt"
+    finetune = ConfigWorkflow(
+        workflow_type="train",
+        config_file=[str(CONFIGS / "train_classifier.json"), str(CONFIGS / "train_gan.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **{
+            **overrides,
+            "output_dir": str(tmp_path / "finetune"),
+            "init_ckpt": str(checkpoint),
+            "train#trainer#max_epochs": 1,
+            "train#trainer#gan_stop_epoch": 1,
+            "train#trainer#encoder_start_epoch": 1,
+        },
+    )
+    finetune.initialize()
+    finetune.run()
+    finetune.finalize()
+    loaded = torch.load(checkpoint, weights_only=True)["generator"]
+    trained = finetune.parser.get_parsed_content("g_network").state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in loaded.items())
+
 
 def test_benchmark_measures_a_tiny_size():
     from medxgan_monai.cli.benchmark_gan import measure
