@@ -120,3 +120,18 @@ def test_explanation_benchmark_measures_each_method_at_a_tiny_size():
     for method in METHODS:
         result = measure(size=16, method=method, images=1, device="cpu", paper_steps=2)
         assert result["ms_per_image"] > 0 and result["peak_memory_mb"] > 0, method
+
+
+def test_counterfactual_term_lowers_the_counterfactual_probability(networks):
+    classifier, generator, encoder, images = networks
+    from medxgan_monai.explain import class_probability
+
+    def counterfactual_probability(weight: float) -> torch.Tensor:
+        inverter = LatentInverter(
+            generator, classifier, encoder, steps=30, learning_rate=5e-2, counterfactual_weight=weight
+        )
+        z_a, z_p, _ = inverter(images)
+        with torch.no_grad():
+            return class_probability(classifier, generator(z_a, torch.zeros_like(z_p)))
+
+    assert (counterfactual_probability(50.0) < counterfactual_probability(0.0)).all()

@@ -29,6 +29,11 @@ class LatentInverter:
     learning rate 1e-3, weights 10 and 1). The generator stays in eval mode and is never updated. Losses are summed
     over the batch, so each image's codes follow exactly the same trajectory as when it is inverted alone.
 
+    With ``counterfactual_weight > 0`` (beyond the paper) the loss also asks the counterfactual to be negative,
+    ``counterfactual_weight * BCE(p(G(z_a, 0)), 0)``: pixel and classifier matching alone let the anatomy code z_a
+    reproduce the lesion (then G(z_a, 0) still shows it), and this term pushes what the classifier sees into z_p.
+    It costs a second generator and classifier pass per step.
+
     Starting codes: the encoder's estimate E(x) when an encoder is given (amortised inversion: a good start needs
     only a short refinement), else zeros (deterministic; the paper's code starts from random codes).
 
@@ -47,6 +52,7 @@ class LatentInverter:
         learning_rate: float = 1e-3,
         pixel_weight: float = 10.0,
         classifier_weight: float = 1.0,
+        counterfactual_weight: float = 0.0,
         target: int = 1,
     ) -> None:
         self.generator = freeze(generator)
@@ -56,6 +62,7 @@ class LatentInverter:
         self.learning_rate = learning_rate
         self.pixel_weight = pixel_weight
         self.classifier_weight = classifier_weight
+        self.counterfactual_weight = counterfactual_weight
         self.target = target
 
     def initial_codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +76,20 @@ class LatentInverter:
             torch.zeros(batch, self.generator.pathology_dim, device=images.device),
         )
 
-    def loss(self, generated: torch.Tensor, images: torch.Tensor, target_probability: torch.Tensor) -> torch.Tensor:
-        """Per-image inversion loss."""
+    def loss(
+        self, z_a: torch.Tensor, z_p: torch.Tensor, images: torch.Tensor, target_probability: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-image inversion loss of the codes (z_a, z_p)."""
+        generated = self.generator(z_a, z_p)
         pixel = F.mse_loss(generated, images, reduction="none").flatten(1).mean(1)
         probability = class_probability(self.classifier, generated, self.target).clamp(1e-6, 1 - 1e-6)
         matching = F.binary_cross_entropy(probability, target_probability, reduction="none")
-        return self.pixel_weight * pixel + self.classifier_weight * matching
+        loss = self.pixel_weight * pixel + self.classifier_weight * matching
+        if self.counterfactual_weight > 0:
+            counterfactual = self.generator(z_a, torch.zeros_like(z_p))
+            p_counterfactual = class_probability(self.classifier, counterfactual, self.target).clamp(1e-6, 1 - 1e-6)
+            loss = loss - self.counterfactual_weight * torch.log1p(-p_counterfactual)
+        return loss
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images = images.detach().float()
@@ -86,10 +101,10 @@ class LatentInverter:
                 optimizer = torch.optim.Adam([z_a, z_p], lr=self.learning_rate, betas=(0.5, 0.999))
                 for _ in range(self.steps):
                     optimizer.zero_grad(set_to_none=True)
-                    self.loss(self.generator(z_a, z_p), images, target_probability).sum().backward()
+                    self.loss(z_a, z_p, images, target_probability).sum().backward()
                     optimizer.step()
         with torch.no_grad():
-            final = self.loss(self.generator(z_a, z_p), images, target_probability)
+            final = self.loss(z_a, z_p, images, target_probability)
         return z_a.detach(), z_p.detach(), final
 
 
@@ -240,6 +255,7 @@ class MedXGANExplainer:
         inversion_learning_rate: float = 1e-3,
         pixel_weight: float = 10.0,
         classifier_weight: float = 1.0,
+        counterfactual_weight: float = 0.0,
         ig_steps: int = 50,
         ig_variant: str = "exact",
         sweep_frames: int = 11,
@@ -255,6 +271,7 @@ class MedXGANExplainer:
             learning_rate=inversion_learning_rate,
             pixel_weight=pixel_weight,
             classifier_weight=classifier_weight,
+            counterfactual_weight=counterfactual_weight,
             target=target,
         )
         self.ig_steps = ig_steps
