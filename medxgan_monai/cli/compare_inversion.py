@@ -1,10 +1,11 @@
-"""Localization and cost of medXGAN explanations by inversion strategy, on the positives of a datalist with masks.
+"""Localization and cost of medXGAN explanations by inversion strategy, and of the baselines, on masked positives.
 
 Compares, on the same images and weights: the encoder alone (0 refinement steps), the amortised explainer (encoder
 plus a short refinement), the same with the counterfactual term of :class:`~medxgan_monai.explain.LatentInverter`,
 and the paper's per-image optimisation (1000 Adam steps from zero codes, learning rate 1e-3). Scores the difference
 map |G(z_a, z_p) - G(z_a, 0)| and the latent IG map against the masks (mean and 95% bootstrap CI), and times each
-strategy, in the same run.
+strategy, in the same run; then the baselines of the inference bundle (input gradient, IG, Grad-CAM, occlusion,
+Latent Shift) on the same images, for reference.
 
 Usage::
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-steps", type=int, default=1000)
     parser.add_argument("--counterfactual-weight", type=float, default=1.0, help="of the amortised + cf variant")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baseline rows")
     parser.add_argument("--bundle", default=str(BUNDLE))
     parser.add_argument("--generator-ckpt", help="default: the bundle's models/generator.pt")
     parser.add_argument("--encoder-ckpt", help="default: the bundle's models/encoder.pt")
@@ -93,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(items)} positives of {args.datalist} [{args.section}]; 95% bootstrap CIs")
     print("| inversion | map | pointing game | relevance mass | top-GT IoU | cf flips | s / image |")
     print("|---|---|---|---|---|---|---|")
+
+    def scores(maps: torch.Tensor) -> str:
+        cells = []
+        for metric in (pointing_game, relevance_mass, top_k_iou):
+            mean, low, high = bootstrap_ci(metric(maps, masks).numpy())
+            cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        return " | ".join(cells)
+
     for name, options in strategies.items():
         explainer = MedXGANExplainer(classifier, generator, **options)
         start = time.perf_counter()
@@ -101,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         flips = torch.cat([(p.probability >= 0.5) & (p.counterfactual_probability < 0.5) for p in parts]).float()
         for method in ("medxgan", "medxgan_lig"):
             maps = torch.cat([p.maps[method] for p in parts])
-            cells = []
-            for metric in (pointing_game, relevance_mass, top_k_iou):
-                mean, low, high = bootstrap_ci(metric(maps, masks).numpy())
-                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-            print(f"| {name} | {method} | {' | '.join(cells)} | {flips.mean():.3f} | {seconds:.3f} |", flush=True)
+            print(f"| {name} | {method} | {scores(maps)} | {flips.mean():.3f} | {seconds:.3f} |", flush=True)
+    if not args.no_baselines:
+        for name, explainer in config.get_parsed_content("explainers").items():
+            if name == "medxgan":
+                continue
+            start = time.perf_counter()
+            maps = torch.cat(
+                [explainer(images[s : s + args.batch_size]) for s in range(0, len(images), args.batch_size)]
+            )
+            seconds = (time.perf_counter() - start) / len(images)
+            print(f"| baseline | {name} | {scores(maps)} | - | {seconds:.3f} |", flush=True)
     return 0
 
 
