@@ -56,6 +56,7 @@ def test_one_epoch_updates_g_d_e_but_not_the_classifier():
         ema_decay=0.5,
         lambda_negative_code=1.0,
         lambda_minimal_change=1.0,
+        lambda_counterfactual=1.0,
     )
     trainer.run()
     output = trainer.state.output

@@ -47,6 +47,7 @@ class MedXGANKeys(StrEnum):
     E_CLS = "e_classifier"
     E_LATENT = "e_latent"
     E_NEGATIVE = "e_negative_code"
+    E_COUNTERFACTUAL = "e_counterfactual"
 
 
 GAN_KEYS = (MedXGANKeys.D_LOSS, MedXGANKeys.G_LOSS, MedXGANKeys.G_ADV, MedXGANKeys.G_CLS, MedXGANKeys.G_MINIMAL)
@@ -56,6 +57,7 @@ ENCODER_KEYS = (
     MedXGANKeys.E_CLS,
     MedXGANKeys.E_LATENT,
     MedXGANKeys.E_NEGATIVE,
+    MedXGANKeys.E_COUNTERFACTUAL,
 )
 
 
@@ -94,7 +96,10 @@ class MedXGANTrainer(Trainer):
            as ``min(ema_decay, (1 + t) / (10 + t))`` at iteration ``t``.
         4. Encoder (when given): invert the real batch through ``g_ema``; minimise ``lambda_pixel * L1`` plus
            ``lambda_classifier_match * KL(C(x) || C(G(E(x))))``, plus ``lambda_latent * MSE(E(G(z)), z)`` on generated
-           samples (latent cycle), plus ``lambda_negative_code * ||z_p||^2`` on real negatives.
+           samples (latent cycle), plus ``lambda_negative_code * ||z_p||^2`` on real negatives, plus
+           ``lambda_counterfactual * BCE(C(G(E(x)_a, 0)), 0)`` on real images the classifier calls positive (beyond
+           the paper: the anatomy code must not carry what the classifier sees, so G(E(x)_a, 0) is a valid
+           counterfactual).
 
     The output of each iteration is a dict of floats keyed by :class:`MedXGANKeys`.
 
@@ -143,6 +148,7 @@ class MedXGANTrainer(Trainer):
         lambda_classifier_match: float = 1.0,
         lambda_latent: float = 1.0,
         lambda_negative_code: float = 0.0,
+        lambda_counterfactual: float = 0.0,
         encoder_start_epoch: int = 1,
         gan_stop_epoch: int | None = None,
         epoch_length: int | None = None,
@@ -188,6 +194,7 @@ class MedXGANTrainer(Trainer):
         self.lambda_classifier_match = lambda_classifier_match
         self.lambda_latent = lambda_latent
         self.lambda_negative_code = lambda_negative_code
+        self.lambda_counterfactual = lambda_counterfactual
         self.encoder_start_epoch = encoder_start_epoch
         self.gan_stop_epoch = gan_stop_epoch
         self.conditional_d = getattr(d_network, "num_classes", 0) > 0
@@ -311,6 +318,16 @@ class MedXGANTrainer(Trainer):
                 + self.lambda_latent * latent
                 + self.lambda_negative_code * negative_code
             )
+            counterfactual = torch.tensor(float("nan"))
+            if self.lambda_counterfactual > 0:
+                called_positive = target[:, 1] >= 0.5
+                counterfactual = z_a.sum() * 0.0
+                if called_positive.any():
+                    anatomy = z_a[called_positive]
+                    logits = self.classifier(self.g_ema(anatomy, torch.zeros_like(z_p[called_positive]))).float()
+                    # -log P(negative) of the counterfactual
+                    counterfactual = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+                e_loss = e_loss + self.lambda_counterfactual * counterfactual
         self._step("encoder", e_loss, self.e_optimizer)
         return {
             MedXGANKeys.E_LOSS: e_loss.item(),
@@ -318,6 +335,7 @@ class MedXGANTrainer(Trainer):
             MedXGANKeys.E_CLS: matched.item(),
             MedXGANKeys.E_LATENT: latent.item(),
             MedXGANKeys.E_NEGATIVE: negative_code.item(),
+            MedXGANKeys.E_COUNTERFACTUAL: counterfactual.item(),
         }
 
 
