@@ -55,3 +55,17 @@ def test_frozen_classifier_never_trains_but_passes_gradients():
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert all(p.grad is None for p in classifier.parameters())
     assert classifier.features(images).shape[0] == 3
+
+
+def test_class_probabilities_from_two_logits_or_one_and_wrap_keeps_a_frozen_classifier():
+    from medxgan_monai.networks import FrozenClassifier, class_probabilities
+
+    two = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    assert torch.allclose(class_probabilities(two), torch.softmax(two, dim=1))
+    one = torch.tensor([[0.0], [2.0]])
+    expected = torch.stack([1 - torch.sigmoid(one[:, 0]), torch.sigmoid(one[:, 0])], dim=1)
+    assert torch.allclose(class_probabilities(one), expected)
+    frozen = FrozenClassifier(torch.nn.Linear(3, 1))
+    assert FrozenClassifier.wrap(frozen) is frozen
+    assert isinstance(FrozenClassifier.wrap(torch.nn.Linear(3, 2)), FrozenClassifier)
+    assert torch.allclose(frozen.probability(torch.zeros(2, 3)), class_probabilities(frozen(torch.zeros(2, 3)))[:, 1])

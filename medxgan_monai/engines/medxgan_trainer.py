@@ -14,7 +14,7 @@ from monai.utils import StrEnum, min_version, optional_import
 from torch import nn
 from torch.optim import Optimizer
 
-from medxgan_monai.networks.classifier import FrozenClassifier
+from medxgan_monai.networks.classifier import FrozenClassifier, freeze
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -183,8 +183,8 @@ class MedXGANTrainer(Trainer):
         self.g_network, self.g_optimizer = g_network, g_optimizer
         self.d_network, self.d_optimizer = d_network, d_optimizer
         self.e_network, self.e_optimizer = e_network, e_optimizer
-        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
-        self.g_ema = ema_copy(g_network) if g_ema is None else g_ema.requires_grad_(False).eval()
+        self.classifier = FrozenClassifier.wrap(classifier)
+        self.g_ema = ema_copy(g_network) if g_ema is None else freeze(g_ema)
         self.lambda_classifier = lambda_classifier
         self.lambda_minimal_change = lambda_minimal_change
         self.adversarial_loss = adversarial_loss
@@ -341,9 +341,7 @@ class MedXGANTrainer(Trainer):
 
 def ema_copy(network: nn.Module) -> nn.Module:
     """A frozen copy of ``network`` in eval mode, to be updated by :class:`MedXGANTrainer` as a moving average."""
-    copied = copy.deepcopy(network)
-    copied.requires_grad_(False)
-    return copied.eval()
+    return freeze(copy.deepcopy(network))
 
 
 def output_averages(keys: Sequence[str]) -> dict[str, Metric]:

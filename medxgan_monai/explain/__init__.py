@@ -1,6 +1,6 @@
 """Explainers: medXGAN (inversion, counterfactual, difference map, latent-path IG, sweep) and the baselines."""
 
-from medxgan_monai.explain.base import SaliencyExplainer, class_probability, freeze, normalize_saliency
+from medxgan_monai.explain.base import SaliencyExplainer, class_probability, normalize_saliency
 from medxgan_monai.explain.baselines import (
     GradCAMExplainer,
     InputGradientExplainer,
@@ -27,7 +27,6 @@ __all__ = [
     "OcclusionExplainer",
     "SaliencyExplainer",
     "class_probability",
-    "freeze",
     "interpolation_sweep",
     "latent_path_integrated_gradients",
     "normalize_saliency",

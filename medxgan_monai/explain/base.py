@@ -8,9 +8,9 @@ import torch
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from medxgan_monai.networks.classifier import FrozenClassifier
+from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities
 
-__all__ = ["SaliencyExplainer", "class_probability", "freeze", "normalize_saliency"]
+__all__ = ["SaliencyExplainer", "class_probability", "normalize_saliency"]
 
 
 def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -29,22 +29,9 @@ def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return magnitude / peak.view(-1, *([1] * (magnitude.ndim - 1)))
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode and no weight gradients: an explanation must never change a network, nor depend on the batch
-    through BatchNorm statistics (the official medXGAN demo left the generator in training mode)."""
-    module.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return module
-
-
 def class_probability(classifier: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Tensor:
     """Probability of class ``target`` per image (softmax of two logits, or sigmoid of a single logit)."""
-    logits = classifier(images).float()
-    if logits.shape[1] == 1:
-        positive = torch.sigmoid(logits[:, 0])
-        return positive if target == 1 else 1 - positive
-    return torch.softmax(logits, dim=1)[:, target]
+    return class_probabilities(classifier(images))[:, target]
 
 
 class SaliencyExplainer(ABC):
@@ -68,7 +55,7 @@ class SaliencyExplainer(ABC):
     name: str = "saliency"
 
     def __init__(self, classifier: nn.Module, target: int = 1) -> None:
-        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+        self.classifier = FrozenClassifier.wrap(classifier)
         self.target = target
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from torch import nn
 
 from medxgan_monai.explain.base import SaliencyExplainer, class_probability
+from medxgan_monai.networks.classifier import class_probabilities
 
 __all__ = ["GradCAMExplainer", "InputGradientExplainer", "IntegratedGradientsExplainer", "OcclusionExplainer"]
 
@@ -136,11 +137,7 @@ class OcclusionExplainer(SaliencyExplainer):
             verbose=False,
             mode=self.mode,
             overlap=self.overlap,
-            activate=lambda logits: (
-                torch.softmax(logits.float(), dim=1)
-                if logits.shape[1] > 1
-                else torch.cat([1 - torch.sigmoid(logits.float()), torch.sigmoid(logits.float())], dim=1)
-            ),
+            activate=class_probabilities,
         )
         maps = []
         with torch.no_grad():

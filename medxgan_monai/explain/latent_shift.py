@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medxgan_monai.explain.base import SaliencyExplainer, class_probability, freeze
+from medxgan_monai.explain.base import SaliencyExplainer, class_probability
+from medxgan_monai.networks.classifier import freeze
 
 __all__ = ["LatentShiftExplainer"]
 

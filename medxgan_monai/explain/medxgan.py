@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from medxgan_monai.explain.base import class_probability, freeze, normalize_saliency
-from medxgan_monai.networks.classifier import FrozenClassifier
+from medxgan_monai.explain.base import class_probability, normalize_saliency
+from medxgan_monai.networks.classifier import FrozenClassifier, freeze
 
 __all__ = [
     "Explanation",
@@ -56,7 +56,7 @@ class LatentInverter:
         target: int = 1,
     ) -> None:
         self.generator = freeze(generator)
-        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+        self.classifier = FrozenClassifier.wrap(classifier)
         self.encoder = None if encoder is None else freeze(encoder)
         self.steps = steps
         self.learning_rate = learning_rate
@@ -143,7 +143,7 @@ def latent_path_integrated_gradients(
     """
     if variant not in ("exact", "paper"):
         raise ValueError(f"variant must be 'exact' or 'paper', not {variant!r}")
-    classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+    classifier = FrozenClassifier.wrap(classifier)
     alphas = torch.linspace(0, 1, steps + 1, device=z_a.device)
     batch = z_a.shape[0]
     # path points for every image, flattened as (point, image)
@@ -261,7 +261,7 @@ class MedXGANExplainer:
         sweep_frames: int = 11,
         target: int = 1,
     ) -> None:
-        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+        self.classifier = FrozenClassifier.wrap(classifier)
         self.generator = freeze(generator)
         self.inverter = LatentInverter(
             self.generator,

@@ -26,6 +26,7 @@ from medxgan_monai.io.atomic import atomic_write_text
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.nifti import write_nifti
+from medxgan_monai.networks.classifier import class_probabilities
 from medxgan_monai.transforms.io import detect_format
 
 __all__ = ["ExplanationHandler", "ExplanationWriter", "InferenceFailed", "InferenceReport"]
@@ -232,7 +233,7 @@ class ExplanationWriter:
         ]
         for item, stem in zip(items, stems, strict=True):
             item["stem"] = stem
-        probabilities = torch.softmax(output[CommonKeys.PRED].float(), dim=1)[:, 1]
+        probabilities = class_probabilities(output[CommonKeys.PRED])[:, 1]
         explanation = output.get(EXPLANATION)
         for index, item in enumerate(items):
             source = str(item[self.image_key].meta["filename_or_obj"])

@@ -53,7 +53,7 @@ class MedXGANValidator:
         prefix: str = "val_",
         device: torch.device | str | None = None,
     ) -> None:
-        self.classifier = classifier if isinstance(classifier, FrozenClassifier) else FrozenClassifier(classifier)
+        self.classifier = FrozenClassifier.wrap(classifier)
         self.generator = generator
         self.encoder = encoder
         self.val_data_loader = val_data_loader

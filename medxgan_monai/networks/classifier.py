@@ -7,7 +7,23 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["FrozenClassifier"]
+__all__ = ["FrozenClassifier", "class_probabilities", "freeze"]
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no weight gradients, in place; returns the module. A fixed network must never change, nor
+    depend on the batch through BatchNorm statistics (the official medXGAN demo left the generator in training mode)."""
+    return module.requires_grad_(False).eval()
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2) class probabilities from binary-classifier logits: softmax of (B, 2), or [1 - s, s] with s the sigmoid
+    of a single logit (B, 1)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
 
 
 class FrozenClassifier(nn.Module):
@@ -39,12 +55,14 @@ class FrozenClassifier(nn.Module):
         if checkpoint is not None:
             state = torch.load(checkpoint, map_location=map_location, weights_only=True)
             network.load_state_dict(state[key_in_checkpoint] if key_in_checkpoint else state)
-        self.network = network
-        for parameter in self.network.parameters():
-            parameter.requires_grad_(False)
-        self.network.eval()
+        self.network = freeze(network)
         linears = [m for m in self.network.modules() if isinstance(m, nn.Linear)]
         self._feature_layer = linears[-1] if linears else None
+
+    @classmethod
+    def wrap(cls, classifier: nn.Module) -> FrozenClassifier:
+        """``classifier`` itself when it is already a :class:`FrozenClassifier`, else a new wrapper around it."""
+        return classifier if isinstance(classifier, cls) else cls(classifier)
 
     def train(self, mode: bool = True) -> FrozenClassifier:
         # the classifier is a fixed judge: BatchNorm/Dropout must never switch to training behaviour
@@ -56,10 +74,7 @@ class FrozenClassifier(nn.Module):
 
     def probability(self, images: torch.Tensor) -> torch.Tensor:
         """P(positive class) per image."""
-        logits = self.network(images)
-        if logits.shape[1] == 1:
-            return torch.sigmoid(logits[:, 0])
-        return torch.softmax(logits, dim=1)[:, 1]
+        return class_probabilities(self.network(images))[:, 1]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (the input of the last linear layer), flattened per image."""
