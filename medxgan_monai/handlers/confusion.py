@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import torch
 
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.io.atomic import atomic_output
+from medxgan_monai.io.atomic import atomic_write_csv
 
 __all__ = ["ConfusionMatrixSaver"]
 
@@ -42,11 +41,8 @@ class ConfusionMatrixSaver:
                 "use monai.handlers.ConfusionMatrix(save_details=True) with that name"
             )
         tp, fp, tn, fn = (int(v) for v in torch.as_tensor(details).reshape(-1, 4).sum(dim=0).tolist())
-        with (
-            atomic_output(self.output_dir / self.filename, overwrite=True) as tmp,
-            open(tmp, "w", newline="") as stream,
-        ):
-            writer = csv.writer(stream)
-            writer.writerow(["true \\ predicted", "negative", "positive"])
-            writer.writerow(["negative", tn, fp])
-            writer.writerow(["positive", fn, tp])
+        atomic_write_csv(
+            self.output_dir / self.filename,
+            ["true \\ predicted", "negative", "positive"],
+            [["negative", tn, fp], ["positive", fn, tp]],
+        )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
@@ -22,12 +20,12 @@ from medxgan_monai.data.inputs import InputProblem, output_stem
 from medxgan_monai.explain.base import SaliencyExplainer
 from medxgan_monai.explain.medxgan import MedXGANExplainer
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.io.atomic import atomic_write_text
+from medxgan_monai.io.atomic import atomic_write_csv
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.nifti import write_nifti
 from medxgan_monai.networks.classifier import class_probabilities
-from medxgan_monai.transforms.io import detect_format
+from medxgan_monai.transforms.io import detect_format, load_scan
 
 __all__ = ["ExplanationHandler", "ExplanationWriter", "InferenceFailed", "InferenceReport"]
 
@@ -72,11 +70,13 @@ class InferenceReport:
     def summary(self) -> dict[str, float]:
         """Counts and mean seconds per image of each method, e.g. for MLflow."""
         summary = {"explained": float(len(self.predictions)), "failed": float(len(self.problems))}
-        methods = sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
-        for method in methods:
+        for method in self._timed_methods():
             values = [row[SECONDS][method] for row in self.predictions if method in row.get(SECONDS, {})]
             summary[f"seconds_{method}"] = float(np.mean(values))
         return summary
+
+    def _timed_methods(self) -> list[str]:
+        return sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
 
     def write(self, engine: Engine | None = None) -> None:
         """Write the CSV files; with an engine, also put :meth:`summary` into its metrics (for a metrics logger
@@ -85,17 +85,16 @@ class InferenceReport:
             engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
-        methods = sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
+        methods = self._timed_methods()
         rows = [
             [row[c] for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
             for row in self.predictions
         ]
-        atomic_write_text(
-            self.output_dir / "predictions.csv", _csv([*columns, *(f"seconds_{m}" for m in methods)], rows)
-        )
+        header = [*columns, *(f"seconds_{m}" for m in methods)]
+        atomic_write_csv(self.output_dir / "predictions.csv", header, rows, lineterminator="\n")
         if self.problems:
             rows = [[p.stem, p.path, p.problem] for p in self.problems]
-            atomic_write_text(self.output_dir / "errors.csv", _csv(["stem", "source", "problem"], rows))
+            atomic_write_csv(self.output_dir / "errors.csv", ["stem", "source", "problem"], rows, lineterminator="\n")
         logger.info(
             "explained %d image(s), %d failed; outputs in %s",
             len(self.predictions),
@@ -108,14 +107,6 @@ class InferenceReport:
             raise InferenceFailed(
                 f"{len(self.problems)} input(s) could not be explained; see {self.output_dir / 'errors.csv'}"
             )
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 class ExplanationHandler:
@@ -257,8 +248,10 @@ class ExplanationWriter:
             volumes["counterfactual"] = explanation.counterfactual[index]
         in_source_grid = self._invert(image, volumes)
         kind = detect_format(source)
+        affine, shape = self._source_geometry(image, source, kind)
         for name, array in in_source_grid.items():
-            self._write_nifti(array, image, source, kind, self.output_dir / f"{stem}_{name}.nii.gz")
+            path = self.output_dir / f"{stem}_{name}.nii.gz"
+            write_nifti(array.reshape(shape or array.shape), affine, path, overwrite=self.overwrite)
         if self.panel:
             self._write_panel(stem, image, output, explanation, index, probability)
         if self.sweep and explanation is not None:
@@ -294,13 +287,14 @@ class ExplanationWriter:
         inverted = inverter(data)
         return {name: np.asarray(inverted[name].detach().cpu().numpy()[0], dtype=np.float32) for name in volumes}
 
-    def _write_nifti(self, array: np.ndarray, image: MetaTensor, source: str, kind: str, path: Path) -> None:
+    @staticmethod
+    def _source_geometry(image: MetaTensor, source: str, kind: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+        """Affine and array shape for outputs: a NIfTI source's own header (exactly, singleton axes included);
+        otherwise the loader's affine and the inverted array's shape (``None``)."""
         if kind == "nifti":
             header = nib.load(source)
-            affine, shape = header.affine, header.shape
-        else:
-            affine, shape = np.asarray(image.meta["original_affine"], dtype=np.float64), array.shape
-        write_nifti(array.reshape(shape), affine, path, overwrite=self.overwrite)
+            return header.affine, header.shape
+        return np.asarray(image.meta["original_affine"], dtype=np.float64), None
 
     def _write_panel(self, stem, image, output, explanation, index, probability) -> None:
         picture = image[0].detach().cpu().numpy()
@@ -321,12 +315,11 @@ class ExplanationWriter:
         )
 
     def _write_dicom(self, stem: str, source: str, saliency: np.ndarray) -> None:
-        dataset = pydicom.dcmread(source)
+        dataset = pydicom.dcmread(source, stop_before_pixels=True)
         # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
         saliency_rows = np.clip(saliency.T, 0, 1)
-        pixels = dataset.pixel_array.astype(np.float32)
-        if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-            pixels = pixels.max() - pixels
+        # the project's loader applies the rescale and inverts MONOCHROME1, as for the model's input
+        pixels = load_scan(source)[0].numpy().T
         low, high = np.percentile(pixels, (0.5, 99.5))
         picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
         write_overlay_secondary_capture(

@@ -1,6 +1,6 @@
 """Writers that store images and results next to the source study: DICOM and NIfTI, always atomically."""
 
-from medxgan_monai.io.atomic import atomic_output, atomic_replace_dir, atomic_write_text
+from medxgan_monai.io.atomic import atomic_output, atomic_replace_dir, atomic_write_csv, atomic_write_text
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
@@ -11,6 +11,7 @@ __all__ = [
     "SyntheticPatient",
     "atomic_output",
     "atomic_replace_dir",
+    "atomic_write_csv",
     "atomic_write_text",
     "write_mr_slice",
     "saliency_overlay",

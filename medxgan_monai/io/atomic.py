@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_replace_dir", "atomic_write_text"]
+__all__ = ["atomic_output", "atomic_replace_dir", "atomic_write_csv", "atomic_write_text"]
 
 
 def _current_umask() -> int:
@@ -81,4 +82,16 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
     """Write ``text`` to ``path`` through :func:`atomic_output`; returns the path."""
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, header: Sequence, rows: Iterable[Sequence], overwrite: bool = True, **fmtparams
+) -> Path:
+    """Write a CSV file (one header row, then ``rows``) through :func:`atomic_output`; returns the path.
+    ``fmtparams`` go to :func:`csv.writer` (e.g. ``lineterminator="\\n"``)."""
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as stream:
+        writer = csv.writer(stream, **fmtparams)
+        writer.writerow(header)
+        writer.writerows(rows)
     return Path(path)
