@@ -47,3 +47,12 @@ def test_empty_masks_give_nan_and_shapes_must_match():
         assert "same shape" in str(error)
     else:
         raise AssertionError("shape mismatch must raise")
+
+
+def test_bootstrap_ci_brackets_the_mean_and_drops_nans():
+    from medxgan_monai.metrics import bootstrap_ci
+
+    assert bootstrap_ci([0.5, 0.5, float("nan"), 0.5]) == (0.5, 0.5, 0.5)
+    mean, low, high = bootstrap_ci([0.0, 1.0] * 50)
+    assert mean == 0.5 and low < 0.5 < high and high - low < 0.3
+    assert bootstrap_ci([0.0, 1.0] * 50) == (mean, low, high), "a fixed seed gives the same interval"

@@ -19,20 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["bootstrap_ci", "main"]
+__all__ = ["main"]
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-
-
-def bootstrap_ci(values, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and the 2.5 / 97.5 percentiles of the bootstrap distribution of the mean (NaNs dropped)."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(samples, len(values)), replace=True).mean(1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medxgan_monai.data import load_datalist
     from medxgan_monai.explain import MedXGANExplainer
-    from medxgan_monai.metrics import pointing_game, relevance_mass, top_k_iou
+    from medxgan_monai.metrics import bootstrap_ci, pointing_game, relevance_mass, top_k_iou
     from medxgan_monai.transforms import load_scan
 
     config = ConfigParser()
