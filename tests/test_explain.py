@@ -109,6 +109,8 @@ def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(netw
     assert torch.allclose(explanation.sweep_frames[:, -1], explanation.reconstruction, atol=1e-6)
     assert torch.allclose(explanation.difference, (explanation.reconstruction - explanation.counterfactual).abs())
     assert set(explanation.maps) == {"medxgan", "medxgan_lig"}
+    with pytest.raises(ValueError, match="sweep_frames"):
+        MedXGANExplainer(classifier, generator, encoder, sweep_frames=1)
     for name in explanation.maps:
         single = torch.cat([explainer(image[None]).maps[name] for image in images])
         assert torch.allclose(explanation.maps[name], single, atol=1e-4), name

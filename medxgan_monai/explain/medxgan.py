@@ -155,13 +155,13 @@ def latent_path_integrated_gradients(
             images = generator(codes_a[part], codes_p[part]).float()
         images.requires_grad_(True)
         with torch.enable_grad():
-            probability_target = class_probability(classifier, images, target)
+            probability = class_probability(classifier, images, target)
+            explained = probability
             if variant == "paper":
                 # the probability of whichever class is predicted at this path point (binary: p or 1 - p)
-                probability_target = torch.where(probability_target >= 0.5, probability_target, 1 - probability_target)
-            (gradient,) = torch.autograd.grad(probability_target.sum(), images)
-        with torch.no_grad():
-            probabilities.append(class_probability(classifier, images.detach(), target))
+                explained = torch.where(probability >= 0.5, probability, 1 - probability)
+            (gradient,) = torch.autograd.grad(explained.sum(), images)
+        probabilities.append(probability.detach())
         frames.append(images.detach())
         gradients.append(gradient)
     frames = torch.cat(frames).view(steps + 1, batch, *frames[0].shape[1:])
@@ -274,6 +274,8 @@ class MedXGANExplainer:
             counterfactual_weight=counterfactual_weight,
             target=target,
         )
+        if sweep_frames < 2:
+            raise ValueError(f"sweep_frames must be at least 2 (counterfactual and reconstruction), not {sweep_frames}")
         self.ig_steps = ig_steps
         self.ig_variant = ig_variant
         self.sweep_frames = sweep_frames
@@ -284,16 +286,15 @@ class MedXGANExplainer:
         z_a, z_p, inversion_loss = self.inverter(images)
         with torch.no_grad():
             probability = class_probability(self.classifier, images, self.target)
-            reconstruction = self.generator(z_a, z_p).float()
-            counterfactual = self.generator(z_a, torch.zeros_like(z_p)).float()
-            reconstruction_probability = class_probability(self.classifier, reconstruction, self.target)
-            counterfactual_probability = class_probability(self.classifier, counterfactual, self.target)
         latent_ig, gap = latent_path_integrated_gradients(
             self.generator, self.classifier, z_a, z_p, self.ig_steps, self.target, self.ig_variant
         )
         alphas, frames, frame_probabilities = interpolation_sweep(
             self.generator, self.classifier, z_a, z_p, self.sweep_frames, self.target
         )
+        # the sweep starts at the counterfactual G(z_a, 0) and ends at the reconstruction G(z_a, z_p)
+        counterfactual, reconstruction = frames[:, 0], frames[:, -1]
+        counterfactual_probability, reconstruction_probability = frame_probabilities[:, 0], frame_probabilities[:, -1]
         difference = (reconstruction - counterfactual).abs()
         return Explanation(
             probability=probability,
