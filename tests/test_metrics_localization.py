@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from medxgan_monai.metrics import pointing_game, relevance_mass, top_k_iou
+from medxgan_monai.metrics import otsu_iou, pixel_auroc, pointing_game, relevance_mass, top_k_iou
 
 
 def _case():
@@ -37,9 +37,28 @@ def test_top_k_iou():
     assert top_k_iou(mask * 2, mask).item() == 1.0
 
 
+def test_pixel_auroc():
+    maps, mask = _case()
+    # inside values {3, 1} against outside {0, 4, 0, 0}: each inside pixel beats 3 of 4 outside pixels
+    assert pixel_auroc(maps, mask).tolist() == [0.75]
+    maps[0, 0, 0, 1] = 4.0  # a tie with the outside 4 counts one half: (3 + 3.5) / 8
+    assert math.isclose(pixel_auroc(maps, mask).item(), 6.5 / 8)
+    assert pixel_auroc(torch.ones_like(maps), mask).tolist() == [0.5]
+    assert math.isnan(pixel_auroc(maps, torch.ones_like(mask)).item()), "no outside pixel: undefined"
+
+
+def test_otsu_iou():
+    maps, mask = _case()
+    # the best two-class split of {0, 0, 0, 1, 3, 4} is {0, 0, 0, 1} | {3, 4}: kept pixels (0, 0) and (1, 1),
+    # one of them inside the two-pixel mask: IoU 1 / 3
+    assert math.isclose(otsu_iou(maps, mask).item(), 1 / 3, rel_tol=1e-6)
+    assert otsu_iou(mask * 2, mask).item() == 1.0
+    assert otsu_iou(torch.ones_like(maps), mask).item() == 0.0, "a constant map keeps nothing"
+
+
 def test_empty_masks_give_nan_and_shapes_must_match():
     maps, mask = _case()
-    for metric in (pointing_game, relevance_mass, top_k_iou):
+    for metric in (pointing_game, relevance_mass, top_k_iou, pixel_auroc, otsu_iou):
         assert math.isnan(metric(maps, torch.zeros_like(mask)).item())
     try:
         pointing_game(maps, mask[..., :2])

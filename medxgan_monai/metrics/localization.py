@@ -7,9 +7,12 @@ empty mask get NaN: there is nothing to find.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from skimage.filters import threshold_otsu
+from sklearn.metrics import roc_auc_score
 
-__all__ = ["pointing_game", "relevance_mass", "top_k_iou"]
+__all__ = ["otsu_iou", "pixel_auroc", "pointing_game", "relevance_mass", "top_k_iou"]
 
 
 def _flatten(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,4 +59,29 @@ def top_k_iou(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         selected = torch.zeros_like(truth)
         selected[torch.topk(value, area).indices] = True
         scores[index] = (selected & truth).sum() / (selected | truth).sum()
+    return _nan_where_empty(scores, inside)
+
+
+def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of the map's values as a pixel-wise detector of the mask (scikit-learn's
+    ``roc_auc_score``; ties count one half). 0.5 is chance, 1 a map whose every mask pixel outranks every other pixel.
+    NaN when the mask is empty or covers the whole image (no negatives to rank against)."""
+    values, inside = _flatten(maps, masks)
+    scores = torch.full((values.shape[0],), float("nan"))
+    for index, (value, truth) in enumerate(zip(values.numpy(), inside.numpy(), strict=True)):
+        if 0 < truth.sum() < truth.size:
+            scores[index] = float(roc_auc_score(truth, value))
+    return scores
+
+
+def otsu_iou(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """IoU between the mask and the map thresholded at its own Otsu threshold (Otsu 1979, scikit-image's
+    ``threshold_otsu``), the pixels strictly above it kept: a threshold-free segmentation of the map. A constant map
+    keeps no pixel and scores 0."""
+    values, inside = _flatten(maps, masks)
+    scores = torch.zeros(values.shape[0])
+    for index, (value, truth) in enumerate(zip(values.numpy(), inside.numpy(), strict=True)):
+        if value.max() > value.min():
+            selected = value > threshold_otsu(value)
+            scores[index] = float(np.logical_and(selected, truth).sum() / np.logical_or(selected, truth).sum())
     return _nan_where_empty(scores, inside)
