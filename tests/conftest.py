@@ -18,3 +18,46 @@ def tiny_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "tiny"
     build_demo_dataset(out, TINY_SETTINGS)
     return out
+
+
+#: overrides that shrink the inference and evaluation bundles' networks and steps for tests
+TINY_BUNDLE = {
+    "image_size": [32, 32],
+    "anatomy_dim": 16,
+    "pathology_dim": 4,
+    "network_def#block_config": [2, 2],
+    "generator_def#channels": [16, 8],
+    "encoder_def#channels": [8, 16],
+    "inversion_steps": 2,
+    "latent_ig_steps": 4,
+    "ig_steps": 4,
+    "sweep_frames": 3,
+    "device": "cpu",
+}
+
+
+def save_tiny_weights(folder: Path, size: int = 32) -> dict:
+    """Randomly initialised (seeded) classifier, generator and encoder matching :data:`TINY_BUNDLE` at ``size``
+    pixels; returns the bundle overrides naming them (and the image size)."""
+    import torch
+    from monai.networks.nets import DenseNet
+
+    from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    modules = {
+        "classifier_ckpt": DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)),
+        "generator_ckpt": MedXGANGenerator(image_size=size, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
+        "encoder_ckpt": MedXGANEncoder(image_size=size, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
+    }
+    overrides: dict = {"image_size": [size, size]}
+    for key, module in modules.items():
+        overrides[key] = str(folder / f"{key}.pt")
+        torch.save(module.state_dict(), overrides[key])
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> dict:
+    return save_tiny_weights(tmp_path_factory.mktemp("weights"))

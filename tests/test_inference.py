@@ -8,47 +8,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, TINY_BUNDLE
 from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigWorkflow
-from monai.networks.nets import DenseNet
 
 from medxgan_monai.cli.explain import main as explain_main
 from medxgan_monai.handlers import InferenceFailed
 from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
-from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
 
 CONFIGS = BUNDLE_ROOT / "configs"
-TINY = {
-    "image_size": [32, 32],
-    "anatomy_dim": 16,
-    "pathology_dim": 4,
-    "network_def#block_config": [2, 2],
-    "generator_def#channels": [16, 8],
-    "encoder_def#channels": [8, 16],
-    "inversion_steps": 2,
-    "latent_ig_steps": 4,
-    "ig_steps": 4,
-    "sweep_frames": 3,
-    "device": "cpu",
-}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    modules = {
-        "classifier_ckpt": DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)),
-        "generator_ckpt": MedXGANGenerator(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
-        "encoder_ckpt": MedXGANEncoder(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
-    }
-    paths = {}
-    for key, module in modules.items():
-        paths[key] = str(folder / f"{key}.pt")
-        torch.save(module.state_dict(), paths[key])
-    return paths
 
 
 def _brain_like(shape, seed=0) -> np.ndarray:
@@ -91,8 +59,7 @@ def _workflow(inputs, output_dir, weights, **extra) -> ConfigWorkflow:
         input=[str(p) for p in inputs],
         output_dir=str(output_dir),
         tracking_uri=f"sqlite:///{output_dir.parent / 'mlruns.db'}",
-        **weights,
-        **TINY,
+        **{**TINY_BUNDLE, **weights},
         **extra,
     )
 

@@ -60,7 +60,7 @@ def _gradient_of(network: nn.Module):
     def explain(images: torch.Tensor) -> torch.Tensor:
         images = images.clone().requires_grad_(True)
         (gradient,) = torch.autograd.grad(network(images)[:, 1].sum(), images)
-        return gradient.abs()
+        return {"gradient": gradient.abs()}
 
     return explain
 
@@ -72,9 +72,9 @@ def test_cascading_randomization_separates_model_from_image_and_restores_weights
     trained = {k: v.clone() for k, v in network.state_dict().items()}
     images = torch.rand(4, 1, 4, 4)
     layers, correlations = cascading_randomization(network, _gradient_of(network), images)
-    assert layers == ["3", "1"] and correlations.shape == (2, 4)
-    assert correlations[-1].abs().mean() < 0.6, "a fully random network gives an unrelated gradient"
+    assert layers == ["3", "1"] and correlations["gradient"].shape == (2, 4)
+    assert correlations["gradient"][-1].abs().mean() < 0.6, "a fully random network gives an unrelated gradient"
     assert all(torch.equal(trained[k], v) for k, v in network.state_dict().items()), "weights restored"
     # an 'explanation' that only shows the image passes nothing of the model: correlation stays 1
-    _, image_only = cascading_randomization(network, lambda x: x.abs(), images)
-    assert torch.allclose(image_only, torch.ones(2, 4))
+    _, image_only = cascading_randomization(network, lambda x: {"image": x.abs()}, images)
+    assert torch.allclose(image_only["image"], torch.ones(2, 4))

@@ -14,7 +14,7 @@ import torch
 from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
 
-__all__ = ["InputProblem", "collect_inputs", "output_stem", "screen_inputs"]
+__all__ = ["InputProblem", "collect_evaluation_items", "collect_inputs", "output_stem", "screen_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,41 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
             paths += _datalist_paths(path, section)
         else:
             paths.append(str(path.resolve()))
-    items, seen = [], {}
+    return [{"image": path, "stem": stem} for path, stem in zip(paths, _unique_stems(paths), strict=True)]
+
+
+def _unique_stems(paths: Sequence[str]) -> list[str]:
+    stems, seen = [], {}
     for path in paths:
         stem = output_stem(Path(path))
         seen[stem] = seen.get(stem, 0) + 1
-        items.append({"image": path, "stem": stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"})
-    return items
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def collect_evaluation_items(
+    datalist: str | os.PathLike, section: str = "test", labels: Sequence[int] = (1,)
+) -> tuple[list[dict], list[InputProblem]]:
+    """The entries of a datalist section on which explanations are scored against masks.
+
+    Returns items ``{"image", "mask", "label", "stem", "source"}`` (absolute paths; ``source`` keeps the image path
+    once the image is loaded) for the entries whose label is in ``labels`` (the positives by default: the class
+    whose evidence is explained), and one :class:`InputProblem` per such entry without a ``"mask"``, which is
+    skipped. A structurally broken datalist raises :class:`~medxgan_monai.data.DatalistError` listing every problem.
+
+    Example::
+
+        items, problems = collect_evaluation_items("data/demo/datalist.json", "test")
+    """
+    entries = [item for item in load_datalist(datalist, section) if item["label"] in labels]
+    stems = _unique_stems([item["image"] for item in entries])
+    items, problems = [], []
+    for item, stem in zip(entries, stems, strict=True):
+        if not item.get("mask"):
+            problems.append(InputProblem(stem, item["image"], "no 'mask' in the datalist entry; cannot score"))
+            continue
+        items.append({**item, "stem": stem, "source": item["image"]})
+    return items, problems
 
 
 def _datalist_paths(path: Path, section: str) -> list[str]:

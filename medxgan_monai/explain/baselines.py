@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -140,7 +141,9 @@ class OcclusionExplainer(SaliencyExplainer):
             activate=class_probabilities,
         )
         maps = []
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # MONAI 1.6.1's sliding-window indexing triggers a torch deprecation warning per image; not ours to fix
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
             for image in images.detach().float():
                 reference = class_probability(self.classifier, image[None], self.target)
                 occluded, _ = occlusion(image[None])

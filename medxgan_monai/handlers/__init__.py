@@ -1,6 +1,7 @@
 """Ignite handlers used by the bundle configs."""
 
 from medxgan_monai.handlers.confusion import ConfusionMatrixSaver
+from medxgan_monai.handlers.evaluation import EvaluationReport, ExplanationScorer, RandomizationTest
 from medxgan_monai.handlers.explanation import ExplanationHandler, ExplanationWriter, InferenceFailed, InferenceReport
 from medxgan_monai.handlers.medxgan_validation import MedXGANValidator
 from medxgan_monai.handlers.sample_grid import SampleGridSaver, sample_grid
@@ -8,11 +9,14 @@ from medxgan_monai.handlers.state_dict_saver import StateDictExporter
 
 __all__ = [
     "ConfusionMatrixSaver",
+    "EvaluationReport",
+    "ExplanationScorer",
     "ExplanationHandler",
     "ExplanationWriter",
     "InferenceFailed",
     "InferenceReport",
     "MedXGANValidator",
+    "RandomizationTest",
     "SampleGridSaver",
     "StateDictExporter",
     "sample_grid",

@@ -18,7 +18,7 @@ from monai.utils import CommonKeys
 
 from medxgan_monai.data.inputs import InputProblem, output_stem
 from medxgan_monai.explain.base import SaliencyExplainer
-from medxgan_monai.explain.medxgan import MedXGANExplainer
+from medxgan_monai.explain.medxgan import Explanation, MedXGANExplainer
 from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.io.atomic import atomic_write_csv
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
@@ -66,6 +66,23 @@ class InferenceReport:
     def add_problem(self, stem: str, path: str, problem: str) -> None:
         logger.error("%s (%s): %s", stem, path, problem)
         self.problems.append(InputProblem(stem, path, problem))
+
+    def add_prediction(self, stem: str, path: str, output: Mapping, index: int) -> None:
+        """Record image ``index`` of an explained batch ``output`` (prediction, explanation, seconds)."""
+        probability = float(class_probabilities(output[CommonKeys.PRED])[index, 1])
+        explanation = output.get(EXPLANATION)
+        self.predictions.append(
+            {
+                "stem": stem,
+                "source": path,
+                "probability": f"{probability:.6f}",
+                "predicted_label": int(probability >= 0.5),
+                "counterfactual_probability": ""
+                if explanation is None
+                else f"{float(explanation.counterfactual_probability[index]):.6f}",
+                SECONDS: output.get(SECONDS, {}),
+            }
+        )
 
     def summary(self) -> dict[str, float]:
         """Counts and mean seconds per image of each method, e.g. for MLflow."""
@@ -154,22 +171,29 @@ class ExplanationHandler:
             output[FAILURE] = f"explanation failed: {type(error).__name__}: {error}"
 
     def _explain(self, output: dict) -> None:
-        images = output[self.image_key]
+        maps, explanation, seconds = self.explain(output[self.image_key])
+        if explanation is not None:
+            output[EXPLANATION] = explanation
+        output[MAPS], output[SECONDS] = maps, seconds
+
+    def explain(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Explanation | None, dict[str, float]]:
+        """Every method's maps for ``images``, the medXGAN :class:`Explanation` (``None`` when no medXGAN method
+        runs) and the seconds per image of each explainer (``medxgan`` for the one explanation behind both maps)."""
         maps: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
+        explanation = None
         if any(m in MEDXGAN_METHODS for m in self.methods):
             start = time.perf_counter()
             explanation = self.explainers["medxgan"](images)
             seconds["medxgan"] = (time.perf_counter() - start) / len(explanation)
-            output[EXPLANATION] = explanation
-            maps.update({m: explanation.maps[m] for m in MEDXGAN_METHODS if m in self.methods})
+            maps.update({m: explanation.maps[m] for m in self.methods if m in MEDXGAN_METHODS})
         for method in self.methods:
             if method in MEDXGAN_METHODS:
                 continue
             start = time.perf_counter()
             maps[method] = self.explainers[method](images)
             seconds[method] = (time.perf_counter() - start) / images.shape[0]
-        output[MAPS], output[SECONDS] = maps, seconds
+        return {m: maps[m] for m in self.methods}, explanation, seconds
 
 
 class ExplanationWriter:
@@ -232,15 +256,15 @@ class ExplanationWriter:
                 self.report.add_problem(item["stem"], source, output[FAILURE])
                 continue
             try:
-                row = self._write_item(index, item, output, explanation, float(probabilities[index]))
+                self._write_item(index, item, output, explanation, float(probabilities[index]))
             except Exception as error:  # one image's failure must not stop the batch
                 self.report.add_problem(
                     item["stem"], source, f"writing outputs failed: {type(error).__name__}: {error}"
                 )
                 continue
-            self.report.predictions.append(row)
+            self.report.add_prediction(item["stem"], source, output, index)
 
-    def _write_item(self, index: int, item: dict, output: dict, explanation, probability: float) -> dict:
+    def _write_item(self, index: int, item: dict, output: dict, explanation, probability: float) -> None:
         image: MetaTensor = item[self.image_key]
         stem, source = item["stem"], str(image.meta["filename_or_obj"])
         volumes = {name: maps[index] for name, maps in output[MAPS].items()}
@@ -264,16 +288,6 @@ class ExplanationWriter:
             )
         if self.dicom and kind == "dicom" and self.dicom_method in in_source_grid:
             self._write_dicom(stem, source, in_source_grid[self.dicom_method])
-        return {
-            "stem": stem,
-            "source": source,
-            "probability": f"{probability:.6f}",
-            "predicted_label": int(probability >= 0.5),
-            "counterfactual_probability": ""
-            if explanation is None
-            else f"{float(explanation.counterfactual_probability[index]):.6f}",
-            SECONDS: output.get(SECONDS, {}),
-        }
 
     def _invert(self, image: MetaTensor, volumes: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         data = {self.image_key: image}

@@ -5,7 +5,7 @@ from medxgan_monai.metrics.counterfactual import counterfactual_validity
 from medxgan_monai.metrics.faithfulness import PerturbationCurves, deletion_insertion
 from medxgan_monai.metrics.localization import otsu_iou, pixel_auroc, pointing_game, relevance_mass, top_k_iou
 from medxgan_monai.metrics.sanity import cascading_randomization, randomization_layers, rank_correlation
-from medxgan_monai.metrics.statistics import bootstrap_ci
+from medxgan_monai.metrics.statistics import bootstrap_ci, summarize
 
 __all__ = [
     "PerturbationCurves",
@@ -19,5 +19,6 @@ __all__ = [
     "randomization_layers",
     "rank_correlation",
     "relevance_mass",
+    "summarize",
     "top_k_iou",
 ]

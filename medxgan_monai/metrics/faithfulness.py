@@ -48,8 +48,10 @@ def deletion_insertion(
 
     At step i of ``steps``, the ``round(i / steps * N)`` most salient of the N pixels (ties broken by pixel order) are
     replaced by ``deleted_value`` (deletion; 0 is the background of images scaled to [0, 1]) or copied from the image
-    into a Gaussian-blurred copy of it (insertion). ``blur_sigma`` defaults to RISE's sigma of 5 pixels at 224 pixels,
-    scaled to the image's largest side. The classifier sees B * (steps + 1) images per curve, ``batch_size`` at a time.
+    into a Gaussian-blurred copy of it (insertion). The blur must erase the evidence, or insertion starts at the full
+    score and measures nothing: ``blur_sigma`` defaults to 1/8 of the image's largest side (8 pixels at 64; on the
+    demo positives RISE's 5 pixels at 224, scaled to 1.4 pixels at 64, left the mean positive probability at 0.97,
+    8 pixels brought it to 0.00001). The classifier sees B * (steps + 1) images per curve, ``batch_size`` at a time.
 
     Example::
 
@@ -67,7 +69,7 @@ def deletion_insertion(
     rank.scatter_(1, order, torch.arange(pixels).expand_as(order).contiguous())
     # (B, K, 1, *spatial): True where the pixel is perturbed at that step
     perturbed = (rank.unsqueeze(1) < counts.view(1, -1, 1)).view(images.shape[0], steps + 1, 1, *spatial)
-    sigma = blur_sigma if blur_sigma is not None else 5.0 * max(spatial) / 224
+    sigma = blur_sigma if blur_sigma is not None else max(spatial) / 8
     blurred = GaussianFilter(len(spatial), sigma)(images.float())
     originals, blurred = images.float().unsqueeze(1), blurred.unsqueeze(1)
     deleted = torch.where(perturbed.to(images.device), torch.full_like(originals, deleted_value), originals)

@@ -9,7 +9,7 @@ damaged one. Correlations that stay high mean the map shows the image (edges, in
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,32 +51,35 @@ def _reinitialize(module: nn.Module) -> None:
 @torch.no_grad()
 def cascading_randomization(
     network: nn.Module,
-    explain: Callable[[torch.Tensor], torch.Tensor],
+    explain: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
     images: torch.Tensor,
     layers: Sequence[str] | None = None,
     seed: int = 0,
-) -> tuple[list[str], torch.Tensor]:
-    """Run the cascading randomization test of ``explain`` on ``images``.
+) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Run the cascading randomization test of the maps that ``explain`` makes of ``images``.
 
     The weights of ``network`` are re-initialized **in place** (so every explainer that holds it sees the damaged
     model) with each layer's own ``reset_parameters`` under a fixed ``seed``, and restored before returning, also on
     error.
 
     Args:
-        network: the classifier network the explainer uses (the module inside a ``FrozenClassifier``).
-        explain: images -> maps (B, 1, *spatial); it is called once on the trained model and once per layer group.
+        network: the classifier network the explainers use (the module inside a ``FrozenClassifier``).
+        explain: images -> {method: maps (B, 1, *spatial)}; called once on the trained model and once per layer
+            group, so one call can serve several methods (medXGAN's two maps come from one explanation).
         images: the images (B, C, *spatial) to explain.
         layers: module names to re-initialize, from the output back to the input;
             default: ``reversed(randomization_layers(network))``.
 
     Returns:
-        the layer names in cascade order, and the (L, B) Spearman correlations with the trained model's maps after
-        each cumulative re-initialization.
+        the layer names in cascade order, and per method the (L, B) Spearman correlations with the trained model's
+        maps after each cumulative re-initialization.
 
     Example::
 
-        layers, correlations = cascading_randomization(classifier.network, gradient_explainer, images)
-        correlations.mean(1)      # should fall towards 0 as layers are randomized
+        layers, correlations = cascading_randomization(
+            classifier.network, lambda x: {"gradient": gradient_explainer(x)}, images
+        )
+        correlations["gradient"].mean(1)      # should fall towards 0 as layers are randomized
     """
     layers = list(layers) if layers is not None else list(reversed(randomization_layers(network)))
     modules = dict(network.named_modules())
@@ -85,14 +88,17 @@ def cascading_randomization(
         raise ValueError(f"layers {missing} are not in the network (available: {randomization_layers(network)})")
     trained_state = copy.deepcopy(network.state_dict())
     with torch.enable_grad():
-        reference = explain(images)
-    correlations = []
+        reference = dict(explain(images))
+    correlations: dict[str, list[torch.Tensor]] = {method: [] for method in reference}
     try:
         torch.manual_seed(seed)
         for name in layers:
             _reinitialize(modules[name])
             with torch.enable_grad():
-                correlations.append(rank_correlation(reference, explain(images)))
+                damaged = explain(images)
+            for method, maps in reference.items():
+                correlations[method].append(rank_correlation(maps, damaged[method]))
     finally:
         network.load_state_dict(trained_state)
-    return layers, torch.stack(correlations) if correlations else torch.empty(0, images.shape[0])
+    empty = torch.empty(0, images.shape[0])
+    return layers, {method: torch.stack(values) if values else empty for method, values in correlations.items()}

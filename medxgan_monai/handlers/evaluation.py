@@ -1,0 +1,433 @@
+"""Ignite handlers that score explanations against ground-truth masks and write the evaluation report.
+
+In ``evaluate.json`` they follow the :class:`~medxgan_monai.handlers.ExplanationHandler` on a MONAI evaluator:
+:class:`ExplanationScorer` scores every explained batch, :class:`RandomizationTest` runs the sanity test on the first
+images at the end, and :class:`EvaluationReport` writes the CSVs, the markdown summary and the charts, and hands the
+summary to the MLflow handler through ``engine.state.metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.utils import CommonKeys
+from torch import nn
+
+from medxgan_monai.explain.base import SaliencyExplainer
+from medxgan_monai.explain.medxgan import MedXGANExplainer
+from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.handlers.explanation import (
+    EXPLANATION,
+    FAILURE,
+    MAPS,
+    MEDXGAN_METHODS,
+    SECONDS,
+    ExplanationHandler,
+    InferenceReport,
+)
+from medxgan_monai.io.atomic import atomic_write_csv, atomic_write_text
+from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
+from medxgan_monai.metrics import (
+    bootstrap_ci,
+    cascading_randomization,
+    counterfactual_validity,
+    deletion_insertion,
+    otsu_iou,
+    pixel_auroc,
+    pointing_game,
+    randomization_layers,
+    relevance_mass,
+    summarize,
+    top_k_iou,
+)
+from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities
+
+__all__ = ["METRICS", "EvaluationReport", "ExplanationScorer", "Metric", "RandomizationTest"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a per-image metric is shown: its title and whether a higher value is better."""
+
+    title: str
+    higher_is_better: bool = True
+
+
+#: every per-image metric of an evaluation, in report order
+METRICS = {
+    "pointing_game": Metric("pointing game"),
+    "relevance_mass": Metric("relevance mass"),
+    "top_k_iou": Metric("top-|GT| IoU"),
+    "pixel_auroc": Metric("pixel AUROC"),
+    "otsu_iou": Metric("Otsu IoU"),
+    "deletion_auc": Metric("deletion AUC", higher_is_better=False),
+    "insertion_auc": Metric("insertion AUC"),
+    "counterfactual_validity": Metric("counterfactual validity"),
+}
+LOCALIZATION = {
+    "pointing_game": pointing_game,
+    "relevance_mass": relevance_mass,
+    "top_k_iou": top_k_iou,
+    "pixel_auroc": pixel_auroc,
+    "otsu_iou": otsu_iou,
+}
+IDENTITY_COLUMNS = ("stem", "source", "label", "probability", "method", "seconds")
+
+
+@dataclass
+class _Candidate:
+    score: float
+    case: ExampleCase
+
+
+class ExplanationScorer:
+    """Score every method's maps of every explained batch against the batch's masks.
+
+    Per image and method: pointing game, relevance mass, top-|GT| IoU, pixel AUROC, Otsu IoU (against the mask),
+    deletion and insertion AUC (against the classifier), counterfactual validity (medXGAN maps only; NaN for the
+    others and for images the classifier calls negative) and the explainer's seconds per image (both medXGAN maps
+    come from one explanation and share its time). Rows go to :attr:`rows`; the ``examples`` best and worst images
+    per method by ``ranking_metric`` are kept for the report's panels; predictions and failures go to ``report``.
+
+    Attach after :class:`~medxgan_monai.handlers.ExplanationHandler` on an evaluator with ``decollate=False`` whose
+    batches carry ``mask``, ``stem`` and ``source``.
+
+    Args:
+        classifier: the explained classifier (for deletion and insertion).
+        report: collects predictions and per-image problems (``predictions.csv``, ``errors.csv``).
+        target: the explained class.
+        perturbation_steps: steps of the deletion and insertion curves.
+        ranking_metric: the metric that picks the best and worst examples.
+        examples: how many best and how many worst images to keep per method.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        report: InferenceReport,
+        target: int = 1,
+        perturbation_steps: int = 20,
+        ranking_metric: str = "relevance_mass",
+        examples: int = 4,
+        mask_key: str = "mask",
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        if ranking_metric not in METRICS:
+            raise ValueError(f"unknown ranking metric {ranking_metric!r}; one of {list(METRICS)}")
+        self.classifier = FrozenClassifier.wrap(classifier)
+        self.report = report
+        self.target = target
+        self.perturbation_steps = perturbation_steps
+        self.ranking_metric = ranking_metric
+        self.examples = examples
+        self.mask_key, self.image_key = mask_key, image_key
+        self.rows: list[dict] = []
+        self.candidates: dict[str, list[_Candidate]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        stems, sources = list(batch["stem"]), [str(s) for s in batch["source"]]
+        if FAILURE in output:
+            for stem, source in zip(stems, sources, strict=True):
+                self.report.add_problem(stem, source, output[FAILURE])
+            return
+        try:
+            rows = self._score(batch, output, stems, sources)
+        except Exception as error:  # one batch's failure must not stop the evaluation
+            logger.exception("scoring failed for iteration %d", engine.state.iteration)
+            for stem, source in zip(stems, sources, strict=True):
+                self.report.add_problem(stem, source, f"scoring failed: {type(error).__name__}: {error}")
+            return
+        self.rows.extend(rows)
+        for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
+            self.report.add_prediction(stem, source, output, index)
+
+    def _score(self, batch: Mapping, output: Mapping, stems: list[str], sources: list[str]) -> list[dict]:
+        images = torch.as_tensor(output[self.image_key])
+        masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()
+        labels = torch.as_tensor(output[CommonKeys.LABEL]).detach().cpu().view(-1)
+        probabilities = class_probabilities(output[CommonKeys.PRED]).detach().cpu()[:, self.target]
+        explanation = output.get(EXPLANATION)
+        validity = None
+        if explanation is not None:
+            validity = counterfactual_validity(probabilities, explanation.counterfactual_probability)
+        rows = []
+        for method, maps in output[MAPS].items():
+            maps = maps.detach()
+            scores = {name: metric(maps.cpu(), masks) for name, metric in LOCALIZATION.items()}
+            curves = deletion_insertion(self.classifier, images, maps, self.target, self.perturbation_steps)
+            scores["deletion_auc"], scores["insertion_auc"] = curves.deletion_auc, curves.insertion_auc
+            nan = torch.full((len(stems),), float("nan"))
+            scores["counterfactual_validity"] = validity if method in MEDXGAN_METHODS and validity is not None else nan
+            seconds = output[SECONDS].get("medxgan" if method in MEDXGAN_METHODS else method, float("nan"))
+            for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
+                row = {
+                    "stem": stem,
+                    "source": source,
+                    "label": int(labels[index]),
+                    "probability": float(probabilities[index]),
+                    "method": method,
+                    "seconds": float(seconds),
+                }
+                row.update({name: float(values[index]) for name, values in scores.items()})
+                rows.append(row)
+            self._keep_examples(method, images, masks, maps, rows[-len(stems) :])
+        return rows
+
+    def _keep_examples(self, method, images, masks, maps, rows) -> None:
+        candidates = self.candidates.setdefault(method, [])
+        for index, row in enumerate(rows):
+            score = row[self.ranking_metric]
+            if not math.isfinite(score):
+                continue
+            # MONAI arrays are (x, y): transpose so tiles show rows as a viewer would
+            case = ExampleCase(
+                f"{row['stem']}\n{METRICS[self.ranking_metric].title} {score:.2f}",
+                images[index, 0].detach().cpu().numpy().T,
+                masks[index, 0].numpy().T > 0.5,
+                maps[index, 0].detach().cpu().numpy().T,
+            )
+            candidates.append(_Candidate(score, case))
+        candidates.sort(key=lambda c: c.score, reverse=METRICS[self.ranking_metric].higher_is_better)
+        if len(candidates) > 2 * self.examples:
+            del candidates[self.examples : len(candidates) - self.examples]
+
+    def example_cases(self, method: str) -> tuple[list[ExampleCase], list[ExampleCase]]:
+        """The best and the worst kept examples of ``method`` (best first; worst last)."""
+        candidates = self.candidates.get(method, [])
+        best = candidates[: self.examples]
+        worst = candidates[self.examples :] if len(candidates) > self.examples else []
+        return [c.case for c in best], [c.case for c in worst]
+
+
+class RandomizationTest:
+    """The cascading model-parameter randomization test (:func:`~medxgan_monai.metrics.cascading_randomization`)
+    of every method, on the first ``images`` images the evaluator explains, run when the evaluation ends.
+
+    After the run, :attr:`layers` holds the re-initialized layers in cascade order and :attr:`correlations` the
+    per-method (L, B) Spearman correlations; if the test itself fails, :attr:`failure` says why (the evaluation's
+    other results are kept).
+
+    Args:
+        network: the classifier the explainers use (a ``FrozenClassifier`` is unwrapped); its weights are
+            re-initialized in place during the test and restored afterwards.
+        explainers, methods: as for :class:`~medxgan_monai.handlers.ExplanationHandler`.
+        images: how many images to test.
+        layers: layer names in cascade order; default: the network's parametrised modules ``depth`` levels down,
+            output first.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        explainers: Mapping[str, SaliencyExplainer | MedXGANExplainer],
+        methods: Sequence[str] | None = None,
+        images: int = 8,
+        layers: Sequence[str] | None = None,
+        depth: int = 2,
+        seed: int = 0,
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        self.network = network.network if isinstance(network, FrozenClassifier) else network
+        self.explainer = ExplanationHandler(explainers, methods, image_key)
+        self.count = images
+        self.requested_layers = list(layers) if layers is not None else None
+        self.depth, self.seed, self.image_key = depth, seed, image_key
+        self.images: list[torch.Tensor] = []
+        self.layers: list[str] = []
+        self.correlations: dict[str, torch.Tensor] = {}
+        self.failure: str | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        if FAILURE in output or len(self.images) >= self.count:
+            return
+        batch = torch.as_tensor(output[self.image_key]).detach()
+        self.images.extend(batch[: self.count - len(self.images)])
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if self.count <= 0 or not self.images:
+            return
+        layers = self.requested_layers or list(reversed(randomization_layers(self.network, self.depth)))
+        try:
+            self.layers, self.correlations = cascading_randomization(
+                self.network, lambda x: self.explainer.explain(x)[0], torch.stack(self.images), layers, self.seed
+            )
+        except Exception as error:  # the sanity test must not cost the evaluation's other results
+            logger.exception("randomization test failed")
+            self.failure = f"{type(error).__name__}: {error}"
+
+
+class EvaluationReport:
+    """Write an evaluation's results when the evaluator's epoch ends, and put the summary into its metrics.
+
+    Files in ``output_dir``: ``metrics_per_image.csv`` (one row per image and method), ``metrics_summary.csv``
+    (method, metric, mean, 95% bootstrap CI, n), ``summary.md`` (the same as a markdown table, plus the
+    randomization test), ``metrics.png`` (bars with CIs), ``randomization.csv`` and ``randomization.png``,
+    ``examples_<method>.png`` (best and worst cases), and the ``report``'s ``predictions.csv`` / ``errors.csv``.
+    ``engine.state.metrics`` gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, for an MLflow handler
+    attached after this one.
+
+    Args:
+        output_dir: destination folder.
+        scorer: the :class:`ExplanationScorer` of the run.
+        report: the run's :class:`~medxgan_monai.handlers.InferenceReport`.
+        randomization: the run's :class:`RandomizationTest`, if any.
+        description: a line saying what was evaluated (datalist, section), for ``summary.md``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        scorer: ExplanationScorer,
+        report: InferenceReport,
+        randomization: RandomizationTest | None = None,
+        description: str = "",
+        bootstrap_samples: int = 2000,
+        seed: int = 0,
+        overwrite: bool = False,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.scorer, self.report, self.randomization = scorer, report, randomization
+        self.description = description
+        self.bootstrap_samples, self.seed = bootstrap_samples, seed
+        self.overwrite = overwrite
+        self.summary: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.scorer.rows
+        self.summary = summarize(rows, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
+        columns = [*IDENTITY_COLUMNS, *METRICS]
+        self._csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
+        summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
+        self._csv(
+            "metrics_summary.csv", summary_columns, [[_cell(r[c]) for c in summary_columns] for r in self.summary]
+        )
+        if rows:
+            metrics = {
+                name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
+                for name, m in METRICS.items()
+            }
+            write_metric_bars(self.output_dir / "metrics.png", self.summary, metrics, overwrite=self.overwrite)
+            for method in dict.fromkeys(row["method"] for row in rows):
+                best, worst = self.scorer.example_cases(method)
+                if best or worst:
+                    path = self.output_dir / f"examples_{method}.png"
+                    ranking = METRICS[self.scorer.ranking_metric].title
+                    title = f"{method}: best (top) and worst (bottom) images by {ranking}; mask outlined in white"
+                    columns = max(1, self.scorer.examples)
+                    write_example_cases(path, best + worst, columns, title, overwrite=self.overwrite)
+        if self.randomization is not None and self.randomization.correlations:
+            self._write_randomization()
+        atomic_write_text(self.output_dir / "summary.md", self.markdown(), overwrite=self.overwrite)
+        if engine is not None:
+            engine.state.metrics.update(self.tracked_metrics())
+        self.report.write(engine)
+
+    def _csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+        atomic_write_csv(self.output_dir / name, header, rows, overwrite=self.overwrite, lineterminator="\n")
+
+    def _write_randomization(self) -> None:
+        test = self.randomization
+        header = ["method", "stage", "layer", "mean_spearman", "ci_low", "ci_high", "n"]
+        rows = []
+        for method, values in test.correlations.items():
+            for stage, (layer, per_image) in enumerate(zip(test.layers, values.numpy(), strict=True), start=1):
+                mean, low, high = bootstrap_ci(per_image, self.bootstrap_samples, self.seed)
+                rows.append([method, stage, layer, *(_cell(v) for v in (mean, low, high)), len(per_image)])
+        self._csv("randomization.csv", header, rows)
+        correlations = {m: v.numpy() for m, v in test.correlations.items()}
+        write_randomization_curves(
+            self.output_dir / "randomization.png", test.layers, correlations, overwrite=self.overwrite
+        )
+
+    def tracked_metrics(self) -> dict[str, float]:
+        """``<method>_<metric>`` means and CI bounds of the summary (finite values only)."""
+        tracked = {}
+        for row in self.summary:
+            if row["n"] == 0:
+                continue
+            name = f"{row['method']}_{row['metric']}"
+            tracked.update({name: row["mean"], f"{name}_ci_low": row["ci_low"], f"{name}_ci_high": row["ci_high"]})
+        return tracked
+
+    def markdown(self) -> str:
+        """The summary as markdown: the metrics table (best mean per column in bold) and the randomization test."""
+        methods = list(dict.fromkeys(row["method"] for row in self.summary))
+        cells = {(row["method"], row["metric"]): row for row in self.summary}
+        images = len({row["stem"] for row in self.scorer.rows})
+        lines = [
+            "# Explanation evaluation",
+            "",
+            f"{images} image(s) scored{' from ' + self.description if self.description else ''}; "
+            f"{len(self.report.problems)} skipped (see errors.csv). "
+            "Mean [95% bootstrap CI] over images; arrows give the better direction; the best mean per column is bold.",
+            "",
+        ]
+        header = [f"{m.title} {'↑' if m.higher_is_better else '↓'}" for m in METRICS.values()]
+        lines += ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(METRICS) + 2) + "|"]
+        best = {}
+        for metric, definition in METRICS.items():
+            means = [cells[(m, metric)]["mean"] for m in methods if cells[(m, metric)]["n"]]
+            if means:
+                best[metric] = max(means) if definition.higher_is_better else min(means)
+        for method in methods:
+            row = [method]
+            for metric in METRICS:
+                cell = cells[(method, metric)]
+                text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+                row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
+            seconds = cells[(method, "seconds")]
+            row.append("-" if seconds["n"] == 0 else f"{seconds['mean']:.3f}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", *self._randomization_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def _randomization_markdown(self) -> list[str]:
+        test = self.randomization
+        if test is None or test.count <= 0:
+            return []
+        lines = ["## Randomization sanity test (Adebayo et al. 2018)", ""]
+        if test.failure:
+            return [*lines, f"The test failed: {test.failure}"]
+        if not test.correlations:
+            return [*lines, "Not run (no image was explained)."]
+        stages = sorted({0, len(test.layers) // 2, len(test.layers) - 1})
+        lines += [
+            f"Spearman correlation between each method's map on {len(test.images)} image(s) and its map after the "
+            "classifier's layers are re-initialized one group at a time, from the output back (cumulative). A map "
+            "that explains the model should decorrelate (towards 0); one that stays near 1 shows the image, "
+            "not the model.",
+            "",
+            "| method | " + " | ".join(f"after `{test.layers[s]}` ({s + 1}/{len(test.layers)})" for s in stages) + " |",
+            "|---" * (len(stages) + 1) + "|",
+        ]
+        for method, values in test.correlations.items():
+            means = values.mean(1).numpy()
+            lines.append(f"| {method} | " + " | ".join(f"{means[s]:.3f}" for s in stages) + " |")
+        return lines
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
