@@ -113,7 +113,7 @@ def test_png_grey_and_rgb(tmp_path):
         ("empty.nii.gz", b"", "file is empty"),
         ("notes.txt", b"not an image", "unsupported format"),
         ("truncated.nii.gz", None, "cannot read as nifti"),
-        ("truncated.dcm", "dicom", "cannot read as dicom"),
+        ("truncated.dcm", "dicom", "no pixel data (truncated"),
         ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "cannot read as bitmap"),
     ],
 )
@@ -142,3 +142,83 @@ def test_dicom_without_suffix_is_detected(tmp_path):
     path.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
     assert detect_format(path) == "dicom"
     assert LoadScand(keys="image")({"image": os.fspath(path)})["image"].shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+)
+def test_lossless_transfer_syntaxes_decode_like_the_uncompressed_copy(name):
+    np.testing.assert_array_equal(
+        load_scan(get_testdata_file(name)).numpy(), load_scan(get_testdata_file("MR_small.dcm")).numpy()
+    )
+
+
+@pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "image_dfl.dcm", "MR2_J2KI.dcm"])
+def test_other_compressed_transfer_syntaxes_decode(name):
+    path = get_testdata_file(name)
+    ds = pydicom.dcmread(path)
+    image = load_scan(path)
+    assert image.shape == (1, ds.Columns, ds.Rows) and np.isfinite(image.numpy()).all() and image.std() > 0
+
+
+def test_undecodable_compression_is_named():
+    path = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG Extended: no permissively licensed decoder
+    with pytest.raises(ImageReadError, match="JPEG Extended.*cannot be decoded by the installed decoders"):
+        load_scan(path)
+
+
+def test_colour_dicom_is_averaged_to_grey():
+    path = get_testdata_file("SC_rgb.dcm")
+    expected = pydicom.dcmread(path).pixel_array.astype(np.float32).mean(-1).T
+    np.testing.assert_allclose(load_scan(path)[0].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [("emri_small.dcm", "multi-frame DICOM with 10 frames"), ("rtplan.dcm", "no pixel data")],
+)
+def test_multi_frame_and_pixel_less_dicom_are_rejected(name, problem):
+    with pytest.raises(ImageReadError, match=problem):
+        load_scan(get_testdata_file(name))
+
+
+def test_voi_lut_and_window_are_display_only(tmp_path):
+    path = get_testdata_file("MR_small.dcm")
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 600, 200
+    lut = pydicom.Dataset()
+    lut.LUTDescriptor = [256, 0, 8]
+    lut.add_new(0x00283006, "US", list(range(255, -1, -1)))  # LUTData
+    ds.VOILUTSequence = pydicom.Sequence([lut])
+    ds.save_as(tmp_path / "windowed.dcm")
+    np.testing.assert_array_equal(load_scan(tmp_path / "windowed.dcm").numpy(), load_scan(path).numpy())
+
+
+@pytest.mark.parametrize(
+    "bits_allocated, bits_stored, signed, slope, intercept",
+    [(8, 8, False, 1.0, 0.0), (16, 12, False, 2.0, -100.0), (16, 16, True, 1.0, 0.0)],
+)
+def test_8_12_and_16_bit_pixels_keep_their_values(tmp_path, bits_allocated, bits_stored, signed, slope, intercept):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    rng = np.random.default_rng(bits_stored)
+    low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1)) if signed else (0, 2**bits_stored)
+    stored = rng.integers(low, high, size=(20, 30))
+    dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(bits_allocated, signed)]
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = stored.astype(dtype).tobytes()
+    ds.save_as(tmp_path / "bits.dcm")
+    np.testing.assert_allclose(load_scan(tmp_path / "bits.dcm")[0].numpy(), (stored * slope + intercept).T)
+
+
+def test_oversized_images_are_rejected_from_the_header(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.Rows = ds.Columns = 30000  # the header promises 900 M pixels; the few bytes present are never decoded
+    ds.save_as(tmp_path / "huge.dcm")
+    with pytest.raises(ImageReadError, match=r"\(30000, 30000\) exceeds the limit"):
+        load_scan(tmp_path / "huge.dcm")
+    nib.save(nib.Nifti1Image(np.zeros((40, 40), np.float32), np.eye(4)), tmp_path / "small.nii.gz")
+    with pytest.raises(ImageReadError, match="exceeds the limit of 1000 pixels"):
+        LoadScand(keys="image", max_pixels=1000)({"image": str(tmp_path / "small.nii.gz")})

@@ -6,13 +6,16 @@ import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.image_reader import ImageReader, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import MetaKeys
+from PIL import Image
 
 __all__ = ["DicomSliceReader", "ImageReadError", "LoadScan", "LoadScand", "detect_format", "load_scan"]
 
@@ -85,6 +88,10 @@ class DicomSliceReader(PydicomReader):
         if len(datasets) != 1 or isinstance(datasets[0], list):
             return array, meta
         ds = datasets[0]
+        if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
+            # colour samples are the last axis; LoadImage moves it first and LoadScan averages it to grey
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1
+            meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape[:-1])
         if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
             array = _invert_monochrome1(array, ds)
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
@@ -130,6 +137,43 @@ def _affine_without_position(ds) -> np.ndarray:
 
 _READERS = {"nifti": NibabelReader, "dicom": DicomSliceReader, "bitmap": PILReader}
 
+#: default limit on the pixels of one image (8192 x 8192); larger files are rejected before their pixels are read
+MAX_PIXELS = 8192 * 8192
+
+
+def _header_shape(path: str | os.PathLike, kind: str) -> tuple[int, ...]:
+    """The image's array shape from its header alone (pixels not decoded); DICOM problems that no reader explains
+    well (several frames, no pixel data) raise :class:`ImageReadError`."""
+    if kind == "nifti":
+        return tuple(int(s) for s in nib.load(path).shape)
+    if kind == "bitmap":
+        with Image.open(path) as picture:
+            return (picture.height, picture.width)
+    ds = pydicom.dcmread(path, defer_size=1024, force=True)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        sop_class = ds.get("SOPClassUID", "unknown")
+        raise ImageReadError(path, f"DICOM file has no pixel data (truncated, or not an image: SOP class {sop_class})")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(path, f"multi-frame DICOM with {frames} frames; expected one 2D image per file")
+    return (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+
+
+def _decoding_problem(path: str | os.PathLike, error: Exception) -> str | None:
+    """A clear message when compressed DICOM pixel data cannot be decoded by any installed decoder."""
+    if "decod" not in str(error).lower() and "decompress" not in str(error).lower():
+        return None
+    try:
+        syntax = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID
+    except Exception:
+        return None
+    if not syntax.is_compressed:
+        return None
+    return (
+        f"pixel data compressed as '{syntax.name}' ({syntax}) cannot be decoded by the installed decoders "
+        "(pydicom, Pillow, GDCM, pyjpegls); decompress the file first, e.g. with dcmtk's dcmdjpeg or gdcmconv --raw"
+    )
+
 
 class LoadScan(LoadImage):
     """Load one scan as a channel-first ``MetaTensor``, choosing the reader from the file itself.
@@ -139,6 +183,11 @@ class LoadScan(LoadImage):
             (a NIfTI slice stored as ``(H, W, 1)`` loads as ``(1, H, W)``). ``None`` keeps the shape as read.
         grayscale: average colour channels (an RGB or RGBA PNG) into one channel.
         dtype: output data type.
+        max_pixels: images with more pixels (read from the header, before any pixel is decoded) are rejected.
+
+    DICOM: one frame per file; rescale slope/intercept applied, MONOCHROME1 inverted, colour averaged to grey; VOI LUT
+    and window settings are display transforms and are not applied (the model sees modality values). Compressed
+    transfer syntaxes decode when an installed decoder supports them (pydicom, Pillow, GDCM, pyjpegls).
 
     Every failure raises :class:`ImageReadError` naming the file and the problem.
 
@@ -147,10 +196,13 @@ class LoadScan(LoadImage):
         image = LoadScan()("case_001.dcm")   # MetaTensor of shape (1, W, H) with a RAS affine
     """
 
-    def __init__(self, spatial_dims: int | None = 2, grayscale: bool = True, dtype=np.float32) -> None:
+    def __init__(
+        self, spatial_dims: int | None = 2, grayscale: bool = True, dtype=np.float32, max_pixels: int = MAX_PIXELS
+    ) -> None:
         super().__init__(reader=None, image_only=True, dtype=dtype, ensure_channel_first=True)
         self.spatial_dims = spatial_dims
         self.grayscale = grayscale
+        self.max_pixels = max_pixels
         self._reader_cache: dict[str, ImageReader] = {}
 
     def _reader_for(self, kind: str) -> ImageReader:
@@ -165,11 +217,17 @@ class LoadScan(LoadImage):
             filename = filename[0]
         kind = detect_format(filename)
         try:
+            shape = _header_shape(filename, kind)
+            if int(np.prod(shape)) > self.max_pixels:
+                raise ImageReadError(filename, f"image of shape {shape} exceeds the limit of {self.max_pixels} pixels")
             image = super().__call__(filename, reader=reader or self._reader_for(kind))
         except ImageReadError:
             raise
         except Exception as error:  # the readers raise many types; the user needs the file and the reason
-            raise ImageReadError(filename, f"cannot read as {kind}: {type(error).__name__}: {error}") from error
+            problem = (kind == "dicom" and _decoding_problem(filename, error)) or (
+                f"cannot read as {kind}: {type(error).__name__}: {error}"
+            )
+            raise ImageReadError(filename, problem) from error
         return self._conform(image, filename)
 
     def _conform(self, image: MetaTensor, filename) -> MetaTensor:
@@ -206,10 +264,11 @@ class LoadScand(MapTransform):
         spatial_dims: int | None = 2,
         grayscale: bool = True,
         dtype=np.float32,
+        max_pixels: int = MAX_PIXELS,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadScan(spatial_dims=spatial_dims, grayscale=grayscale, dtype=dtype)
+        self.loader = LoadScan(spatial_dims=spatial_dims, grayscale=grayscale, dtype=dtype, max_pixels=max_pixels)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
