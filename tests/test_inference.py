@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +15,7 @@ from monai.bundle import ConfigWorkflow
 
 from medxgan_monai.cli.explain import main as explain_main
 from medxgan_monai.handlers import InferenceFailed
-from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
+from medxgan_monai.io import MRSliceGeometry, OutputLedger, SyntheticPatient, write_mr_slice
 
 CONFIGS = BUNDLE_ROOT / "configs"
 
@@ -130,3 +131,50 @@ def test_existing_outputs_are_not_overwritten(scans, weights, tmp_path):
 def test_command_line_exit_status(scans, tmp_path, capsys):
     assert explain_main([str(tmp_path / "missing.nii.gz"), "--output", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_without_redoing_or_losing_work(scans, weights, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    commit, calls = OutputLedger.commit, []
+
+    def crash_during_second_commit(ledger, stem, row):
+        calls.append(stem)
+        if len(calls) < 2:
+            return commit(ledger, stem, row)
+        # the process dies after the pending record is written and two of the item's files were moved into place
+        staged = sorted((ledger.root / "staging" / stem).iterdir())
+        ledger._write(stem, "pending", {"files": [path.name for path in staged]})
+        for path in staged[:2]:
+            os.replace(path, out / path.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputLedger, "commit", crash_during_second_commit)
+    workflow = _workflow([scans / "good"], out, weights)
+    workflow.initialize()
+    with pytest.raises(KeyboardInterrupt):
+        workflow.run()
+    finished, interrupted = calls
+    monkeypatch.setattr(OutputLedger, "commit", commit)
+    first_output = (out / f"{finished}_gradcam.nii.gz").read_bytes()
+
+    workflow = _workflow([scans / "good"], out, weights)
+    workflow.initialize()
+    workflow.run()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medxgan_inference").experiment_id])
+    resumed = max(runs, key=lambda run: run.info.start_time)
+    assert resumed.data.metrics["already_complete"] == 1 and resumed.data.metrics["explained"] == 2
+    assert {row["stem"] for row in _rows(out / "predictions.csv")} == {"oblique", "plain", "slice"}
+    assert (out / f"{finished}_gradcam.nii.gz").read_bytes() == first_output, "complete items are not redone"
+    for stem in ("oblique", "plain", "slice"):
+        assert OutputLedger(out).completed(stem) is not None, stem
+        assert nib.load(out / f"{stem}_medxgan.nii.gz").get_fdata().size > 0
+    ledger_files = {path.name for path in (out / ".medxgan_ledger").rglob("*") if path.is_file()}
+    assert ledger_files == {f"{stem}.done.json" for stem in ("oblique", "plain", "slice")}, "no staging or pending"
+    assert interrupted in {"oblique", "plain", "slice"} - {finished}
+
+    workflow = _workflow([scans / "good"], out, weights, overwrite=True)
+    workflow.initialize()
+    workflow.run()
+    runs = client.search_runs([client.get_experiment_by_name("medxgan_inference").experiment_id])
+    assert max(runs, key=lambda run: run.info.start_time).data.metrics["explained"] == 3, "--overwrite redoes all"

@@ -23,6 +23,7 @@ from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.io.atomic import atomic_write_csv
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
+from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
 from medxgan_monai.networks.classifier import class_probabilities
 from medxgan_monai.transforms.io import detect_format, load_scan
@@ -58,42 +59,57 @@ class InferenceReport:
         report.write(); report.raise_if_failed()
     """
 
-    def __init__(self, output_dir: str | os.PathLike, problems: Sequence[InputProblem] = ()) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        problems: Sequence[InputProblem] = (),
+        completed: Sequence[dict] = (),
+    ) -> None:
         self.output_dir = Path(output_dir)
+        self.completed: list[dict] = list(completed)
         self.predictions: list[dict] = []
         self.problems: list[InputProblem] = list(problems)
+        if self.completed:
+            logger.info("%d input(s) already complete in %s: skipped", len(self.completed), self.output_dir)
 
     def add_problem(self, stem: str, path: str, problem: str) -> None:
         logger.error("%s (%s): %s", stem, path, problem)
         self.problems.append(InputProblem(stem, path, problem))
 
-    def add_prediction(self, stem: str, path: str, output: Mapping, index: int) -> None:
-        """Record image ``index`` of an explained batch ``output`` (prediction, explanation, seconds)."""
+    @staticmethod
+    def prediction_row(stem: str, path: str, output: Mapping, index: int) -> dict:
+        """The predictions.csv row of image ``index`` of an explained batch ``output``."""
         probability = float(class_probabilities(output[CommonKeys.PRED])[index, 1])
         explanation = output.get(EXPLANATION)
-        self.predictions.append(
-            {
-                "stem": stem,
-                "source": path,
-                "probability": f"{probability:.6f}",
-                "predicted_label": int(probability >= 0.5),
-                "counterfactual_probability": ""
-                if explanation is None
-                else f"{float(explanation.counterfactual_probability[index]):.6f}",
-                SECONDS: output.get(SECONDS, {}),
-            }
-        )
+        return {
+            "stem": stem,
+            "source": path,
+            "probability": f"{probability:.6f}",
+            "predicted_label": int(probability >= 0.5),
+            "counterfactual_probability": ""
+            if explanation is None
+            else f"{float(explanation.counterfactual_probability[index]):.6f}",
+            SECONDS: dict(output.get(SECONDS, {})),
+        }
+
+    def add_prediction(self, stem: str, path: str, output: Mapping, index: int) -> None:
+        """Record image ``index`` of an explained batch ``output`` (prediction, explanation, seconds)."""
+        self.predictions.append(self.prediction_row(stem, path, output, index))
 
     def summary(self) -> dict[str, float]:
         """Counts and mean seconds per image of each method, e.g. for MLflow."""
-        summary = {"explained": float(len(self.predictions)), "failed": float(len(self.problems))}
+        summary = {
+            "explained": float(len(self.predictions)),
+            "failed": float(len(self.problems)),
+            "already_complete": float(len(self.completed)),
+        }
         for method in self._timed_methods():
             values = [row[SECONDS][method] for row in self.predictions if method in row.get(SECONDS, {})]
             summary[f"seconds_{method}"] = float(np.mean(values))
         return summary
 
     def _timed_methods(self) -> list[str]:
-        return sorted({key for row in self.predictions for key in row.get(SECONDS, {})})
+        return sorted({key for row in self.completed + self.predictions for key in row.get(SECONDS, {})})
 
     def write(self, engine: Engine | None = None) -> None:
         """Write the CSV files; with an engine, also put :meth:`summary` into its metrics (for a metrics logger
@@ -105,7 +121,7 @@ class InferenceReport:
         methods = self._timed_methods()
         rows = [
             [row[c] for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
-            for row in self.predictions
+            for row in self.completed + self.predictions
         ]
         header = [*columns, *(f"seconds_{m}" for m in methods)]
         atomic_write_csv(self.output_dir / "predictions.csv", header, rows, lineterminator="\n")
@@ -113,9 +129,10 @@ class InferenceReport:
             rows = [[p.stem, p.path, p.problem] for p in self.problems]
             atomic_write_csv(self.output_dir / "errors.csv", ["stem", "source", "problem"], rows, lineterminator="\n")
         logger.info(
-            "explained %d image(s), %d failed; outputs in %s",
+            "explained %d image(s), %d failed, %d already complete; outputs in %s",
             len(self.predictions),
             len(self.problems),
+            len(self.completed),
             self.output_dir,
         )
 
@@ -204,8 +221,9 @@ class ExplanationWriter:
     source's own affine (NIfTI sources: the file's affine, exactly; DICOM and PNG sources: the loader's affine);
     ``<stem>_panel.png``; ``<stem>_sweep.gif``; for DICOM sources, a Secondary Capture overlay and a Parametric Map
     of the medXGAN map as new series of the source study. Predictions and failures go to the :class:`InferenceReport`.
-    A failure while writing one image is reported and the rest continue. Existing files are never overwritten unless
-    ``overwrite`` is set.
+    A failure while writing one image is reported and the rest continue. Each image's files are staged and committed
+    together by an :class:`~medxgan_monai.io.OutputLedger`, so an interrupted run leaves no half-written file and a
+    rerun skips complete images; existing files the run did not write are never overwritten unless ``overwrite``.
 
     Args:
         output_dir: destination folder.
@@ -224,14 +242,15 @@ class ExplanationWriter:
         dicom: bool = True,
         dicom_method: str = "medxgan",
         overwrite: bool = False,
+        ledger: OutputLedger | None = None,
         image_key: str = CommonKeys.IMAGE,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.ledger = ledger if ledger is not None else OutputLedger(output_dir, overwrite)
         self.preprocessing = preprocessing
         self.report = report
         self.panel, self.sweep, self.dicom = panel, sweep, dicom
         self.dicom_method = dicom_method
-        self.overwrite = overwrite
         self.image_key = image_key
 
     def attach(self, engine: Engine) -> None:
@@ -256,15 +275,20 @@ class ExplanationWriter:
                 self.report.add_problem(item["stem"], source, output[FAILURE])
                 continue
             try:
-                self._write_item(index, item, output, explanation, float(probabilities[index]))
+                folder = self.ledger.staging(item["stem"])
+                self._write_item(folder, index, item, output, explanation, float(probabilities[index]))
+                row = self.report.prediction_row(item["stem"], source, output, index)
+                self.ledger.commit(item["stem"], row)
             except Exception as error:  # one image's failure must not stop the batch
+                self.ledger.discard([item["stem"]])
                 self.report.add_problem(
                     item["stem"], source, f"writing outputs failed: {type(error).__name__}: {error}"
                 )
                 continue
-            self.report.add_prediction(item["stem"], source, output, index)
+            self.report.predictions.append(row)
 
-    def _write_item(self, index: int, item: dict, output: dict, explanation, probability: float) -> None:
+    def _write_item(self, folder: Path, index: int, item: dict, output: dict, explanation, probability: float) -> None:
+        """Write the image's files into the staging ``folder`` (empty and private, so nothing there is overwritten)."""
         image: MetaTensor = item[self.image_key]
         stem, source = item["stem"], str(image.meta["filename_or_obj"])
         volumes = {name: maps[index] for name, maps in output[MAPS].items()}
@@ -274,20 +298,20 @@ class ExplanationWriter:
         kind = detect_format(source)
         affine, shape = self._source_geometry(image, source, kind)
         for name, array in in_source_grid.items():
-            path = self.output_dir / f"{stem}_{name}.nii.gz"
-            write_nifti(array.reshape(shape or array.shape), affine, path, overwrite=self.overwrite)
+            path = folder / f"{stem}_{name}.nii.gz"
+            write_nifti(array.reshape(shape or array.shape), affine, path, overwrite=False)
         if self.panel:
-            self._write_panel(stem, image, output, explanation, index, probability)
+            self._write_panel(folder, stem, image, output, explanation, index, probability)
         if self.sweep and explanation is not None:
             write_sweep_gif(
-                self.output_dir / f"{stem}_sweep.gif",
+                folder / f"{stem}_sweep.gif",
                 explanation.sweep_frames[index, :, 0].cpu().numpy(),
                 explanation.sweep_probabilities[index].tolist(),
                 explanation.sweep_alphas.tolist(),
-                overwrite=self.overwrite,
+                overwrite=False,
             )
         if self.dicom and kind == "dicom" and self.dicom_method in in_source_grid:
-            self._write_dicom(stem, source, in_source_grid[self.dicom_method])
+            self._write_dicom(folder, stem, source, in_source_grid[self.dicom_method])
 
     def _invert(self, image: MetaTensor, volumes: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         data = {self.image_key: image}
@@ -310,7 +334,7 @@ class ExplanationWriter:
             return header.affine, header.shape
         return np.asarray(image.meta["original_affine"], dtype=np.float64), None
 
-    def _write_panel(self, stem, image, output, explanation, index, probability) -> None:
+    def _write_panel(self, folder: Path, stem, image, output, explanation, index, probability) -> None:
         picture = image[0].detach().cpu().numpy()
         maps = {m: output[MAPS][m][index, 0].cpu().numpy() for m in PANEL_METHODS if m in output[MAPS]}
         captions = {"image": f"image\np={probability:.2f}"}
@@ -320,15 +344,15 @@ class ExplanationWriter:
             captions["counterfactual"] = f"counterfactual\np={float(explanation.counterfactual_probability[index]):.2f}"
         # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
         write_panel(
-            self.output_dir / f"{stem}_panel.png",
+            folder / f"{stem}_panel.png",
             picture.T,
             counterfactual.T,
             {m: v.T for m, v in maps.items()},
             captions,
-            overwrite=self.overwrite,
+            overwrite=False,
         )
 
-    def _write_dicom(self, stem: str, source: str, saliency: np.ndarray) -> None:
+    def _write_dicom(self, folder: Path, stem: str, source: str, saliency: np.ndarray) -> None:
         dataset = pydicom.dcmread(source, stop_before_pixels=True)
         # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
         saliency_rows = np.clip(saliency.T, 0, 1)
@@ -339,9 +363,9 @@ class ExplanationWriter:
         write_overlay_secondary_capture(
             dataset,
             saliency_overlay(picture, saliency_rows),
-            self.output_dir / f"{stem}_overlay_sc.dcm",
-            overwrite=self.overwrite,
+            folder / f"{stem}_overlay_sc.dcm",
+            overwrite=False,
         )
         write_saliency_parametric_map(
-            dataset, saliency_rows, self.output_dir / f"{stem}_{self.dicom_method}_pm.dcm", overwrite=self.overwrite
+            dataset, saliency_rows, folder / f"{stem}_{self.dicom_method}_pm.dcm", overwrite=False
         )

@@ -5,9 +5,11 @@ from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metr
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
+from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
 
 __all__ = [
+    "OutputLedger",
     "ExampleCase",
     "write_example_cases",
     "write_metric_bars",
