@@ -1,6 +1,13 @@
 """Writers that store images and results next to the source study: DICOM and NIfTI, always atomically."""
 
-from medxgan_monai.io.atomic import atomic_output, atomic_replace_dir, atomic_write_csv, atomic_write_text
+from medxgan_monai.io.atomic import (
+    OutputNotWritable,
+    atomic_output,
+    atomic_replace_dir,
+    atomic_write_csv,
+    atomic_write_text,
+    ensure_writable_dir,
+)
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
@@ -9,6 +16,8 @@ from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
 
 __all__ = [
+    "OutputNotWritable",
+    "ensure_writable_dir",
     "OutputLedger",
     "ExampleCase",
     "write_example_cases",

@@ -95,3 +95,24 @@ def atomic_write_csv(
         writer.writerow(header)
         writer.writerows(rows)
     return Path(path)
+
+
+class OutputNotWritable(OSError):
+    """The output folder cannot be created or written to."""
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` if needed and check that a file can be created in it, so a run fails before any
+    work rather than after it; returns the path.
+
+    Raises:
+        OutputNotWritable: naming the folder and the reason.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
+            pass
+    except OSError as error:
+        raise OutputNotWritable(f"{path}: output folder is not writable ({type(error).__name__}: {error})") from error
+    return path

@@ -218,6 +218,10 @@ class LoadScan(LoadImage):
         kind = detect_format(filename)
         try:
             shape = _header_shape(filename, kind)
+            extent = tuple(size for size in shape if size != 1)
+            if kind == "nifti" and self.spatial_dims is not None and len(extent) > self.spatial_dims:
+                # a 4D series would otherwise be read as a 3D image with channels
+                raise ImageReadError(filename, f"expected a {self.spatial_dims}D image, got shape {shape}")
             if int(np.prod(shape)) > self.max_pixels:
                 raise ImageReadError(filename, f"image of shape {shape} exceeds the limit of {self.max_pixels} pixels")
             image = super().__call__(filename, reader=reader or self._reader_for(kind))
