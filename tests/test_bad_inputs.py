@@ -265,3 +265,24 @@ def test_no_patient_identifier_reaches_tracking_logs_or_non_dicom_outputs(weight
             assert value not in str(path), (value, path)
     # the comparison above is exact: also catch DICOM's caret-free spelling of the name
     assert "Planted Person" not in logs
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+def test_checkpoints_that_would_run_code_are_refused(tmp_path):
+    import torch
+    from monai.networks.nets import DenseNet
+
+    from medxgan_monai.bundle import load_weights
+    from medxgan_monai.networks import FrozenClassifier
+
+    path = tmp_path / "malicious.pt"
+    torch.save({"weights": _RunsCodeWhenUnpickled()}, path)
+    network = DenseNet(2, 1, 2, init_features=8, growth_rate=4, block_config=(2,))
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        FrozenClassifier(network, checkpoint=str(path))
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        load_weights(network, str(path), "cpu")
