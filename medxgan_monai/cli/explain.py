@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-ckpt", help="classifier weights (default: the bundle's models/model.pt)")
     parser.add_argument("--generator-ckpt", help="generator weights (default: the bundle's models/generator.pt)")
     parser.add_argument("--encoder-ckpt", help="encoder weights (default: the bundle's models/encoder.pt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every input and replace existing files (default: skip inputs already complete in --output)",
+    )
     return parser
 
 
