@@ -14,14 +14,17 @@ from monai.utils import path_to_sqlite_uri
 from medxgan_monai.io.atomic import atomic_output, atomic_write_text
 
 __all__ = [
+    "DEFAULT_BUNDLE",
     "default_tracking_uri",
     "export_executed_config",
     "latest_checkpoint",
     "load_weights",
     "persistent_run_name",
     "reopen_mlflow_run",
+    "run_inference",
     "run_name",
     "save_state_dict",
+    "unwrap_config_error",
     "write_report",
 ]
 
@@ -135,3 +138,49 @@ def write_report(metrics: dict, path: str | os.PathLike) -> dict:
     path = atomic_write_text(path, json.dumps(metrics, indent=1) + "\n")
     logger.info("report written to %s: %s", path, json.dumps(metrics))
     return metrics
+
+
+#: the bundle shipped with the package (a source checkout or an editable install)
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+
+
+def unwrap_config_error(error: BaseException) -> BaseException:
+    """MONAI wraps errors raised inside config expressions in a plain RuntimeError; return the original."""
+    while isinstance(error, RuntimeError) and error.__cause__ is not None and type(error) is RuntimeError:
+        error = error.__cause__
+    return error
+
+
+def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUNDLE):
+    """Run ``configs/inference.json`` of ``bundle_root`` with ``overrides`` (e.g. ``input``, ``output_dir``,
+    ``methods``) and return its :class:`~medxgan_monai.handlers.InferenceReport`; inputs that could not be explained
+    are in ``report.problems`` (not raised). Any other failure is raised unwrapped.
+
+    Example::
+
+        report = run_inference({"input": ["scan.dcm"], "output_dir": "out/", "methods": ["medxgan"]})
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from medxgan_monai.handlers.explanation import InferenceFailed
+
+    configs = Path(bundle_root) / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "inference.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="infer",
+        **{"bundle_root": str(bundle_root), **overrides},
+    )
+    try:
+        workflow.initialize()
+        workflow.run()
+    except Exception as error:
+        failure = unwrap_config_error(error)
+        if failure is error:
+            raise
+        if not isinstance(failure, InferenceFailed):
+            raise failure from None  # its own traceback is kept; MONAI's wrapper adds nothing
+    finally:
+        workflow.finalize()
+    return workflow.parser.get_parsed_content("report")

@@ -61,3 +61,12 @@ def save_tiny_weights(folder: Path, size: int = 32) -> dict:
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> dict:
     return save_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+def brain_like(shape, seed: int = 0):
+    """A bright disc (r = 0.8) on a dark background with noise: an image every loader and explainer accepts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)

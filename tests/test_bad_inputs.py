@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE
+from conftest import BUNDLE_ROOT, TINY_BUNDLE, brain_like
 from monai.bundle import ConfigWorkflow
 from pydicom.data import get_testdata_file
 
@@ -25,12 +25,6 @@ from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
 
 CONFIGS = BUNDLE_ROOT / "configs"
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-
-
-def _brain(shape, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)
 
 
 def _nifti(array, path: Path) -> None:
@@ -63,16 +57,16 @@ CORPUS = {
     "not an image": ("notes.nii.gz", lambda p: p.write_bytes(b"plain text, not a scan"), "cannot read as nifti"),
     "unsupported format": ("table.xlsx", lambda p: p.write_bytes(b"PK\x03\x04 zip"), "unsupported format"),
     "empty file": ("empty.nii.gz", lambda p: p.write_bytes(b""), "file is empty"),
-    "3D volume": ("volume.nii.gz", lambda p: _nifti(_brain((16, 16, 16)), p), "expected a 2D image"),
+    "3D volume": ("volume.nii.gz", lambda p: _nifti(brain_like((16, 16, 16)), p), "expected a 2D image"),
     "4D": ("series.nii.gz", lambda p: shutil.copy(NIBABEL_DATA / "example4d.nii.gz", p), "expected a 2D image"),
-    "NaN": ("nan.nii.gz", lambda p: _nifti(_brain((32, 32)) * np.nan, p), "NaN or infinite"),
+    "NaN": ("nan.nii.gz", lambda p: _nifti(brain_like((32, 32)) * np.nan, p), "NaN or infinite"),
     "Inf": (
         "inf.nii.gz",
-        lambda p: _nifti(np.where(_brain((32, 32)) > 500, np.inf, 1.0).astype(np.float32), p),
+        lambda p: _nifti(np.where(brain_like((32, 32)) > 500, np.inf, 1.0).astype(np.float32), p),
         "NaN or infinite",
     ),
     "constant": ("constant.nii.gz", lambda p: _nifti(np.full((32, 32), 7.0, np.float32), p), "constant"),
-    "too small": ("tiny.nii.gz", lambda p: _nifti(_brain((4, 4)), p), "below 8 pixels"),
+    "too small": ("tiny.nii.gz", lambda p: _nifti(brain_like((4, 4)), p), "below 8 pixels"),
     "very large": ("huge.dcm", _huge_dicom, "exceeds the limit"),
     "multi-frame dicom": ("cine.dcm", lambda p: shutil.copy(get_testdata_file("emri_small.dcm"), p), "multi-frame"),
     "dicom without pixels": ("plan.dcm", lambda p: shutil.copy(get_testdata_file("rtplan.dcm"), p), "no pixel data"),
@@ -95,7 +89,7 @@ def corpus(tmp_path_factory) -> dict:
     # two good scans with the same file name in different folders: both must get their own outputs
     for index, sub in enumerate(("site_a", "site_b")):
         (folder / sub).mkdir()
-        _nifti(_brain((40, 36), seed=index), folder / sub / "case.nii.gz")
+        _nifti(brain_like((40, 36), seed=index), folder / sub / "case.nii.gz")
         mask = np.zeros((40, 36), np.float32)
         mask[10:20, 12:22] = 1
         _nifti(mask, folder / sub / "case_mask.nii.gz")
@@ -219,7 +213,7 @@ def test_no_patient_identifier_reaches_tracking_logs_or_non_dicom_outputs(weight
             PLANTED["PatientID"], PLANTED["PatientName"], accession_number=PLANTED["AccessionNumber"]
         )
         write_mr_slice(
-            _brain((36, 40), seed=index).astype(np.uint16), MRSliceGeometry((0.0, 0.0, index)), patient, path
+            brain_like((36, 40), seed=index).astype(np.uint16), MRSliceGeometry((0.0, 0.0, index)), patient, path
         )
         ds = pydicom.dcmread(path)
         ds.PatientBirthDate = PLANTED["PatientBirthDate"]

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE
+from conftest import BUNDLE_ROOT, TINY_BUNDLE, brain_like
 from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigWorkflow
 
@@ -20,12 +20,6 @@ from medxgan_monai.io import MRSliceGeometry, OutputLedger, SyntheticPatient, wr
 CONFIGS = BUNDLE_ROOT / "configs"
 
 
-def _brain_like(shape, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scans")
@@ -34,19 +28,19 @@ def scans(tmp_path_factory):
     bad.mkdir()
     # non-square, anisotropic, oblique NIfTI slice stored with a singleton third axis
     affine = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 3.0, 7.25], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(_brain_like((40, 56, 1)), affine), good / "oblique.nii.gz")
-    nib.save(nib.Nifti1Image(_brain_like((48, 36), seed=1), np.diag([0.9, 1.1, 1.0, 1.0])), good / "plain.nii")
+    nib.save(nib.Nifti1Image(brain_like((40, 56, 1)), affine), good / "oblique.nii.gz")
+    nib.save(nib.Nifti1Image(brain_like((48, 36), seed=1), np.diag([0.9, 1.1, 1.0, 1.0])), good / "plain.nii")
     write_mr_slice(
-        _brain_like((36, 48), seed=2).astype(np.uint16),
+        brain_like((36, 48), seed=2).astype(np.uint16),
         MRSliceGeometry((10.0, -20.0, 5.0), pixel_spacing=(0.8, 1.2)),
         SyntheticPatient("TEST-1", "TEST^ONE"),
         good / "slice.dcm",
     )
     (bad / "garbage.nii.gz").write_bytes(b"not a nifti file")
     nib.save(nib.Nifti1Image(np.full((32, 32), 7.0, np.float32), np.eye(4)), bad / "constant.nii.gz")
-    nib.save(nib.Nifti1Image(_brain_like((32, 32)) * np.nan, np.eye(4)), bad / "nan.nii.gz")
-    nib.save(nib.Nifti1Image(_brain_like((4, 4)), np.eye(4)), bad / "tiny.nii.gz")
-    nib.save(nib.Nifti1Image(_brain_like((16, 16, 16)), np.eye(4)), bad / "volume.nii.gz")
+    nib.save(nib.Nifti1Image(brain_like((32, 32)) * np.nan, np.eye(4)), bad / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(brain_like((4, 4)), np.eye(4)), bad / "tiny.nii.gz")
+    nib.save(nib.Nifti1Image(brain_like((16, 16, 16)), np.eye(4)), bad / "volume.nii.gz")
     return folder
 
 

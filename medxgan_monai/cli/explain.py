@@ -7,10 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
+from medxgan_monai.bundle import DEFAULT_BUNDLE
+
 __all__ = ["ALL_METHODS", "main"]
 
 ALL_METHODS = ("medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift")
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the inference bundle; exit status 0 when every input was explained, 1 when some failed, 2 on misuse."""
     args = _parser().parse_args(argv)
     import torch
-    from monai.bundle import ConfigWorkflow
 
-    from medxgan_monai.handlers import InferenceFailed
+    from medxgan_monai.bundle import run_inference
 
-    bundle = Path(args.bundle)
     overrides = {
-        "bundle_root": str(bundle),
         "input": [str(Path(p)) for p in args.inputs],
         "section": args.section,
         "output_dir": str(Path(args.output)),
@@ -58,35 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt"):
         if getattr(args, key):
             overrides[key] = str(Path(getattr(args, key)))
-    workflow = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="infer",
-        **overrides,
-    )
     try:
-        workflow.initialize()
-        workflow.run()
-    except Exception as error:
-        failure = _cause(error)
-        if isinstance(failure, InferenceFailed):
-            logging.getLogger("medxgan-explain").error("%s", failure)
-            return 1
-        if isinstance(failure, (FileNotFoundError, ValueError)):
-            print(f"medxgan-explain: error: {failure}", file=sys.stderr)
-            return 2
-        raise
-    finally:
-        workflow.finalize()
+        report = run_inference(overrides, args.bundle)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"medxgan-explain: error: {error}", file=sys.stderr)
+        return 2
+    if report.problems:
+        logging.getLogger("medxgan-explain").error(
+            "%d input(s) could not be explained; see %s", len(report.problems), report.output_dir / "errors.csv"
+        )
+        return 1
     return 0
-
-
-def _cause(error: BaseException) -> BaseException:
-    """MONAI wraps errors raised inside config expressions in RuntimeError; find the original."""
-    while isinstance(error, RuntimeError) and error.__cause__ is not None and type(error) is RuntimeError:
-        error = error.__cause__
-    return error
 
 
 if __name__ == "__main__":

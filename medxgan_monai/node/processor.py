@@ -1,0 +1,210 @@
+"""Explain spooled DICOM instances with the inference bundle and deliver the results to a destination."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+
+from medxgan_monai.bundle import DEFAULT_BUNDLE, run_inference
+from medxgan_monai.io.ledger import OutputLedger
+from medxgan_monai.node.spool import Spool, instance_problem
+
+__all__ = ["DeliveryError", "ExplanationProcessor", "NodeStatistics", "ResultSink"]
+
+logger = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """Results could not be delivered; the instance stays queued and is retried."""
+
+
+class ResultSink(Protocol):
+    """Where explanations go: ``send(paths)`` delivers DICOM files or raises :class:`DeliveryError`."""
+
+    def send(self, paths: Sequence[Path]) -> None: ...
+
+
+@dataclass
+class NodeStatistics:
+    """Counts of instances by outcome and the seconds spent, for logs and MLflow."""
+
+    received: int = 0
+    skipped: int = 0
+    explained: int = 0
+    failed: int = 0
+    delivery_failures: int = 0
+    explain_seconds: list[float] = field(default_factory=list)
+    latency_seconds: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        counts = {k: float(v) for k, v in asdict(self).items() if isinstance(v, int)}
+        for name in ("explain_seconds", "latency_seconds"):
+            values = getattr(self, name)
+            if values:
+                counts[f"mean_{name}"] = sum(values) / len(values)
+        return counts
+
+
+class ExplanationProcessor:
+    """Accept DICOM instances into a :class:`Spool`, explain the queue in batches with the inference bundle, and
+    deliver each instance's Secondary Capture and Parametric Map to a :class:`ResultSink`.
+
+    An instance that does not fit (see :func:`instance_problem`) is logged and skipped; one the bundle cannot explain
+    goes to ``failed`` with the reason in the log; one whose results cannot be delivered goes back to the queue. The
+    bundle's own ledger (``results/.medxgan_ledger``) means an instance explained before a crash is not explained again:
+    its results are delivered. Log lines and MLflow carry SOP Instance UIDs and timings, never patient identifiers.
+
+    Args:
+        spool: the node's spool.
+        sink: where results go.
+        overrides: inference-bundle overrides (``methods``, weights, ``device``, ...).
+        modalities: modalities accepted (``None``: any).
+        batch_size: instances explained per bundle run.
+        tracking_uri: MLflow tracking URI of the node's runs (``None``: no tracking).
+
+    Example::
+
+        processor = ExplanationProcessor(Spool("spool/"), DimseSender("127.0.0.1", 4242, "ORTHANC"))
+        processor.accept(dataset)
+        processor.process_pending()
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: ResultSink,
+        overrides: dict | None = None,
+        bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
+        modalities: Sequence[str] | None = ("MR", "CT", "CR", "DX", "MG", "OT"),
+        batch_size: int = 16,
+        tracking_uri: str | None = None,
+        experiment_name: str = "medxgan_node",
+        parameters: dict | None = None,
+    ) -> None:
+        self.spool, self.sink = spool, sink
+        self.overrides = dict(overrides or {})
+        self.bundle_root = bundle_root
+        self.modalities = tuple(modalities) if modalities else None
+        self.batch_size = batch_size
+        self.statistics = NodeStatistics()
+        self._lock = threading.Lock()
+        self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
+
+    def accept(self, dataset: Dataset) -> str | None:
+        """Queue ``dataset`` if it fits; returns the reason when it was skipped (``None`` when queued)."""
+        problem = instance_problem(dataset, self.modalities)
+        uid = dataset.get("SOPInstanceUID", "unknown")
+        with self._lock:
+            if problem is None and self.spool.put(dataset) is not None:
+                self.statistics.received += 1
+                logger.info("received %s", uid)
+                return None
+            self.statistics.skipped += 1
+        problem = problem or "already received"
+        logger.warning("skipping %s: %s", uid, problem)
+        return problem
+
+    def process_pending(self) -> int:
+        """Explain and deliver the instances queued now, ``batch_size`` at a time; returns how many were handled.
+        Each is tried once per call: one whose delivery fails is queued again for a later call."""
+        claimed = self.spool.claim()
+        for start in range(0, len(claimed), self.batch_size):
+            self._process(claimed[start : start + self.batch_size])
+        return len(claimed)
+
+    def _process(self, batch: list[Path]) -> None:
+        received_at = {path.name: path.stat().st_mtime for path in batch}
+        start = time.perf_counter()
+        overrides = {
+            **self.overrides,
+            "input": [str(path) for path in batch],
+            "output_dir": str(self.spool.results),
+        }
+        if self._tracking is not None:
+            overrides.setdefault("tracking_uri", self._tracking.uri)
+            overrides.setdefault("experiment_name", f"{self._tracking.experiment_name}_batches")
+        try:
+            report = run_inference(overrides, self.bundle_root)
+            problems = {Path(p.path).name: p.problem for p in report.problems}
+        except Exception as error:  # the node must outlive any failure of one batch
+            logger.exception("explaining a batch of %d instance(s) failed", len(batch))
+            problems = {path.name: f"{type(error).__name__}: {error}" for path in batch}
+        seconds = (time.perf_counter() - start) / len(batch)
+        ledger = OutputLedger(self.spool.results)
+        for path in batch:
+            uid = path.stem
+            if path.name in problems:
+                self.spool.finish(path, succeeded=False)
+                self._count(failed=1)
+                logger.error("instance %s could not be explained: %s", uid, problems[path.name])
+                continue
+            record = ledger.completed(uid)
+            outputs = [self.spool.results / name for name in (record or {}).get("files", []) if name.endswith(".dcm")]
+            try:
+                if not outputs:
+                    raise DeliveryError(f"no DICOM results for {uid}")
+                self.sink.send(outputs)
+            except Exception as error:  # the destination may be down: keep the instance queued
+                self.spool.release(path)
+                self._count(delivery_failures=1)
+                logger.error("instance %s: delivering %d result(s) failed: %s", uid, len(outputs), error)
+                continue
+            self.spool.finish(path, succeeded=True)
+            latency = time.time() - received_at[path.name]
+            with self._lock:
+                self.statistics.explained += 1
+                self.statistics.explain_seconds.append(seconds)
+                self.statistics.latency_seconds.append(latency)
+            logger.info(
+                "instance %s: explained in %.2f s, %d result(s) delivered %.2f s after receipt",
+                uid,
+                seconds,
+                len(outputs),
+                latency,
+            )
+        if self._tracking is not None:
+            self._tracking.log(self.statistics.metrics())
+
+    def _count(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self.statistics, name, getattr(self.statistics, name) + value)
+
+    def close(self) -> None:
+        """Log the final statistics and end the MLflow run."""
+        logger.info("node statistics: %s", self.statistics.metrics())
+        if self._tracking is not None:
+            self._tracking.close(self.statistics.metrics())
+
+
+class _NodeRun:
+    """One MLflow run for a node's lifetime: settings as parameters, outcome counts and timings as metrics."""
+
+    def __init__(self, uri: str, experiment_name: str, parameters: dict) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.experiment_name = uri, experiment_name
+        self.client = MlflowClient(tracking_uri=uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
+        self.run_id = self.client.create_run(experiment_id, run_name=time.strftime("node_%Y%m%d_%H%M%S")).info.run_id
+        for key, value in parameters.items():
+            self.client.log_param(self.run_id, key, str(value))
+        self.step = 0
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.step += 1
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value, step=self.step)
+
+    def close(self, metrics: dict[str, float]) -> None:
+        self.log(metrics)
+        self.client.set_terminated(self.run_id)

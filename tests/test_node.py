@@ -1,0 +1,188 @@
+"""The DICOM node: spool, processor (restart, delivery failures), and end to end against a real Orthanc server over
+DIMSE (C-STORE both ways) and DICOMweb (WADO-RS in, STOW-RS out)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import TINY_BUNDLE, brain_like
+from mlflow.tracking import MlflowClient
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage
+
+from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
+from medxgan_monai.node import (
+    DeliveryError,
+    DicomNode,
+    DimseSender,
+    ExplanationProcessor,
+    OrthancServer,
+    Spool,
+    StowSender,
+    explain_study,
+    instance_problem,
+)
+from medxgan_monai.node.orthanc import free_port
+
+needs_orthanc = pytest.mark.skipif(
+    OrthancServer.executable() is None,
+    reason="Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)",
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> list[Path]:
+    """Three MR slices of one study."""
+    folder = tmp_path_factory.mktemp("study")
+    patient = SyntheticPatient("NODE-TEST", "NODE^TEST")
+    paths = []
+    for index in range(3):
+        path = folder / f"slice_{index}.dcm"
+        pixels = brain_like((36, 40), seed=index).astype(np.uint16)
+        write_mr_slice(pixels, MRSliceGeometry((0.0, 0.0, 5.0 * index)), patient, path, instance_number=index + 1)
+        paths.append(path)
+    return paths
+
+
+class Collector:
+    """A result sink that keeps what it is sent, or fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.sent: list[pydicom.Dataset] = []
+        self.down = False
+
+    def send(self, paths) -> None:
+        if self.down:
+            raise DeliveryError("destination down")
+        self.sent += [pydicom.dcmread(path) for path in paths]
+
+
+def _processor(spool_dir: Path, sink, weights, **options) -> ExplanationProcessor:
+    overrides = {**TINY_BUNDLE, **weights, "methods": ["medxgan"], "device": "cpu"}
+    return ExplanationProcessor(Spool(spool_dir), sink, overrides, **options)
+
+
+def test_instances_that_do_not_fit_are_named(study):
+    ds = pydicom.dcmread(study[0])
+    assert instance_problem(ds) is None
+    assert "modality MR" in instance_problem(ds, ("CT",))
+    assert "multi-frame" in instance_problem(pydicom.dcmread(get_testdata_file("emri_small.dcm")))
+    assert "no pixel data" in instance_problem(pydicom.dcmread(get_testdata_file("rtplan.dcm")))
+    ds.Manufacturer = "medxgan-monai"
+    assert "made by medxgan-monai" in instance_problem(ds)
+
+
+def test_spool_moves_are_atomic_and_resends_are_not_queued_twice(study, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    assert spool.put_file(study[0]) is not None and spool.put_file(study[0]) is None
+    spool.put_file(study[1])
+    (claimed, *_) = spool.claim(limit=1)
+    assert spool.counts() == {"incoming": 1, "processing": 1, "done": 0, "failed": 0}
+    assert spool.recover() == 1 and spool.counts()["incoming"] == 2
+    for path in spool.claim():
+        spool.finish(path, succeeded=True)
+    assert spool.put_file(study[0]) is None, "an instance already explained is not explained again"
+
+
+def test_processor_explains_delivers_retries_and_resumes_after_a_crash(study, weights, tmp_path):
+    sink = Collector()
+    tracking = f"sqlite:///{tmp_path / 'node.db'}"
+    processor = _processor(tmp_path / "spool", sink, weights, tracking_uri=tracking)
+    for path in study[:2]:
+        assert processor.accept(pydicom.dcmread(path)) is None
+    assert "no pixel data" in processor.accept(pydicom.dcmread(get_testdata_file("rtplan.dcm")))
+    sink.down = True
+    assert processor.process_pending() == 2, "each queued instance is tried once per pass"
+    assert processor.statistics.delivery_failures == 2 and processor.spool.counts()["incoming"] == 2
+    sink.down = False
+    assert processor.process_pending() == 2
+    assert processor.statistics.explained == 2 and processor.statistics.skipped == 1
+    sources = {pydicom.dcmread(p).SOPInstanceUID for p in study[:2]}
+    assert len(sink.sent) == 4 and {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in sink.sent} == sources
+    assert {ds.SOPClassUID.name for ds in sink.sent} == {"Secondary Capture Image Storage", "Parametric Map Storage"}
+    assert {ds.StudyInstanceUID for ds in sink.sent} == {pydicom.dcmread(study[0]).StudyInstanceUID}
+
+    # a crash after explaining but before delivery: the restart delivers the same results, explains nothing again
+    processor.accept(pydicom.dcmread(study[2]))
+    sink.down = True
+    processor.process_pending()  # explained, delivery failed, queued again
+    processor.spool.claim()  # the process dies after claiming it once more
+    first = {p.name: p.read_bytes() for p in (tmp_path / "spool" / "results").glob("*.dcm")}
+    restarted = _processor(tmp_path / "spool", sink, weights)
+    assert restarted.spool.recover() == 1
+    sink.down = False
+    assert restarted.process_pending() == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "spool" / "results").glob("*.dcm")} == first
+    assert len(sink.sent) == 6 and len({ds.SOPInstanceUID for ds in sink.sent}) == 6
+    processor.close()
+    client = MlflowClient(tracking_uri=tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("medxgan_node").experiment_id])
+    assert run.data.metrics["explained"] == 2 and run.data.metrics["skipped"] == 1
+
+
+def _wait_for(condition, seconds: float = 90.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def _derived_series(orthanc: OrthancServer, study_uid: str) -> list[dict]:
+    (study_id,) = orthanc.rest("/tools/lookup", data=study_uid.encode())
+    series = orthanc.rest(f"/studies/{study_id['ID']}/series")
+    return [s for s in series if "medXGAN" in s["MainDicomTags"].get("SeriesDescription", "")]
+
+
+@needs_orthanc
+def test_orthanc_routes_a_study_to_the_node_and_gets_the_explanations_back(study, weights, tmp_path):
+    node_port = free_port()
+    modalities = {"medxgan": ("MEDXGAN", "127.0.0.1", node_port)}
+    with OrthancServer(tmp_path / "orthanc", modalities=modalities) as orthanc:
+        sender = DimseSender("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, calling_ae_title="MEDXGAN")
+        processor = _processor(tmp_path / "spool", sender, weights)
+        node = DicomNode(processor, "MEDXGAN", node_port, allowed_calling_ae_titles=[orthanc.ae_title])
+        node.start()
+        try:
+            intruder = AE(ae_title="INTRUDER")
+            intruder.add_requested_context(MRImageStorage)
+            association = intruder.associate("127.0.0.1", node_port, ae_title="MEDXGAN")
+            assert association.is_rejected, "calling AE titles outside the allowed list are rejected"
+
+            ids = [orthanc.upload(path) for path in study[:2]]
+            orthanc.send_to_modality("medxgan", ids)
+            study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+            derived = _wait_for(lambda: len(s := _derived_series(orthanc, study_uid)) == 4 and s)
+        finally:
+            node.stop()
+        sources = {pydicom.dcmread(p).SOPInstanceUID for p in study[:2]}
+        referenced = set()
+        for series in derived:
+            (instance,) = series["Instances"]
+            tags = orthanc.rest(f"/instances/{instance}/tags?simplify")
+            assert tags["StudyInstanceUID"] == study_uid
+            referenced.add(tags["SourceImageSequence"][0]["ReferencedSOPInstanceUID"])
+            assert tags["Modality"] in ("OT", "MR") and "NOT FOR CLINICAL USE" in tags["SeriesDescription"]
+        assert referenced == sources
+        assert processor.statistics.explained == 2 and processor.statistics.failed == 0
+
+
+@needs_orthanc
+def test_a_study_pulled_over_dicomweb_gets_its_explanations_stored_back(study, weights, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    with OrthancServer(tmp_path / "orthanc") as orthanc:
+        for path in study:
+            orthanc.upload(path)
+        client = DICOMwebClient(f"{orthanc.url}/dicom-web")
+        study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+        statistics = explain_study(client, study_uid, _processor(tmp_path / "spool", StowSender(client), weights))
+        assert statistics.explained == 3 and statistics.failed == 0
+        assert len(_derived_series(orthanc, study_uid)) == 6
