@@ -123,6 +123,8 @@ def test_processor_explains_delivers_retries_and_resumes_after_a_crash(study, we
     client = MlflowClient(tracking_uri=tracking)
     (run,) = client.search_runs([client.get_experiment_by_name("medxgan_node").experiment_id])
     assert run.data.metrics["explained"] == 2 and run.data.metrics["skipped"] == 1
+    tracked = (tmp_path / "node.db").read_bytes()
+    assert b"NODE-TEST" not in tracked and b"NODE^TEST" not in tracked, "no patient identifier in MLflow"
 
 
 def _wait_for(condition, seconds: float = 90.0):

@@ -1,0 +1,135 @@
+"""Benchmark: instances per second through the DICOM node on loopback, and latency from receipt to results stored.
+
+For each source size, a throwaway Orthanc holds N synthetic MR slices of one study and routes them to the node
+(C-STORE); the node explains them with the shipped bundle (its model grid is 64 pixels; larger sources are resized
+in and out) and stores a Secondary Capture and a Parametric Map per instance back in Orthanc. Measured: wall time
+from the routing request until every result is in Orthanc, and per instance the node's latency from the moment the
+instance was spooled until its results were accepted by Orthanc. The baseline, in the same run, is the inference
+bundle on the same files without networking (``medxgan-explain``); the ratio is the node's overhead.
+
+Usage::
+
+    python scripts/benchmark_node.py [--sizes 64 256] [--instances 8] [--methods medxgan] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _phantom(size: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    lesion = np.sqrt(((grid - rng.uniform(-0.4, 0.4, (2, 1, 1))) ** 2).sum(0)) < 0.15
+    return (
+        (1000 * (radius < 0.8) - 400 * lesion * (radius < 0.8) + 50 * rng.random((size, size))).clip(0).astype("uint16")
+    )
+
+
+def _write_study(folder: Path, size: int, count: int) -> list[Path]:
+    from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
+
+    patient = SyntheticPatient(f"BENCH-{size}", "BENCHMARK^NODE")
+    paths = []
+    for index in range(count):
+        path = folder / f"slice_{index:03d}.dcm"
+        geometry = MRSliceGeometry((0.0, 0.0, 4.0 * index), pixel_spacing=(256 / size, 256 / size))
+        write_mr_slice(_phantom(size, index), geometry, patient, path, instance_number=index + 1)
+        paths.append(path)
+    return paths
+
+
+def measure(size: int, count: int, overrides: dict, workdir: Path) -> dict:
+    import pydicom
+
+    from medxgan_monai.bundle import run_inference
+    from medxgan_monai.node import DicomNode, DimseSender, ExplanationProcessor, OrthancServer, Spool
+    from medxgan_monai.node.orthanc import free_port
+
+    folder = workdir / f"sources_{size}"
+    folder.mkdir()
+    sources = _write_study(folder, size, count)
+    start = time.perf_counter()
+    run_inference({**overrides, "input": [str(p) for p in sources], "output_dir": str(workdir / f"direct_{size}")})
+    direct = time.perf_counter() - start
+
+    node_port = free_port()
+    with OrthancServer(
+        workdir / f"orthanc_{size}", modalities={"node": ("MEDXGAN", "127.0.0.1", node_port)}
+    ) as orthanc:
+        ids = [orthanc.upload(path) for path in sources]
+        sender = DimseSender("127.0.0.1", orthanc.dicom_port, orthanc.ae_title)
+        processor = ExplanationProcessor(Spool(workdir / f"spool_{size}"), sender, overrides, batch_size=count)
+        node = DicomNode(processor, "MEDXGAN", node_port, allowed_calling_ae_titles=[orthanc.ae_title])
+        node.start()
+        try:
+            study_uid = pydicom.dcmread(sources[0]).StudyInstanceUID
+            (study,) = orthanc.rest("/tools/lookup", data=study_uid.encode())
+            start = time.perf_counter()
+            orthanc.send_to_modality("node", ids)
+            while len(orthanc.rest(f"/studies/{study['ID']}/instances")) < 3 * count:
+                if time.perf_counter() - start > 600:
+                    raise TimeoutError("results did not arrive within 10 minutes")
+                time.sleep(0.2)
+            through_node = time.perf_counter() - start
+        finally:
+            node.stop()
+    latencies = processor.statistics.latency_seconds
+    return {
+        "size": size,
+        "instances": count,
+        "direct_s": direct,
+        "node_s": through_node,
+        "node_per_s": count / through_node,
+        "latency_mean": sum(latencies) / len(latencies),
+        "latency_max": max(latencies),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--instances", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", default=["medxgan"])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    import logging
+
+    import torch
+
+    from medxgan_monai.node import OrthancServer
+
+    logging.basicConfig(level=logging.WARNING)
+    if OrthancServer.executable() is None:
+        print("Orthanc is not installed: bash scripts/install_orthanc.sh", file=sys.stderr)
+        return 2
+    overrides = {"methods": list(args.methods), "device": torch.device(args.device)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="medxgan_node_bench_") as scratch:
+        for size in args.sizes:
+            rows.append(measure(size, args.instances, overrides, Path(scratch)))
+    print(f"DICOM node on loopback, methods {','.join(args.methods)}, device {args.device}, {args.instances} instances")
+    print(
+        "| source size | direct bundle s | through node s | node / direct | instances / s "
+        "| latency mean s | latency max s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['size']} | {row['direct_s']:.1f} | {row['node_s']:.1f} | {row['node_s'] / row['direct_s']:.2f}x "
+            f"| {row['node_per_s']:.2f} | {row['latency_mean']:.1f} | {row['latency_max']:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
