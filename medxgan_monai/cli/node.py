@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
 from medxgan_monai.cli.explain import ALL_METHODS
+from medxgan_monai.node.processor import DEFAULT_MODALITIES
 
 __all__ = ["main"]
 
@@ -34,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--spool", required=True, help="spool folder (queue, results, MLflow database)")
     common.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=["medxgan"])
-    common.add_argument(
-        "--modality", nargs="+", default=["MR", "CT", "CR", "DX", "MG", "OT"], help="accepted modalities"
-    )
+    common.add_argument("--modality", nargs="+", default=list(DEFAULT_MODALITIES), help="accepted modalities")
     common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     common.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     common.add_argument("--batch-size", type=int, default=16, help="instances explained per bundle run")

@@ -17,7 +17,10 @@ from medxgan_monai.bundle import DEFAULT_BUNDLE, run_inference
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.node.spool import Spool, instance_problem
 
-__all__ = ["DeliveryError", "ExplanationProcessor", "NodeStatistics", "ResultSink"]
+__all__ = ["DEFAULT_MODALITIES", "DeliveryError", "ExplanationProcessor", "NodeStatistics", "ResultSink"]
+
+#: modalities of 2D images a node accepts by default
+DEFAULT_MODALITIES = ("MR", "CT", "CR", "DX", "MG", "OT")
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class ExplanationProcessor:
         sink: ResultSink,
         overrides: dict | None = None,
         bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
-        modalities: Sequence[str] | None = ("MR", "CT", "CR", "DX", "MG", "OT"),
+        modalities: Sequence[str] | None = DEFAULT_MODALITIES,
         batch_size: int = 16,
         tracking_uri: str | None = None,
         experiment_name: str = "medxgan_node",
