@@ -188,3 +188,11 @@ def test_a_study_pulled_over_dicomweb_gets_its_explanations_stored_back(study, w
         statistics = explain_study(client, study_uid, _processor(tmp_path / "spool", StowSender(client), weights))
         assert statistics.explained == 3 and statistics.failed == 0
         assert len(_derived_series(orthanc, study_uid)) == 6
+
+
+def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
+    from medxgan_monai.cli.node import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--spool", str(tmp_path), "--destination", "ORTHANC-without-address"])
+    assert exit_status.value.code == 2 and "AE_TITLE@HOST:PORT" in capsys.readouterr().err
