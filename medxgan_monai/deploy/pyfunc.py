@@ -1,0 +1,166 @@
+"""The explainer as an MLflow pyfunc model, and its registration in the MLflow model registry.
+
+The model packs the bundle's inference config and weights (classifier, generator, encoder) as artifacts; its input
+is a table of image files encoded in base64 (DICOM, NIfTI or PNG: one scan per row), its output per row the positive
+probability, the counterfactual's probability and each method's saliency map on the model's grid (nested lists in
+[0, 1]), or the reason the row could not be explained. It runs the same preprocessing and explainers as
+``inference.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from medxgan_monai.bundle import DEFAULT_BUNDLE
+
+__all__ = ["ExplainerModel", "encode_image_file", "register_explainer"]
+
+SETTINGS = "settings.json"
+BUNDLE_FILES = ("configs/inference.json", "configs/metadata.json")
+
+
+def encode_image_file(path: str | os.PathLike) -> dict:
+    """One input row for the model: ``{"name": file name, "image_base64": the file's bytes in base64}``."""
+    path = Path(path)
+    return {"name": path.name, "image_base64": base64.b64encode(path.read_bytes()).decode("ascii")}
+
+
+class ExplainerModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper of the inference bundle's preprocessing, classifier and explainers.
+
+    Example::
+
+        model = mlflow.pyfunc.load_model("models:/medxgan-explainer/1")
+        result = model.predict(pd.DataFrame([encode_image_file("scan.dcm")]))
+        result.loc[0, "probability"], np.asarray(result.loc[0, "medxgan"])     # (H, W) saliency map
+    """
+
+    def load_context(self, context) -> None:
+        from monai.bundle import ConfigParser
+
+        from medxgan_monai.handlers.explanation import ExplanationHandler
+
+        bundle = Path(context.artifacts["bundle"])
+        settings = json.loads((bundle / SETTINGS).read_text())
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(bundle), **settings["overrides"]})
+        parser["device"] = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
+        self.methods = list(settings["overrides"]["methods"])
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.classifier = parser.get_parsed_content("classifier_net")
+        self.device = parser.get_parsed_content("device")
+        self.handler = ExplanationHandler(parser.get_parsed_content("explainers"), self.methods)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return pd.DataFrame([self._explain_row(row) for row in model_input.to_dict(orient="records")])
+
+    def _explain_row(self, row: dict) -> dict:
+        import torch
+
+        from medxgan_monai.networks.classifier import class_probabilities
+
+        name = str(row.get("name") or "image")
+        result = {"name": name, "probability": float("nan"), "counterfactual_probability": float("nan"), "error": ""}
+        result.update({method: [] for method in self.methods})
+        with tempfile.TemporaryDirectory(prefix="medxgan_pyfunc_") as folder:
+            path = Path(folder) / Path(name).name
+            try:
+                path.write_bytes(base64.b64decode(row["image_base64"], validate=True))
+                image = self.preprocessing({"image": str(path)})["image"].as_tensor()[None].to(self.device)
+                with torch.no_grad():
+                    result["probability"] = float(class_probabilities(self.classifier(image))[0, 1])
+                maps, explanation, _ = self.handler.explain(image)
+            except Exception as error:  # one bad row must not fail the request
+                result["error"] = f"{name}: {type(error).__name__}: {error}"
+                return result
+        if explanation is not None:
+            result["counterfactual_probability"] = float(explanation.counterfactual_probability[0])
+        for method, values in maps.items():
+            result[method] = np.round(values[0, 0].detach().cpu().numpy().T, 4).tolist()
+        return result
+
+
+def _example_png() -> bytes:
+    from PIL import Image
+
+    grid = np.stack(np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij"))
+    disc = (np.sqrt((grid**2).sum(0)) < 0.8).astype(np.uint8) * 200
+    buffer = io.BytesIO()
+    Image.fromarray(disc).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def register_explainer(
+    name: str,
+    tracking_uri: str,
+    bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
+    methods: Sequence[str] = ("medxgan", "medxgan_lig", "gradcam", "ig"),
+    overrides: dict | None = None,
+    experiment_name: str = "medxgan_registry",
+):
+    """Log the explainer as a pyfunc model (signature and input example included) and register it as a new version
+    of ``name`` in the registry at ``tracking_uri`` (e.g. ``sqlite:///registry.db``); returns the model version.
+
+    Args:
+        bundle_root: the bundle whose ``inference.json`` and weights are packed.
+        methods: the methods the model runs.
+        overrides: inference-config overrides (weights paths, image size, network settings, inversion steps, ...);
+            weight files named here are packed into the model.
+
+    Example::
+
+        version = register_explainer("medxgan-explainer", "sqlite:///outputs/registry/mlruns.db")
+        mlflow.pyfunc.load_model(f"models:/medxgan-explainer/{version.version}")
+    """
+    from monai.bundle import ConfigParser
+
+    overrides = {**(overrides or {}), "methods": list(methods)}
+    with tempfile.TemporaryDirectory(prefix="medxgan_register_") as staging:
+        packed = Path(staging) / "bundle"
+        for relative in BUNDLE_FILES:
+            (packed / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(bundle_root) / relative, packed / relative)
+        parser = ConfigParser()
+        parser.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(bundle_root), **overrides})
+        (packed / "models").mkdir()
+        for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt"):
+            source = Path(parser.get_parsed_content(key))
+            shutil.copy(source, packed / "models" / f"{key.removesuffix('_ckpt')}.pt")
+            overrides[key] = f"$os.path.join(@bundle_root, 'models', '{key.removesuffix('_ckpt')}.pt')"
+        overrides.pop("device", None)
+        (packed / SETTINGS).write_text(json.dumps({"overrides": overrides}, indent=1))
+
+        example = pd.DataFrame(
+            [{"name": "example.png", "image_base64": base64.b64encode(_example_png()).decode("ascii")}]
+        )
+        model = ExplainerModel()
+        model.load_context(type("Context", (), {"artifacts": {"bundle": str(packed)}})())
+        signature = mlflow.models.infer_signature(example, model.predict(None, example))
+
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment_name)
+        with mlflow.start_run(run_name=f"register_{name}"):
+            mlflow.log_params({"methods": ",".join(methods), "bundle_root": str(bundle_root)})
+            info = mlflow.pyfunc.log_model(
+                name="explainer",
+                python_model=ExplainerModel(),
+                artifacts={"bundle": str(packed)},
+                signature=signature,
+                input_example=example,
+                registered_model_name=name,
+                pip_requirements=["medxgan-monai"],
+            )
+    return mlflow.tracking.MlflowClient(tracking_uri).get_model_version(name, info.registered_model_version)

@@ -1,0 +1,81 @@
+"""The explainer in the MLflow model registry: register, load by models:/ URI, predict, serve over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_BUNDLE, brain_like
+
+from medxgan_monai.deploy import encode_image_file, register_explainer
+from medxgan_monai.node.orthanc import free_port
+
+
+@pytest.fixture(scope="module")
+def registered(weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder / 'registry.db'}"
+    overrides = {key: value for key, value in {**TINY_BUNDLE, **weights}.items() if key != "device"}
+    version = register_explainer("tiny-explainer", uri, methods=["medxgan", "gradcam"], overrides=overrides)
+    scan = folder / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(brain_like((40, 36)), np.eye(4)), scan)
+    (folder / "garbage.nii.gz").write_bytes(b"not a scan")
+    rows = pd.DataFrame([encode_image_file(scan), encode_image_file(folder / "garbage.nii.gz")])
+    return {"uri": uri, "version": version, "rows": rows, "folder": folder}
+
+
+def test_a_registered_version_loads_by_uri_and_explains(registered):
+    assert int(registered["version"].version) == 1 and registered["version"].name == "tiny-explainer"
+    mlflow.set_tracking_uri(registered["uri"])
+    model = mlflow.pyfunc.load_model("models:/tiny-explainer/1")
+    assert model.metadata.signature is not None and model.metadata.get_input_schema().input_names() == [
+        "name",
+        "image_base64",
+    ]
+    result = model.predict(registered["rows"])
+    good, bad = result.to_dict(orient="records")
+    assert 0 <= good["probability"] <= 1 and 0 <= good["counterfactual_probability"] <= 1 and not good["error"]
+    for method in ("medxgan", "gradcam"):
+        saliency = np.asarray(good[method])
+        assert saliency.shape == (32, 32) and saliency.min() >= 0 and saliency.max() == 1
+    assert "garbage.nii.gz" in bad["error"] and bad["medxgan"] == []
+
+
+def test_mlflow_models_serve_answers_with_saliency_maps(registered):
+    port = free_port()
+    # as in an activated virtual environment: mlflow starts the uvicorn next to this interpreter
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "PATH": path}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tiny-explainer/1"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stderr.read().decode()[-2000:]) from None
+                time.sleep(0.5)
+        payload = json.dumps({"dataframe_records": registered["rows"].iloc[:1].to_dict(orient="records")}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=payload, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            (prediction,) = json.loads(answer.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert 0 <= prediction["probability"] <= 1 and np.asarray(prediction["medxgan"]).shape == (32, 32)
