@@ -2,6 +2,18 @@
 
 __version__ = "0.4.0"
 
-from medxgan_monai import bundle, data, engines, explain, handlers, io, metrics, networks, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
+from medxgan_monai import bundle, data, deploy, engines, explain, handlers, io, metrics, networks, transforms  # noqa: E402  (configs use medxgan_monai.<module>)
 
-__all__ = ["__version__", "bundle", "data", "engines", "explain", "handlers", "io", "metrics", "networks", "transforms"]
+__all__ = [
+    "__version__",
+    "bundle",
+    "data",
+    "deploy",
+    "engines",
+    "explain",
+    "handlers",
+    "io",
+    "metrics",
+    "networks",
+    "transforms",
+]

@@ -106,6 +106,8 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
             resume=resume,
             **overrides,
             **{"train#trainer#max_epochs": epochs},
+            # the finished run registers the explainer in the MLflow registry
+            register_model_name="gan-explainer" if resume else None,
         )
         workflow.initialize()
         workflow.check_properties()
@@ -120,6 +122,8 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
     runs = client.search_runs([client.get_experiment_by_name("medxgan_gan").experiment_id])
     assert len(runs) == 1
     run_id = runs[0].info.run_id
+    (version,) = client.search_model_versions("name='gan-explainer'")
+    assert version.run_id != run_id and int(version.version) == 1
     assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run_id, "val_cf_validity")] == [1, 2]
     expected = ("val_anatomy_ssim", "val_fd_negative", "val_inversion_psnr", "val_inversion_valid_flip_rate", "d_loss")

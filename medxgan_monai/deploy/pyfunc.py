@@ -108,6 +108,7 @@ def register_explainer(
     bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
     methods: Sequence[str] = ("medxgan", "medxgan_lig", "gradcam", "ig"),
     overrides: dict | None = None,
+    network_config: str | os.PathLike | None = None,
     experiment_name: str = "medxgan_registry",
 ):
     """Log the explainer as a pyfunc model (signature and input example included) and register it as a new version
@@ -118,6 +119,8 @@ def register_explainer(
         methods: the methods the model runs.
         overrides: inference-config overrides (weights paths, image size, network settings, inversion steps, ...);
             weight files named here are packed into the model.
+        network_config: a config file (e.g. a training run's executed config) whose ``network_def`` replaces the
+            inference config's classifier definition, its references resolved (the classifier as it was trained).
 
     Example::
 
@@ -127,6 +130,11 @@ def register_explainer(
     from monai.bundle import ConfigParser
 
     overrides = {**(overrides or {}), "methods": list(methods)}
+    if network_config is not None:
+        trained = ConfigParser()
+        trained.read_config(str(network_config))
+        network = trained.get_parsed_content("network_def", instantiate=False)  # references resolved, not built
+        overrides["network_def"] = dict(network.get_config())
     with tempfile.TemporaryDirectory(prefix="medxgan_register_") as staging:
         packed = Path(staging) / "bundle"
         for relative in BUNDLE_FILES:
