@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Register the explainer in the MLflow model registry: ``python scripts/register_model.py --name medxgan-explainer``."""
+"""Register the explainer in the MLflow registry: ``python scripts/register_model.py --name medxgan-explainer``."""
 
 import sys
 
