@@ -79,3 +79,44 @@ def test_mlflow_models_serve_answers_with_saliency_maps(registered):
         server.terminate()
         server.wait(timeout=30)
     assert 0 <= prediction["probability"] <= 1 and np.asarray(prediction["medxgan"]).shape == (32, 32)
+
+
+def test_exported_generator_and_encoder_reproduce_the_networks(tmp_path):
+    import torch
+
+    from medxgan_monai.deploy import export_network, load_exported
+    from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
+
+    torch.manual_seed(0)
+    generator = MedXGANGenerator(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(16, 8)).eval()
+    encoder = MedXGANEncoder(image_size=32, anatomy_dim=16, pathology_dim=4, channels=(8, 16)).eval()
+    export_network(generator, (torch.randn(2, 16), torch.randn(2, 4)), tmp_path / "generator.pt2")
+    export_network(encoder, (torch.rand(2, 1, 32, 32),), tmp_path / "encoder.pt2")
+    codes = (torch.randn(5, 16), torch.randn(5, 4))  # another batch size than at export
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load_exported(tmp_path / "generator.pt2")(*codes), generator(*codes), atol=1e-4)
+        for exported, original in zip(load_exported(tmp_path / "encoder.pt2")(images), encoder(images), strict=True):
+            assert torch.allclose(exported, original, atol=1e-4)
+
+
+def test_classifier_exports_with_monai_ckpt_export(weights, tmp_path):
+    import torch
+    from conftest import BUNDLE_ROOT
+    from monai.bundle import ckpt_export
+    from monai.networks.nets import DenseNet
+
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=weights["classifier_ckpt"],
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        config_file=str(BUNDLE_ROOT / "configs" / "inference.json"),
+        bundle_root=str(BUNDLE_ROOT),
+        **{"network_def#block_config": [2, 2]},
+    )
+    network = DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)).eval()
+    network.load_state_dict(torch.load(weights["classifier_ckpt"], weights_only=True))
+    images = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts"))(images), network(images), atol=1e-4)
