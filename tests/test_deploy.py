@@ -33,9 +33,10 @@ def registered(weights, tmp_path_factory):
     return {"uri": uri, "version": version, "rows": rows, "folder": folder}
 
 
-def test_a_registered_version_loads_by_uri_and_explains(registered):
+def test_a_registered_version_loads_by_uri_and_explains(registered, monkeypatch):
     assert int(registered["version"].version) == 1 and registered["version"].name == "tiny-explainer"
-    mlflow.set_tracking_uri(registered["uri"])
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "registration leaves the caller's tracking settings alone"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
     model = mlflow.pyfunc.load_model("models:/tiny-explainer/1")
     assert model.metadata.signature is not None and model.metadata.get_input_schema().input_names() == [
         "name",

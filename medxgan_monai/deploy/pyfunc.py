@@ -158,17 +158,24 @@ def register_explainer(
         model.load_context(type("Context", (), {"artifacts": {"bundle": str(packed)}})())
         signature = mlflow.models.infer_signature(example, model.predict(None, example))
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_experiment(experiment_name)
-        with mlflow.start_run(run_name=f"register_{name}"):
-            mlflow.log_params({"methods": ",".join(methods), "bundle_root": str(bundle_root)})
-            info = mlflow.pyfunc.log_model(
-                name="explainer",
-                python_model=ExplainerModel(),
-                artifacts={"bundle": str(packed)},
-                signature=signature,
-                input_example=example,
-                registered_model_name=name,
-                pip_requirements=["medxgan-monai"],
-            )
-    return mlflow.tracking.MlflowClient(tracking_uri).get_model_version(name, info.registered_model_version)
+        # saved locally, then logged and registered through a client: no global MLflow state is touched
+        saved = Path(staging) / "explainer"
+        mlflow.pyfunc.save_model(
+            path=str(saved),
+            python_model=ExplainerModel(),
+            artifacts={"bundle": str(packed)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=["medxgan-monai"],
+        )
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        run = client.create_run(experiment_id, run_name=f"register_{name}")
+        client.log_param(run.info.run_id, "methods", ",".join(methods))
+        client.log_param(run.info.run_id, "bundle_root", str(bundle_root))
+        client.log_artifacts(run.info.run_id, str(saved), "explainer")
+        client.set_terminated(run.info.run_id)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return client.create_model_version(name, f"{run.info.artifact_uri}/explainer", run_id=run.info.run_id)
