@@ -28,6 +28,7 @@ __all__ = [
     "MedXGANTrainer",
     "discriminator_loss",
     "ema_copy",
+    "unwrap_parallel",
     "generator_adversarial_loss",
     "output_averages",
 ]
@@ -184,7 +185,11 @@ class MedXGANTrainer(Trainer):
         self.d_network, self.d_optimizer = d_network, d_optimizer
         self.e_network, self.e_optimizer = e_network, e_optimizer
         self.classifier = FrozenClassifier.wrap(classifier)
-        self.g_ema = ema_copy(g_network) if g_ema is None else freeze(g_ema)
+        self.g_ema = ema_copy(unwrap_parallel(g_network)) if g_ema is None else freeze(g_ema)
+        # under DistributedDataParallel each wrapped network may run one forward pass per backward pass
+        self.distributed = isinstance(d_network, nn.parallel.DistributedDataParallel)
+        if self.distributed and r1_gamma > 0:
+            raise ValueError("MedXGANTrainer: R1 (a double backward) is not supported under DistributedDataParallel")
         self.lambda_classifier = lambda_classifier
         self.lambda_minimal_change = lambda_minimal_change
         self.adversarial_loss = adversarial_loss
@@ -197,7 +202,7 @@ class MedXGANTrainer(Trainer):
         self.lambda_counterfactual = lambda_counterfactual
         self.encoder_start_epoch = encoder_start_epoch
         self.gan_stop_epoch = gan_stop_epoch
-        self.conditional_d = getattr(d_network, "num_classes", 0) > 0
+        self.conditional_d = getattr(unwrap_parallel(d_network), "num_classes", 0) > 0
         self.scalers = {
             name: torch.amp.GradScaler("cuda", enabled=self.amp) for name in ("generator", "discriminator", "encoder")
         }
@@ -240,12 +245,19 @@ class MedXGANTrainer(Trainer):
         self.d_network.train()
         fake_labels = torch.randint(0, 2, (batch_size,), device=images.device)
         with torch.no_grad(), self._autocast():
-            fakes = self.g_network(*self.g_network.sample_codes(fake_labels))
+            fakes = self.g_network(*unwrap_parallel(self.g_network).sample_codes(fake_labels))
         self.d_optimizer.zero_grad(set_to_none=True)
         real_input = images.detach().requires_grad_(self.r1_gamma > 0)
         with self._autocast():
-            real_logits = self._discriminate(real_input, labels)
-            d_loss = discriminator_loss(real_logits, self._discriminate(fakes, fake_labels), self.adversarial_loss)
+            if self.distributed:
+                logits = self._discriminate(torch.cat([real_input, fakes]), torch.cat([labels, fake_labels]))
+                real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
+            else:
+                real_logits, fake_logits = (
+                    self._discriminate(real_input, labels),
+                    self._discriminate(fakes, fake_labels),
+                )
+            d_loss = discriminator_loss(real_logits, fake_logits, self.adversarial_loss)
         if self.r1_gamma > 0:
             (gradients,) = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
             r1 = gradients.pow(2).flatten(1).sum(1).mean()
@@ -257,7 +269,7 @@ class MedXGANTrainer(Trainer):
         # 2. generator: adversarial + frozen-classifier guidance, with the classes of the real batch
         self.g_network.train()
         self.g_optimizer.zero_grad(set_to_none=True)
-        z_a, z_p = self.g_network.sample_codes(labels)
+        z_a, z_p = unwrap_parallel(self.g_network).sample_codes(labels)
         positives = labels == 1
         paired = self.lambda_minimal_change > 0 and bool(positives.any())
         if paired:
@@ -292,11 +304,23 @@ class MedXGANTrainer(Trainer):
         for ema_buffer, buffer in zip(self.g_ema.buffers(), self.g_network.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
+    def _encode(self, images: torch.Tensor, samples: torch.Tensor):
+        """Codes of the real batch and of generated samples; under DistributedDataParallel in one forward pass."""
+        if isinstance(self.e_network, nn.parallel.DistributedDataParallel):
+            codes_a, codes_p = self.e_network(torch.cat([images, samples]))
+            count = images.shape[0]
+            return (codes_a[:count], codes_p[:count]), (codes_a[count:], codes_p[count:])
+        return self.e_network(images), self.e_network(samples)
+
     def _encoder_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         self.e_network.train()
         self.e_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            z_a, z_p = self.e_network(images)
+            sample_labels = torch.randint(0, 2, (images.shape[0],), device=images.device)
+            with torch.no_grad():
+                code_a, code_p = self.g_ema.sample_codes(sample_labels)
+                samples = self.g_ema(code_a, code_p)
+            (z_a, z_p), (cycle_a, cycle_p) = self._encode(images, samples)
             reconstruction = self.g_ema(z_a, z_p)
             pixel = F.l1_loss(reconstruction.float(), images.float())
             with torch.no_grad():
@@ -304,11 +328,6 @@ class MedXGANTrainer(Trainer):
             matched = F.kl_div(
                 torch.log_softmax(self.classifier(reconstruction).float(), dim=1), target, reduction="batchmean"
             )
-            sample_labels = torch.randint(0, 2, (images.shape[0],), device=images.device)
-            with torch.no_grad():
-                code_a, code_p = self.g_ema.sample_codes(sample_labels)
-                samples = self.g_ema(code_a, code_p)
-            cycle_a, cycle_p = self.e_network(samples)
             latent = F.mse_loss(cycle_a.float(), code_a) + F.mse_loss(cycle_p.float(), code_p)
             negatives = labels == 0
             negative_code = z_p[negatives].float().pow(2).mean() if negatives.any() else z_p.sum() * 0.0
@@ -337,6 +356,12 @@ class MedXGANTrainer(Trainer):
             MedXGANKeys.E_NEGATIVE: negative_code.item(),
             MedXGANKeys.E_COUNTERFACTUAL: counterfactual.item(),
         }
+
+
+def unwrap_parallel(network: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper (the network itself otherwise)."""
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return network.module if isinstance(network, parallel) else network
 
 
 def ema_copy(network: nn.Module) -> nn.Module:
