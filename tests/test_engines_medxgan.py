@@ -179,6 +179,9 @@ def test_benchmark_measures_a_tiny_size():
 
     result = measure(size=16, batch_size=2, iterations=1, device="cpu", encoder=True)
     assert result["iterations_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["size"] == 16
+    from medxgan_monai.cli.benchmark_training import measure_classifier
+
+    assert measure_classifier(size=16, batch_size=2, iterations=1, device="cpu", amp=False)["images_per_s"] > 0
 
 
 def test_frozen_gan_phase_trains_only_the_encoder():

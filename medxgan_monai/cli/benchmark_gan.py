@@ -20,8 +20,9 @@ from medxgan_monai.cli._benchmarking import networks_for_size, peak_memory_mb, r
 __all__ = ["main", "measure"]
 
 
-def measure(size: int, batch_size: int, iterations: int, device: str, encoder: bool) -> dict:
-    """Time ``iterations`` trainer iterations (after one warm-up) at ``size`` pixels; return rate and peak memory."""
+def measure(size: int, batch_size: int, iterations: int, device: str, encoder: bool, amp: bool | None = None) -> dict:
+    """Time ``iterations`` trainer iterations (after one warm-up) at ``size`` pixels; return rate and peak memory.
+    ``amp`` (mixed precision) defaults to on for CUDA devices."""
     import torch
 
     from medxgan_monai.engines import MedXGANTrainer
@@ -42,7 +43,7 @@ def measure(size: int, batch_size: int, iterations: int, device: str, encoder: b
         classifier,
         e_network=e_network,
         e_optimizer=torch.optim.Adam(e_network.parameters(), 2e-4) if encoder else None,
-        amp=device.startswith("cuda"),
+        amp=device.startswith("cuda") if amp is None else amp,
     )
     times: list[float] = []
     from ignite.engine import Events
