@@ -108,7 +108,9 @@ def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(netw
     assert torch.allclose(explanation.sweep_frames[:, 0], explanation.counterfactual, atol=1e-6)
     assert torch.allclose(explanation.sweep_frames[:, -1], explanation.reconstruction, atol=1e-6)
     assert torch.allclose(explanation.difference, (explanation.reconstruction - explanation.counterfactual).abs())
-    assert set(explanation.maps) == {"medxgan", "medxgan_lig"}
+    assert set(explanation.maps) == {"medxgan", "medxgan_lig", "medxgan_ig"}
+    residual = (images - (explanation.reconstruction - explanation.counterfactual)).clamp(0, 1)
+    assert torch.allclose(explanation.residual_counterfactual, residual, atol=1e-6)
     with pytest.raises(ValueError, match="sweep_frames"):
         MedXGANExplainer(classifier, generator, encoder, sweep_frames=1)
     for name in explanation.maps:
@@ -137,3 +139,14 @@ def test_counterfactual_term_lowers_the_counterfactual_probability(networks):
             return class_probability(classifier, generator(z_a, torch.zeros_like(z_p)))
 
     assert (counterfactual_probability(50.0) < counterfactual_probability(0.0)).all()
+
+
+def test_image_ig_from_the_residual_counterfactual_adds_up(networks):
+    classifier, generator, encoder, images = networks
+    explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=0, ig_steps=64, sweep_frames=2)
+    with torch.no_grad():
+        explanation = explainer(images)
+    with torch.enable_grad():
+        attributions = explainer.image_ig.attribute(images, baselines=explanation.residual_counterfactual)
+    expected = explanation.probability - explanation.residual_counterfactual_probability
+    assert torch.allclose(attributions.flatten(1).sum(1), expected, atol=1e-3)

@@ -11,7 +11,7 @@ from medxgan_monai.bundle import DEFAULT_BUNDLE
 
 __all__ = ["ALL_METHODS", "main"]
 
-ALL_METHODS = ("medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift")
+ALL_METHODS = ("medxgan", "medxgan_lig", "medxgan_ig", "gradcam", "ig", "gradient", "occlusion", "latentshift")
 
 
 def _parser() -> argparse.ArgumentParser:

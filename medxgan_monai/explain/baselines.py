@@ -84,10 +84,11 @@ class IntegratedGradientsExplainer(SaliencyExplainer):
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
 
-    def attribute(self, images: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
+        """IG maps of ``images`` from ``baselines`` (images of the same shape; default: the constant baseline)."""
         return self.integrated_gradients.attribute(
             images.detach().float(),
-            baselines=self.baseline,
+            baselines=self.baseline if baselines is None else baselines.detach().float(),
             n_steps=self.steps,
             internal_batch_size=self.internal_batch_size,
         )

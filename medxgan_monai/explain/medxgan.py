@@ -10,6 +10,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from medxgan_monai.explain.base import class_probability, normalize_saliency
+from medxgan_monai.explain.baselines import IntegratedGradientsExplainer
 from medxgan_monai.networks.classifier import FrozenClassifier, freeze
 
 __all__ = [
@@ -199,7 +200,10 @@ class Explanation:
     """A medXGAN explanation of a batch (all tensors batch-first, images shaped like the input).
 
     ``maps`` holds the post-processed saliency maps by method name (``medxgan``: the difference map, ``medxgan_lig``:
-    latent-path IG), each (B, 1, *spatial) in [0, 1] after :func:`normalize_saliency`.
+    latent-path IG, ``medxgan_ig``: image-space IG from the residual counterfactual), each (B, 1, *spatial) in [0, 1]
+    after :func:`normalize_saliency`. The residual counterfactual is the real image minus the generator's change,
+    ``x - (G(z_a, z_p) - G(z_a, 0))`` clipped to [0, 1]: the pathology removed from the image itself rather than from
+    its reconstruction.
     """
 
     probability: torch.Tensor
@@ -207,6 +211,8 @@ class Explanation:
     reconstruction_probability: torch.Tensor
     counterfactual: torch.Tensor
     counterfactual_probability: torch.Tensor
+    residual_counterfactual: torch.Tensor
+    residual_counterfactual_probability: torch.Tensor
     difference: torch.Tensor
     latent_ig: torch.Tensor
     completeness_gap: torch.Tensor
@@ -231,6 +237,8 @@ class MedXGANExplainer:
       pathology code, with their classifier probabilities;
     * the difference map |x+ - x0| (method ``medxgan``);
     * latent-path Integrated Gradients along G(z_a, a z_p) (method ``medxgan_lig``) and its completeness gap;
+    * the residual counterfactual x - (x+ - x0) and exact image-space Integrated Gradients from it to x (method
+      ``medxgan_ig``, the paper's "medXGAN + IG" with the counterfactual as the IG baseline);
     * an interpolation sweep of ``sweep_frames`` frames from x0 to x+ with their probabilities.
 
     With an encoder and a few refinement steps this is the amortised explainer (beyond the paper); with
@@ -244,7 +252,7 @@ class MedXGANExplainer:
         explanation.counterfactual_probability
     """
 
-    methods = ("medxgan", "medxgan_lig")
+    methods = ("medxgan", "medxgan_lig", "medxgan_ig")
 
     def __init__(
         self,
@@ -278,6 +286,7 @@ class MedXGANExplainer:
             raise ValueError(f"sweep_frames must be at least 2 (counterfactual and reconstruction), not {sweep_frames}")
         self.ig_steps = ig_steps
         self.ig_variant = ig_variant
+        self.image_ig = IntegratedGradientsExplainer(self.classifier, steps=ig_steps, target=target)
         self.sweep_frames = sweep_frames
         self.target = target
 
@@ -296,12 +305,19 @@ class MedXGANExplainer:
         counterfactual, reconstruction = frames[:, 0], frames[:, -1]
         counterfactual_probability, reconstruction_probability = frame_probabilities[:, 0], frame_probabilities[:, -1]
         difference = (reconstruction - counterfactual).abs()
+        residual = (images - (reconstruction - counterfactual)).clamp(0, 1)
+        with torch.no_grad():
+            residual_probability = class_probability(self.classifier, residual, self.target)
+        with torch.enable_grad():
+            image_ig = self.image_ig.attribute(images, baselines=residual)
         return Explanation(
             probability=probability,
             reconstruction=reconstruction,
             reconstruction_probability=reconstruction_probability,
             counterfactual=counterfactual,
             counterfactual_probability=counterfactual_probability,
+            residual_counterfactual=residual,
+            residual_counterfactual_probability=residual_probability,
             difference=difference,
             latent_ig=latent_ig,
             completeness_gap=gap,
@@ -311,5 +327,9 @@ class MedXGANExplainer:
             inversion_loss=inversion_loss,
             z_a=z_a,
             z_p=z_p,
-            maps={"medxgan": normalize_saliency(difference), "medxgan_lig": normalize_saliency(latent_ig)},
+            maps={
+                "medxgan": normalize_saliency(difference),
+                "medxgan_lig": normalize_saliency(latent_ig),
+                "medxgan_ig": normalize_saliency(image_ig),
+            },
         )

@@ -153,7 +153,7 @@ class ExplanationHandler:
 
     Args:
         explainers: method name -> :class:`SaliencyExplainer`, plus optionally ``"medxgan"`` ->
-            :class:`MedXGANExplainer` (which yields the ``medxgan`` and ``medxgan_lig`` maps).
+            :class:`MedXGANExplainer` (which yields the ``medxgan``, ``medxgan_lig`` and ``medxgan_ig`` maps).
         methods: the methods to run, in order; ``None`` runs every explainer given.
 
     Example (config)::
