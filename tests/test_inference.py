@@ -172,3 +172,22 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_work(scans, weight
     workflow.run()
     runs = client.search_runs([client.get_experiment_by_name("medxgan_inference").experiment_id])
     assert max(runs, key=lambda run: run.info.start_time).data.metrics["explained"] == 3, "--overwrite redoes all"
+
+
+def test_report_times_only_this_runs_explanations_but_lists_every_row(tmp_path):
+    from medxgan_monai.handlers import InferenceReport
+
+    earlier = {
+        "stem": "a",
+        "source": "a.nii",
+        "probability": "0.9",
+        "predicted_label": 1,
+        "counterfactual_probability": "",
+    }
+    report = InferenceReport(tmp_path, completed=[{**earlier, "seconds": {"ig": 0.1}}])
+    report.predictions.append({**earlier, "stem": "b", "seconds": {"gradient": 0.01}})
+    summary = report.summary()
+    assert summary["seconds_gradient"] == 0.01 and "seconds_ig" not in summary, "a resumed row was timed earlier"
+    report.write()
+    assert [row["stem"] for row in _rows(tmp_path / "predictions.csv")] == ["a", "b"]
+    assert {"seconds_ig", "seconds_gradient"} <= set(_rows(tmp_path / "predictions.csv")[0])

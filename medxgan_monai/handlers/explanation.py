@@ -103,13 +103,10 @@ class InferenceReport:
             "failed": float(len(self.problems)),
             "already_complete": float(len(self.completed)),
         }
-        for method in self._timed_methods():
+        for method in _timed_methods(self.predictions):
             values = [row[SECONDS][method] for row in self.predictions if method in row.get(SECONDS, {})]
             summary[f"seconds_{method}"] = float(np.mean(values))
         return summary
-
-    def _timed_methods(self) -> list[str]:
-        return sorted({key for row in self.completed + self.predictions for key in row.get(SECONDS, {})})
 
     def write(self, engine: Engine | None = None) -> None:
         """Write the CSV files; with an engine, also put :meth:`summary` into its metrics (for a metrics logger
@@ -118,7 +115,7 @@ class InferenceReport:
             engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
-        methods = self._timed_methods()
+        methods = _timed_methods(self.completed + self.predictions)
         rows = [
             [row[c] for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
             for row in self.completed + self.predictions
@@ -141,6 +138,11 @@ class InferenceReport:
             raise InferenceFailed(
                 f"{len(self.problems)} input(s) could not be explained; see {self.output_dir / 'errors.csv'}"
             )
+
+
+def _timed_methods(rows: Sequence[dict]) -> list[str]:
+    """The methods with a time in any of the prediction ``rows``."""
+    return sorted({key for row in rows for key in row.get(SECONDS, {})})
 
 
 class ExplanationHandler:
