@@ -165,7 +165,8 @@ class ExplanationScorer:
         rows = []
         for method, maps in output[MAPS].items():
             maps = maps.detach()
-            scores = {name: metric(maps.cpu(), masks) for name, metric in LOCALIZATION.items()}
+            maps_on_cpu = maps.cpu()
+            scores = {name: metric(maps_on_cpu, masks) for name, metric in LOCALIZATION.items()}
             curves = deletion_insertion(self.classifier, images, maps, self.target, self.perturbation_steps)
             scores["deletion_auc"], scores["insertion_auc"] = curves.deletion_auc, curves.insertion_auc
             nan = torch.full((len(stems),), float("nan"))
