@@ -29,6 +29,7 @@ TINY_BUNDLE = {
     "generator_def#channels": [16, 8],
     "encoder_def#channels": [8, 16],
     "inversion_steps": 2,
+    "counterfactual_steps": 2,
     "latent_ig_steps": 4,
     "ig_steps": 4,
     "sweep_frames": 3,

@@ -18,7 +18,7 @@ from medxgan_monai.handlers import InferenceFailed
 from medxgan_monai.handlers.evaluation import METRICS
 
 CONFIGS = BUNDLE_ROOT / "configs"
-METHODS = ["medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift"]
+METHODS = ["medxgan_ig", "medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift"]
 QUICK = {"perturbation_steps": 4, "randomization_images": 2, "bootstrap_samples": 200, "example_cases": 2}
 
 

@@ -83,7 +83,8 @@ def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, wei
     assert run.data.metrics["explained"] == 3 and run.data.metrics["failed"] == 5
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"predictions.csv", "errors.csv"}
 
-    methods = ("medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift", "counterfactual")
+    methods = ("medxgan_ig", "medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift")
+    methods += ("counterfactual", "residual_counterfactual")
     for stem in ("oblique", "plain"):
         source = nib.load(next((scans / "good").glob(f"{stem}.nii*")))
         for method in methods:
@@ -96,7 +97,7 @@ def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, wei
     source = pydicom.dcmread(scans / "good" / "slice.dcm")
     saliency = nib.load(out / "slice_medxgan.nii.gz")
     assert saliency.shape == (source.Columns, source.Rows)  # MONAI's (x, y) order of the DICOM grid
-    for name in ("slice_overlay_sc.dcm", "slice_medxgan_pm.dcm"):
+    for name in ("slice_overlay_sc.dcm", "slice_medxgan_ig_pm.dcm"):
         derived = pydicom.dcmread(out / name)
         assert derived.StudyInstanceUID == source.StudyInstanceUID
         assert derived.FrameOfReferenceUID == source.FrameOfReferenceUID
@@ -105,7 +106,7 @@ def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, wei
         assert (derived.Rows, derived.Columns) == (source.Rows, source.Columns)
     overlay = pydicom.dcmread(out / "slice_overlay_sc.dcm")
     assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    parametric = pydicom.dcmread(out / "slice_medxgan_pm.dcm")
+    parametric = pydicom.dcmread(out / "slice_medxgan_ig_pm.dcm")
     assert parametric.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert parametric.pixel_array.shape == (source.Rows, source.Columns)
 

@@ -9,6 +9,7 @@ from medxgan_monai.explain.baselines import (
 )
 from medxgan_monai.explain.latent_shift import LatentShiftExplainer
 from medxgan_monai.explain.medxgan import (
+    CounterfactualRefiner,
     Explanation,
     LatentInverter,
     MedXGANExplainer,
@@ -17,6 +18,7 @@ from medxgan_monai.explain.medxgan import (
 )
 
 __all__ = [
+    "CounterfactualRefiner",
     "Explanation",
     "GradCAMExplainer",
     "InputGradientExplainer",

@@ -92,10 +92,12 @@ class ExplanationScorer:
     """Score every method's maps of every explained batch against the batch's masks.
 
     Per image and method: pointing game, relevance mass, top-|GT| IoU, pixel AUROC, Otsu IoU (against the mask),
-    deletion and insertion AUC (against the classifier), counterfactual validity (medXGAN maps only; NaN for the
-    others and for images the classifier calls negative) and the explainer's seconds per image (both medXGAN maps
-    come from one explanation and share its time). Rows go to :attr:`rows`; the ``examples`` best and worst images
-    per method by ``ranking_metric`` are kept for the report's panels; predictions and failures go to ``report``.
+    deletion and insertion AUC (against the classifier), counterfactual validity (medXGAN maps only, of the
+    counterfactual behind the map: G(z_a, 0) for ``medxgan`` and ``medxgan_lig``, the residual counterfactual for
+    ``medxgan_ig``; NaN for the others and for images the classifier calls negative) and the explainer's seconds per
+    image (the medXGAN maps come from one explanation and share its time). Rows go to :attr:`rows`; the ``examples``
+    best and worst images per method by ``ranking_metric`` are kept for the report's panels; predictions and
+    failures go to ``report``.
 
     Attach after :class:`~medxgan_monai.handlers.ExplanationHandler` on an evaluator with ``decollate=False`` whose
     batches carry ``mask``, ``stem`` and ``source``.
@@ -159,9 +161,6 @@ class ExplanationScorer:
         labels = torch.as_tensor(output[CommonKeys.LABEL]).detach().cpu().view(-1)
         probabilities = class_probabilities(output[CommonKeys.PRED]).detach().cpu()[:, self.target]
         explanation = output.get(EXPLANATION)
-        validity = None
-        if explanation is not None:
-            validity = counterfactual_validity(probabilities, explanation.counterfactual_probability)
         rows = []
         for method, maps in output[MAPS].items():
             maps = maps.detach()
@@ -170,7 +169,10 @@ class ExplanationScorer:
             curves = deletion_insertion(self.classifier, images, maps, self.target, self.perturbation_steps)
             scores["deletion_auc"], scores["insertion_auc"] = curves.deletion_auc, curves.insertion_auc
             nan = torch.full((len(stems),), float("nan"))
-            scores["counterfactual_validity"] = validity if method in MEDXGAN_METHODS and validity is not None else nan
+            scores["counterfactual_validity"] = nan
+            if method in MEDXGAN_METHODS and explanation is not None:
+                counterfactual = explanation.counterfactual_probability_of(method)
+                scores["counterfactual_validity"] = counterfactual_validity(probabilities, counterfactual)
             seconds = output[SECONDS].get("medxgan" if method in MEDXGAN_METHODS else method, float("nan"))
             for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
                 row = {

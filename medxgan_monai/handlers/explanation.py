@@ -38,7 +38,7 @@ SECONDS = "seconds"
 FAILURE = "explanation_failure"
 #: the methods that come out of one medXGAN explanation
 MEDXGAN_METHODS = MedXGANExplainer.methods
-PANEL_METHODS = ("medxgan", "medxgan_lig", "gradcam", "ig")
+PANEL_METHODS = ("medxgan_ig", "medxgan", "medxgan_lig", "gradcam", "ig")
 
 
 class InferenceFailed(RuntimeError):
@@ -231,7 +231,7 @@ class ExplanationWriter:
         output_dir: destination folder.
         preprocessing: the transform that made the model's input (inverted to return to the source grid).
         report: collects predictions and problems.
-        dicom_method: the map stored in DICOM outputs.
+        dicom_method: the map stored in DICOM outputs; when the run does not compute it, its first map.
     """
 
     def __init__(
@@ -242,7 +242,7 @@ class ExplanationWriter:
         panel: bool = True,
         sweep: bool = True,
         dicom: bool = True,
-        dicom_method: str = "medxgan",
+        dicom_method: str = "medxgan_ig",
         overwrite: bool = False,
         ledger: OutputLedger | None = None,
         image_key: str = CommonKeys.IMAGE,
@@ -296,6 +296,7 @@ class ExplanationWriter:
         volumes = {name: maps[index] for name, maps in output[MAPS].items()}
         if explanation is not None:
             volumes["counterfactual"] = explanation.counterfactual[index]
+            volumes["residual_counterfactual"] = explanation.residual_counterfactual[index]
         in_source_grid = self._invert(image, volumes)
         kind = detect_format(source)
         affine, shape = self._source_geometry(image, source, kind)
@@ -312,8 +313,9 @@ class ExplanationWriter:
                 explanation.sweep_alphas.tolist(),
                 overwrite=False,
             )
-        if self.dicom and kind == "dicom" and self.dicom_method in in_source_grid:
-            self._write_dicom(folder, stem, source, in_source_grid[self.dicom_method])
+        dicom_method = self.dicom_method if self.dicom_method in output[MAPS] else next(iter(output[MAPS]), None)
+        if self.dicom and kind == "dicom" and dicom_method is not None:
+            self._write_dicom(folder, stem, source, dicom_method, in_source_grid[dicom_method])
 
     def _invert(self, image: MetaTensor, volumes: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         data = {self.image_key: image}
@@ -354,7 +356,7 @@ class ExplanationWriter:
             overwrite=False,
         )
 
-    def _write_dicom(self, folder: Path, stem: str, source: str, saliency: np.ndarray) -> None:
+    def _write_dicom(self, folder: Path, stem: str, source: str, method: str, saliency: np.ndarray) -> None:
         dataset = pydicom.dcmread(source, stop_before_pixels=True)
         # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
         saliency_rows = np.clip(saliency.T, 0, 1)
@@ -368,6 +370,4 @@ class ExplanationWriter:
             folder / f"{stem}_overlay_sc.dcm",
             overwrite=False,
         )
-        write_saliency_parametric_map(
-            dataset, saliency_rows, folder / f"{stem}_{self.dicom_method}_pm.dcm", overwrite=False
-        )
+        write_saliency_parametric_map(dataset, saliency_rows, folder / f"{stem}_{method}_pm.dcm", overwrite=False)
