@@ -206,3 +206,34 @@ def test_refined_residual_counterfactual_moves_towards_negative_alone_and_in_a_b
         explanation.counterfactual_probability_of("medxgan_ig"), explanation.residual_counterfactual_probability
     )
     assert torch.equal(explanation.counterfactual_probability_of("medxgan"), explanation.counterfactual_probability)
+
+
+def test_refinement_moves_a_saturated_positive_and_keeps_the_sparsest_valid_iterate(networks):
+    _, generator, encoder, images = networks
+    from medxgan_monai.explain.medxgan import _SparsestValid
+
+    class Saturated(BrightnessClassifier):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return 1000.0 * super().forward(images)  # p rounds to exactly 1 in float32
+
+    classifier = FrozenClassifier(Saturated())
+    with torch.no_grad():
+        z_a, z_p = encoder(images)
+    plain, plain_probability = CounterfactualRefiner(generator, classifier, steps=0)(images, z_a, z_p)
+    assert (plain_probability == 1).all()
+    refiner = CounterfactualRefiner(generator, classifier, steps=10, learning_rate=0.05, sparsity_weight=0.0)
+    refined, _ = refiner(images, z_a, z_p)
+    assert (refined.flatten(1).mean(1) < plain.flatten(1).mean(1)).all(), "the gradient survives saturation"
+
+    best = _SparsestValid(2, torch.device("cpu"))
+    frames = torch.arange(4.0).view(4, 1, 1).expand(4, 2, 1)  # iterate k fills both images with value k
+    for frame, probability, sparsity in zip(
+        frames,
+        [[0.9, 0.9], [0.4, 0.8], [0.3, 0.7], [0.6, 0.6]],
+        [[0.1, 0.1], [0.2, 0.2], [0.1, 0.3], [0.05, 0.05]],
+        strict=True,
+    ):
+        best.update(frame, torch.tensor(probability), torch.tensor(sparsity))
+    # image 0: valid at iterates 1 and 2, iterate 2 the sparser; image 1: never valid, so the last iterate
+    assert best.counterfactual[:, 0].tolist() == [2.0, 3.0]
+    assert best.probability.tolist() == pytest.approx([0.3, 0.6])

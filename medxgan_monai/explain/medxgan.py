@@ -11,7 +11,7 @@ from torch import nn
 
 from medxgan_monai.explain.base import class_probability, normalize_saliency
 from medxgan_monai.explain.baselines import IntegratedGradientsExplainer
-from medxgan_monai.networks.classifier import FrozenClassifier, freeze
+from medxgan_monai.networks.classifier import FrozenClassifier, class_log_probabilities, class_probabilities, freeze
 
 __all__ = [
     "CounterfactualRefiner",
@@ -89,8 +89,9 @@ class LatentInverter:
         loss = self.pixel_weight * pixel + self.classifier_weight * matching
         if self.counterfactual_weight > 0:
             counterfactual = self.generator(z_a, torch.zeros_like(z_p))
-            p_counterfactual = class_probability(self.classifier, counterfactual, self.target).clamp(1e-6, 1 - 1e-6)
-            loss = loss - self.counterfactual_weight * torch.log1p(-p_counterfactual)
+            # -log(1 - p) from the logits: a probability rounded to 1 would have no gradient
+            other_class = class_log_probabilities(self.classifier(counterfactual))[:, 1 - self.target]
+            loss = loss - self.counterfactual_weight * other_class
         return loss
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,9 +123,11 @@ class CounterfactualRefiner:
 
         -log(1 - p(x_cf)) + sparsity_weight * mean |G(z_a, z_p) - G(z_a', z_p')|
 
-    (p: the classifier's target-class probability): the change must remove what the classifier sees, and as little
-    else as possible, while staying a difference of two generated images. Losses are summed over the batch and Adam
-    is element-wise, so each image follows the same trajectory as alone. ``steps=0`` returns the unrefined residual.
+    (p: the classifier's target-class probability, the log taken from the logits): the change must remove what the
+    classifier sees, and as little else as possible, while staying a difference of two generated images. Each image
+    gets the sparsest counterfactual among the iterates the classifier calls negative (p < 0.5), or the last iterate
+    when none is. Losses are summed over the batch and Adam is element-wise, so each image follows the same
+    trajectory as alone. ``steps=0`` returns the unrefined residual.
 
     Example::
 
@@ -161,21 +164,43 @@ class CounterfactualRefiner:
             reconstruction = self.generator(z_a, z_p).float()
         anatomy = z_a.detach().clone().requires_grad_(True)
         pathology = torch.zeros_like(z_p).requires_grad_(True)
-        if self.steps > 0:
-            optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.5, 0.999))
-            with torch.enable_grad():
-                for _ in range(self.steps):
-                    counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
-                    probability = class_probability(self.classifier, counterfactual, self.target).clamp(1e-6, 1 - 1e-6)
-                    sparsity = change.abs().flatten(1).mean(1)
-                    loss = -torch.log1p(-probability) + self.sparsity_weight * sparsity
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.sum().backward()
-                    optimizer.step()
-        with torch.no_grad():
-            counterfactual, _ = self.counterfactual(images, reconstruction, anatomy, pathology)
-            probability = class_probability(self.classifier, counterfactual, self.target)
-        return counterfactual, probability
+        optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.5, 0.999))
+        best = _SparsestValid(images.shape[0], images.device)
+        with torch.enable_grad():
+            for step in range(self.steps + 1):
+                counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
+                logits = self.classifier(counterfactual)
+                sparsity = change.abs().flatten(1).mean(1)
+                best.update(counterfactual, class_probabilities(logits)[:, self.target], sparsity)
+                if step == self.steps:
+                    break
+                loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * sparsity
+                optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                optimizer.step()
+        return best.counterfactual, best.probability
+
+
+class _SparsestValid:
+    """Per image, the sparsest counterfactual seen that the classifier calls negative, else the latest one."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.counterfactual: torch.Tensor | None = None
+        self.probability = torch.ones(batch, device=device)
+        self.sparsity = torch.full((batch,), float("inf"), device=device)
+        self.valid = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def update(self, counterfactual: torch.Tensor, probability: torch.Tensor, sparsity: torch.Tensor) -> None:
+        counterfactual, probability, sparsity = counterfactual.detach(), probability.detach(), sparsity.detach()
+        valid = probability < 0.5
+        take = (valid & (~self.valid | (sparsity < self.sparsity))) | (~valid & ~self.valid)
+        if self.counterfactual is None:
+            self.counterfactual = counterfactual.clone()
+        view = take.view(-1, *([1] * (counterfactual.ndim - 1)))
+        self.counterfactual = torch.where(view, counterfactual, self.counterfactual)
+        self.probability = torch.where(take, probability, self.probability)
+        self.sparsity = torch.where(take, sparsity, self.sparsity)
+        self.valid |= valid
 
 
 def _chunks(total: int, size: int):

@@ -1,6 +1,6 @@
 """Networks: the medXGAN generator, discriminator and encoder, and the frozen-classifier wrapper."""
 
-from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities, freeze
+from medxgan_monai.networks.classifier import FrozenClassifier, class_log_probabilities, class_probabilities, freeze
 from medxgan_monai.networks.medxgan import MedXGANDiscriminator, MedXGANEncoder, MedXGANGenerator, pathology_codes
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "MedXGANDiscriminator",
     "MedXGANEncoder",
     "MedXGANGenerator",
+    "class_log_probabilities",
     "class_probabilities",
     "freeze",
     "pathology_codes",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenClassifier", "class_probabilities", "freeze"]
+__all__ = ["FrozenClassifier", "class_log_probabilities", "class_probabilities", "freeze"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -24,6 +25,16 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
         positive = torch.sigmoid(logits)
         return torch.cat([1 - positive, positive], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def class_log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2) log class probabilities, computed from the logits so they keep their gradient where a probability
+    saturates at 0 or 1 (``log(1 - p)`` from a rounded p does not): log-softmax of (B, 2), or
+    [log sigmoid(-z), log sigmoid(z)] of a single logit z (B, 1)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=1)
+    return torch.log_softmax(logits, dim=1)
 
 
 class FrozenClassifier(nn.Module):
