@@ -131,7 +131,7 @@ class CounterfactualRefiner:
 
     Example::
 
-        refiner = CounterfactualRefiner(generator, classifier, steps=50, sparsity_weight=20.0)
+        refiner = CounterfactualRefiner(generator, classifier, steps=50, sparsity_weight=100.0)
         counterfactuals, probabilities = refiner(images, z_a, z_p)
     """
 
@@ -141,7 +141,7 @@ class CounterfactualRefiner:
         classifier: nn.Module,
         steps: int = 50,
         learning_rate: float = 0.02,
-        sparsity_weight: float = 20.0,
+        sparsity_weight: float = 100.0,
         target: int = 1,
     ) -> None:
         if steps < 0 or sparsity_weight < 0:
@@ -367,7 +367,7 @@ class MedXGANExplainer:
         counterfactual_weight: float = 0.0,
         counterfactual_steps: int = 0,
         counterfactual_learning_rate: float = 0.02,
-        counterfactual_sparsity: float = 20.0,
+        counterfactual_sparsity: float = 100.0,
         ig_steps: int = 50,
         ig_variant: str = "exact",
         sweep_frames: int = 11,
