@@ -87,8 +87,17 @@ def test_every_metric_for_every_method_with_report_mlflow_and_bad_entries(tiny_d
     for row in summary:
         if row["n"] != "0":
             assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+    detected = {r["stem"] for r in rows if float(r["probability"]) >= 0.5}
+    for row in _rows(out / "metrics_summary_detected.csv"):
+        per_image = [r for r in rows if r["method"] == row["method"] and r["stem"] in detected]
+        if row["metric"] == "pointing_game":
+            assert int(row["n"]) == len(per_image), "only images the classifier calls positive"
+            if per_image:
+                expected = sum(float(r["pointing_game"]) for r in per_image) / len(per_image)
+                assert float(row["mean"]) == pytest.approx(expected, abs=1e-5)
     markdown = (out / "summary.md").read_text()
     assert all(f"| {method} |" in markdown for method in METHODS) and "Randomization sanity test" in markdown
+    assert f"{len(detected)} of the " in markdown and "Positives the classifier detects" in markdown
     for name in ("metrics.png", "randomization.png", *(f"examples_{m}.png" for m in METHODS)):
         assert (out / name).stat().st_size > 1000, name
     randomization = _rows(out / "randomization.csv")

@@ -6,7 +6,7 @@ networks. Ratios are against Integrated Gradients with 50 steps at the same size
 
 Methods: ``ig50`` (the yardstick), ``gradient``, ``gradcam``, ``occlusion``, ``latentshift``, ``medxgan`` (the
 amortised explainer as the inference bundle runs it: encoder, 25 refinement steps with the counterfactual term,
-50-step latent IG, 11-frame sweep)
+50-step latent IG, 11-frame sweep, residual counterfactual refined 50 steps and image IG from it)
 and ``medxgan_paper`` (the paper's recipe: 1000-step inversion from zeros, then a 101-point latent IG, paper variant).
 
 Usage::
@@ -45,6 +45,7 @@ def build_explainer(method: str, networks: dict, paper_steps: int = 1000):
             inversion_steps=25,
             inversion_learning_rate=1e-2,
             counterfactual_weight=1.0,
+            counterfactual_steps=50,
             ig_steps=50,
         ),
         "medxgan_paper": lambda: explain.MedXGANExplainer(

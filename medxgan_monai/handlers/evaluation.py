@@ -276,15 +276,39 @@ class RandomizationTest:
             self.failure = f"{type(error).__name__}: {error}"
 
 
+def _summary_table(summary: list[dict]) -> list[str]:
+    """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold."""
+    methods = list(dict.fromkeys(row["method"] for row in summary))
+    cells = {(row["method"], row["metric"]): row for row in summary}
+    header = [f"{m.title} {'↑' if m.higher_is_better else '↓'}" for m in METRICS.values()]
+    lines = ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(METRICS) + 2) + "|"]
+    best = {}
+    for metric, definition in METRICS.items():
+        means = [cells[(m, metric)]["mean"] for m in methods if cells[(m, metric)]["n"]]
+        if means:
+            best[metric] = max(means) if definition.higher_is_better else min(means)
+    for method in methods:
+        row = [method]
+        for metric in METRICS:
+            cell = cells[(method, metric)]
+            text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+            row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
+        seconds = cells[(method, "seconds")]
+        row.append("-" if seconds["n"] == 0 else f"{seconds['mean']:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 class EvaluationReport:
     """Write an evaluation's results when the evaluator's epoch ends, and put the summary into its metrics.
 
     Files in ``output_dir``: ``metrics_per_image.csv`` (one row per image and method), ``metrics_summary.csv``
-    (method, metric, mean, 95% bootstrap CI, n), ``summary.md`` (the same as a markdown table, plus the
-    randomization test), ``metrics.png`` (bars with CIs), ``randomization.csv`` and ``randomization.png``,
-    ``examples_<method>.png`` (best and worst cases), and the ``report``'s ``predictions.csv`` / ``errors.csv``.
-    ``engine.state.metrics`` gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, for an MLflow handler
-    attached after this one.
+    (method, metric, mean, 95% bootstrap CI, n), ``metrics_summary_detected.csv`` (the same over the images the
+    classifier calls positive), ``summary.md`` (both as markdown tables, plus the randomization test),
+    ``metrics.png`` (bars with CIs), ``randomization.csv`` and ``randomization.png``, ``examples_<method>.png``
+    (best and worst cases), and the ``report``'s ``predictions.csv`` / ``errors.csv``. ``engine.state.metrics``
+    gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, for an MLflow handler attached after this
+    one.
 
     Args:
         output_dir: destination folder.
@@ -311,6 +335,7 @@ class EvaluationReport:
         self.bootstrap_samples, self.seed = bootstrap_samples, seed
         self.overwrite = overwrite
         self.summary: list[dict] = []
+        self.detected_summary: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
@@ -319,12 +344,16 @@ class EvaluationReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = self.scorer.rows
         self.summary = summarize(rows, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
+        detected = [row for row in rows if float(row["probability"]) >= 0.5]
+        self.detected_summary = summarize(detected, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
         columns = [*IDENTITY_COLUMNS, *METRICS]
         self._csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
         summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
-        self._csv(
-            "metrics_summary.csv", summary_columns, [[_cell(r[c]) for c in summary_columns] for r in self.summary]
-        )
+        for name, summary in (
+            ("metrics_summary.csv", self.summary),
+            ("metrics_summary_detected.csv", self.detected_summary),
+        ):
+            self._csv(name, summary_columns, [[_cell(r[c]) for c in summary_columns] for r in summary])
         if rows:
             metrics = {
                 name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
@@ -375,8 +404,6 @@ class EvaluationReport:
 
     def markdown(self) -> str:
         """The summary as markdown: the metrics table (best mean per column in bold) and the randomization test."""
-        methods = list(dict.fromkeys(row["method"] for row in self.summary))
-        cells = {(row["method"], row["metric"]): row for row in self.summary}
         images = len({row["stem"] for row in self.scorer.rows})
         lines = [
             "# Explanation evaluation",
@@ -386,23 +413,19 @@ class EvaluationReport:
             "Mean [95% bootstrap CI] over images; arrows give the better direction; the best mean per column is bold.",
             "",
         ]
-        header = [f"{m.title} {'↑' if m.higher_is_better else '↓'}" for m in METRICS.values()]
-        lines += ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(METRICS) + 2) + "|"]
-        best = {}
-        for metric, definition in METRICS.items():
-            means = [cells[(m, metric)]["mean"] for m in methods if cells[(m, metric)]["n"]]
-            if means:
-                best[metric] = max(means) if definition.higher_is_better else min(means)
-        for method in methods:
-            row = [method]
-            for metric in METRICS:
-                cell = cells[(method, metric)]
-                text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
-                row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
-            seconds = cells[(method, "seconds")]
-            row.append("-" if seconds["n"] == 0 else f"{seconds['mean']:.3f}")
-            lines.append("| " + " | ".join(row) + " |")
-        lines += ["", *self._randomization_markdown()]
+        lines += _summary_table(self.summary)
+        detected = len({row["stem"] for row in self.scorer.rows if float(row["probability"]) >= 0.5})
+        lines += [
+            "",
+            "## Positives the classifier detects (P(positive) >= 0.5)",
+            "",
+            f"{detected} of the {images} image(s): where the classifier misses a lesion, a faithful explanation need "
+            "not point at it (metrics_summary_detected.csv).",
+            "",
+            *_summary_table(self.detected_summary),
+            "",
+            *self._randomization_markdown(),
+        ]
         return "\n".join(lines) + "\n"
 
     def _randomization_markdown(self) -> list[str]:
