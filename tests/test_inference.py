@@ -78,6 +78,7 @@ def test_outputs_keep_the_source_geometry_and_bad_inputs_are_reported(scans, wei
     predictions = _rows(out / "predictions.csv")
     assert {row["stem"] for row in predictions} == {"oblique", "plain", "slice"}
     assert all(float(row["seconds_medxgan"]) > 0 for row in predictions)
+    assert all(0 <= float(row["residual_counterfactual_probability"]) <= 1 for row in predictions)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("medxgan_inference").experiment_id])
     assert run.data.metrics["explained"] == 3 and run.data.metrics["failed"] == 5

@@ -37,6 +37,8 @@ def test_counterfactuals_of_detected_positives_lose_the_lesion(shipped):
         inversion_steps=25,
         inversion_learning_rate=1e-2,
         counterfactual_weight=1.0,
+        counterfactual_steps=50,
+        counterfactual_sparsity=100.0,
         ig_steps=8,
         sweep_frames=3,
     )
@@ -48,5 +50,7 @@ def test_counterfactuals_of_detected_positives_lose_the_lesion(shipped):
     drop = explanation.probability[detected] - explanation.counterfactual_probability[detected]
     assert drop.mean() > 0.5
     assert (explanation.counterfactual_probability[detected] < 0.5).float().mean() >= 0.8
+    # the refined residual counterfactual (the default map's IG baseline) is negative for the detected positives
+    assert (explanation.residual_counterfactual_probability[detected] < 0.5).float().mean() >= 0.95
     # the sweep runs from the counterfactual to the reconstruction: its probability ends higher than it starts
     assert (explanation.sweep_probabilities[:, -1] >= explanation.sweep_probabilities[:, 0]).float().mean() >= 0.8

@@ -48,7 +48,8 @@ class InferenceFailed(RuntimeError):
 class InferenceReport:
     """Collects per-image predictions and per-input problems of one inference run; writes both CSV files.
 
-    ``predictions.csv``: stem, source, probability, predicted label, counterfactual probability, seconds per method.
+    ``predictions.csv``: stem, source, probability, predicted label, counterfactual probabilities (G(z_a, 0) and the
+    refined residual counterfactual), seconds per method.
     ``errors.csv``: stem, source, problem (written only when something failed). :meth:`raise_if_failed` ends the run
     with :class:`InferenceFailed` (a non-zero exit status) after everything that could be written was written.
 
@@ -89,6 +90,9 @@ class InferenceReport:
             "counterfactual_probability": ""
             if explanation is None
             else f"{float(explanation.counterfactual_probability[index]):.6f}",
+            "residual_counterfactual_probability": ""
+            if explanation is None
+            else f"{float(explanation.residual_counterfactual_probability[index]):.6f}",
             SECONDS: dict(output.get(SECONDS, {})),
         }
 
@@ -115,9 +119,11 @@ class InferenceReport:
             engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
+        columns.append("residual_counterfactual_probability")
         methods = _timed_methods(self.completed + self.predictions)
         rows = [
-            [row[c] for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
+            # rows resumed from a run of an earlier version may lack the newer columns
+            [row.get(c, "") for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
             for row in self.completed + self.predictions
         ]
         header = [*columns, *(f"seconds_{m}" for m in methods)]
@@ -344,8 +350,10 @@ class ExplanationWriter:
         captions = {"image": f"image\np={probability:.2f}"}
         counterfactual = np.zeros_like(picture)
         if explanation is not None:
-            counterfactual = explanation.counterfactual[index, 0].cpu().numpy()
-            captions["counterfactual"] = f"counterfactual\np={float(explanation.counterfactual_probability[index]):.2f}"
+            # the counterfactual behind the default map: the real image with the lesion removed
+            counterfactual = explanation.residual_counterfactual[index, 0].cpu().numpy()
+            probability_without = float(explanation.residual_counterfactual_probability[index])
+            captions["counterfactual"] = f"residual counterfactual\np={probability_without:.2f}"
         # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
         write_panel(
             folder / f"{stem}_panel.png",
