@@ -45,6 +45,7 @@ def test_a_registered_version_loads_by_uri_and_explains(registered, monkeypatch)
     result = model.predict(registered["rows"])
     good, bad = result.to_dict(orient="records")
     assert 0 <= good["probability"] <= 1 and 0 <= good["counterfactual_probability"] <= 1 and not good["error"]
+    assert 0 <= good["residual_counterfactual_probability"] <= 1
     for method in ("medxgan", "gradcam"):
         saliency = np.asarray(good[method])
         assert saliency.shape == (32, 32) and saliency.min() >= 0 and saliency.max() == 1

@@ -2,9 +2,9 @@
 
 The model packs the bundle's inference config and weights (classifier, generator, encoder) as artifacts; its input
 is a table of image files encoded in base64 (DICOM, NIfTI or PNG: one scan per row), its output per row the positive
-probability, the counterfactual's probability and each method's saliency map on the model's grid (nested lists in
-[0, 1]), or the reason the row could not be explained. It runs the same preprocessing and explainers as
-``inference.json``.
+probability, the counterfactuals' probabilities (G(z_a, 0) and the residual one) and each method's saliency map on
+the model's grid (nested lists in [0, 1]), or the reason the row could not be explained. It runs the same
+preprocessing and explainers as ``inference.json``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         from medxgan_monai.networks.classifier import class_probabilities
 
         name = str(row.get("name") or "image")
-        result = {"name": name, "probability": float("nan"), "counterfactual_probability": float("nan"), "error": ""}
+        nan = float("nan")
+        result = {"name": name, "probability": nan, "counterfactual_probability": nan, "error": ""}
+        result["residual_counterfactual_probability"] = nan
         result.update({method: [] for method in self.methods})
         with tempfile.TemporaryDirectory(prefix="medxgan_pyfunc_") as folder:
             path = Path(folder) / Path(name).name
@@ -87,6 +89,7 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 return result
         if explanation is not None:
             result["counterfactual_probability"] = float(explanation.counterfactual_probability[0])
+            result["residual_counterfactual_probability"] = float(explanation.residual_counterfactual_probability[0])
         for method, values in maps.items():
             result[method] = np.round(values[0, 0].detach().cpu().numpy().T, 4).tolist()
         return result
