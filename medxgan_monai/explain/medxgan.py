@@ -167,18 +167,23 @@ class CounterfactualRefiner:
         optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.5, 0.999))
         best = _SparsestValid(images.shape[0], images.device)
         with torch.enable_grad():
-            for step in range(self.steps + 1):
-                counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
-                logits = self.classifier(counterfactual)
-                sparsity = change.abs().flatten(1).mean(1)
-                best.update(counterfactual, class_probabilities(logits)[:, self.target], sparsity)
-                if step == self.steps:
-                    break
+            for _ in range(self.steps):
+                logits, sparsity = self._score(images, reconstruction, anatomy, pathology, best)
                 loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * sparsity
                 optimizer.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 optimizer.step()
+        with torch.no_grad():  # the last iterate is only scored
+            self._score(images, reconstruction, anatomy, pathology, best)
         return best.counterfactual, best.probability
+
+    def _score(self, images, reconstruction, anatomy, pathology, best: _SparsestValid):
+        """Offer the iterate's counterfactual to ``best``; return its classifier logits and sparsity."""
+        counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
+        logits = self.classifier(counterfactual)
+        sparsity = change.abs().flatten(1).mean(1)
+        best.update(counterfactual, class_probabilities(logits)[:, self.target], sparsity)
+        return logits, sparsity
 
 
 class _SparsestValid:
@@ -194,8 +199,8 @@ class _SparsestValid:
         counterfactual, probability, sparsity = counterfactual.detach(), probability.detach(), sparsity.detach()
         valid = probability < 0.5
         take = (valid & (~self.valid | (sparsity < self.sparsity))) | (~valid & ~self.valid)
-        if self.counterfactual is None:
-            self.counterfactual = counterfactual.clone()
+        if self.counterfactual is None:  # the first update takes every image
+            self.counterfactual = counterfactual
         view = take.view(-1, *([1] * (counterfactual.ndim - 1)))
         self.counterfactual = torch.where(view, counterfactual, self.counterfactual)
         self.probability = torch.where(take, probability, self.probability)
