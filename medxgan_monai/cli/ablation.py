@@ -38,9 +38,13 @@ TABLE_METRICS = {
 }
 
 
-def _cli_value(value) -> str:
-    """A config value as ``monai.bundle run`` (python-fire) parses it back: strings raw, others as Python literals."""
-    return value if isinstance(value, str) else repr(value)
+def _bundle_command(config_files: list[str], settings: dict) -> list[str]:
+    """``python -m monai.bundle run`` of ``config_files`` with ``settings`` as overrides: strings passed raw, other
+    values as Python literals, which is how python-fire parses them back."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_files)]
+    for key, value in settings.items():
+        command += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return command
 
 
 @dataclass
@@ -57,11 +61,7 @@ class Training:
         return {"generator_ckpt": str(models / "generator.pt"), "encoder_ckpt": str(models / "encoder.pt")}
 
     def command(self, root: Path) -> list[str]:
-        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(self.config_files)]
-        command += ["--output_dir", str(root)]
-        for key, value in self.overrides.items():
-            command += [f"--{key}", _cli_value(value)]
-        return command
+        return _bundle_command(self.config_files, {"output_dir": str(root), **self.overrides})
 
 
 @dataclass
@@ -130,8 +130,6 @@ class AblationStudy:
         return self.output_dir / variant.name
 
     def evaluation_command(self, variant: Variant) -> list[str]:
-        configs = EVALUATION_CONFIGS + variant.config_files
-        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs)]
         settings = {
             "run_name": f"ablation_{variant.name}",
             "output_dir": str(self.evaluation_dir(variant)),
@@ -149,9 +147,7 @@ class AblationStudy:
         if variant.training is not None:
             settings.update(self.trainings[variant.training].weights(self.training_root(variant.training)))
         settings.update(variant.overrides)
-        for key, value in settings.items():
-            command += [f"--{key}", _cli_value(value)]
-        return command
+        return _bundle_command(EVALUATION_CONFIGS + variant.config_files, settings)
 
     def run(self, names: list[str] | None = None, train: bool = False, rerun: bool = False) -> list[str]:
         """Evaluate the selected variants (training missing GANs when ``train``); returns the skipped variants."""

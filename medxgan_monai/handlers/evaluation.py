@@ -276,6 +276,11 @@ class RandomizationTest:
             self.failure = f"{type(error).__name__}: {error}"
 
 
+def _detected(rows: list[dict]) -> list[dict]:
+    """The scored rows of images the classifier calls positive."""
+    return [row for row in rows if float(row["probability"]) >= 0.5]
+
+
 def _summary_table(summary: list[dict]) -> list[str]:
     """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold."""
     methods = list(dict.fromkeys(row["method"] for row in summary))
@@ -344,7 +349,7 @@ class EvaluationReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = self.scorer.rows
         self.summary = summarize(rows, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
-        detected = [row for row in rows if float(row["probability"]) >= 0.5]
+        detected = _detected(rows)
         self.detected_summary = summarize(detected, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
         columns = [*IDENTITY_COLUMNS, *METRICS]
         self._csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
@@ -414,7 +419,7 @@ class EvaluationReport:
             "",
         ]
         lines += _summary_table(self.summary)
-        detected = len({row["stem"] for row in self.scorer.rows if float(row["probability"]) >= 0.5})
+        detected = len({row["stem"] for row in _detected(self.scorer.rows)})
         lines += [
             "",
             "## Positives the classifier detects (P(positive) >= 0.5)",
