@@ -9,12 +9,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medxgan_monai.data.datalist import load_datalist
+from medxgan_monai.io.ledger import LEDGER_DIR, MAX_ITEM_NAME, safe_item_name
 from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
 
-__all__ = ["InputProblem", "collect_evaluation_items", "collect_inputs", "output_stem", "screen_inputs"]
+__all__ = [
+    "InputProblem",
+    "NoImagesFound",
+    "collect_evaluation_items",
+    "collect_inputs",
+    "output_stem",
+    "screen_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +39,33 @@ class InputProblem:
     problem: str
 
 
+class NoImagesFound(ValueError):
+    """An input folder (or datalist section) holds no image to explain (a usage error: exit status 2)."""
+
+
 def output_stem(path: Path) -> str:
-    """The file name without its image suffix (``case.nii.gz`` -> ``case``), used to name outputs."""
+    """The file name without its image suffix (``case.nii.gz`` -> ``case``), made a safe file name
+    (:func:`~medxgan_monai.io.ledger.safe_item_name`: no separator, no ``..``, no leading dot), used to name outputs."""
     name = path.name
     for suffix in (*NIFTI_SUFFIXES, ".dcm", ".dicom", ".png", ".jpg", ".jpeg"):
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            name = name[: -len(suffix)]
+            break
+    return safe_item_name(name)
 
 
 def _files_in(folder: Path) -> list[Path]:
+    """The candidate images under ``folder``: hidden files and folders are skipped, and so is every folder that
+    holds an output ledger (this tool's output folder), so a run never explains its own outputs."""
     files = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and not path.name.lower().endswith(NON_IMAGE_SUFFIXES):
-            files.append(path)
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and not (Path(parent, f) / LEDGER_DIR).exists())
+        if Path(parent, LEDGER_DIR).exists():
+            continue
+        for name in sorted(names):
+            path = Path(parent, name)
+            if not name.startswith(".") and not name.lower().endswith(NON_IMAGE_SUFFIXES) and path.is_file():
+                files.append(path)
     return files
 
 
@@ -56,11 +78,14 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
             section, or a top-level list of items or paths).
         section: the datalist section to explain.
 
-    Stems are unique: a repeated file name gets ``_2``, ``_3``, ... so no output overwrites another.
+    Stems are safe file names, unique within the run (compared ignoring case, for case-insensitive file systems):
+    a repeated name gets ``_2``, ``_3``, ..., skipping every name another input has, so no output overwrites another.
+    Folders holding an output ledger (this tool's output folders) and hidden files and folders are not searched.
 
     Raises:
         FileNotFoundError: an input path does not exist (a missing file inside a datalist is reported later, per
             item, by :func:`screen_inputs`).
+        NoImagesFound: an input folder holds no candidate image file.
 
     Example::
 
@@ -74,21 +99,46 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
         if not path.exists():
             raise FileNotFoundError(f"{path}: input does not exist")
         if path.is_dir():
-            paths += [str(p.resolve()) for p in _files_in(path)]
+            found = _files_in(path)
+            if not found:
+                raise NoImagesFound(
+                    f"{path}: input folder holds no image files (hidden files, files such as .json or .csv, "
+                    f"and output folders of this tool are not searched)"
+                )
+            paths += [str(p.resolve()) for p in found]
         elif path.name.lower().endswith(".json"):
             paths += _datalist_paths(path, section)
         else:
             paths.append(str(path.resolve()))
+    if not paths:
+        raise NoImagesFound(f"{', '.join(str(entry) for entry in inputs)}: no images to explain")
     return [{"image": path, "stem": stem} for path, stem in zip(paths, _unique_stems(paths), strict=True)]
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
-    stems, seen = [], {}
-    for path in paths:
-        stem = output_stem(Path(path))
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    """One output name per path: the first path with a name keeps it; a repeat gets the first ``<name>_<k>`` (k = 2,
+    3, ...) that no path has as its own name and no earlier path took (ignoring case), so ``case.nii``,
+    ``case.nii.gz`` and ``case_2.nii.gz`` become ``case``, ``case_3`` and ``case_2``."""
+    natural = [output_stem(Path(path)) for path in paths]
+    taken = {stem.casefold() for stem in natural}
+    first_of: set[str] = set()
+    stems = []
+    for stem in natural:
+        if stem.casefold() not in first_of:
+            first_of.add(stem.casefold())
+            stems.append(stem)
+            continue
+        index = 2
+        while _numbered(stem, index).casefold() in taken:
+            index += 1
+        stems.append(_numbered(stem, index))
+        taken.add(stems[-1].casefold())
     return stems
+
+
+def _numbered(stem: str, index: int) -> str:
+    suffix = f"_{index}"
+    return stem[: MAX_ITEM_NAME - len(suffix)] + suffix
 
 
 def collect_evaluation_items(
@@ -138,7 +188,8 @@ def screen_inputs(
 
     An item is rejected, with the reason, when it cannot be read (missing, unreadable, unsupported, wrong number of
     dimensions or channels: the loader's :class:`~medxgan_monai.transforms.ImageReadError`), when its source is
-    smaller than ``min_size`` pixels along an axis, or when the preprocessed image is constant or not finite.
+    smaller than ``min_size`` pixels along an in-plane axis (a 1 x 10000 image too), when its affine (the geometry
+    the outputs are written in) is not finite, or when the preprocessed image is constant or not finite.
 
     Returns:
         the good items, and one :class:`InputProblem` per rejected item (also logged as a warning).
@@ -171,11 +222,17 @@ def _describe(error: BaseException) -> str:
 
 
 def _check_usable(image, path: str, min_size: int) -> None:
-    source_shape = image.meta.get("spatial_shape", image.shape[1:]) if hasattr(image, "meta") else image.shape[1:]
-    # singleton axes (a slice stored as (H, W, 1)) were dropped by the loader and do not count
-    source_shape = tuple(int(s) for s in source_shape if int(s) != 1)
+    meta = getattr(image, "meta", {})
+    source_shape = [int(s) for s in meta.get("spatial_shape", image.shape[1:])]
+    # only the trailing singleton axes beyond the image's own (a slice stored as (H, W, 1)) were dropped by the
+    # loader; a 1-pixel-wide image keeps its unit axis and is rejected
+    while len(source_shape) > image.ndim - 1 and source_shape[-1] == 1:
+        source_shape.pop()
     if min(source_shape, default=0) < min_size:
-        raise ImageReadError(path, f"image of size {source_shape} is below {min_size} pixels")
+        raise ImageReadError(path, f"image of size {tuple(source_shape)} is below {min_size} pixels along an axis")
+    affine = meta.get("original_affine", meta.get("affine"))
+    if affine is not None and not np.isfinite(np.asarray(affine, dtype=np.float64)).all():
+        raise ImageReadError(path, "the image's affine (voxel-to-world geometry) has NaN or infinite entries")
     tensor = torch.as_tensor(image)
     if not torch.isfinite(tensor).all():
         raise ImageReadError(path, "preprocessing produced NaN or infinite values")

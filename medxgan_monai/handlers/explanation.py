@@ -50,8 +50,11 @@ class InferenceReport:
 
     ``predictions.csv``: stem, source, probability, predicted label, counterfactual probabilities (G(z_a, 0) and the
     refined residual counterfactual), seconds per method.
-    ``errors.csv``: stem, source, problem (written only when something failed). :meth:`raise_if_failed` ends the run
-    with :class:`InferenceFailed` (a non-zero exit status) after everything that could be written was written.
+    ``errors.csv``: stem, source, problem of this run (written only when something failed; an ``errors.csv`` of an
+    earlier run is removed when nothing failed, so it never describes items that are now complete).
+    :meth:`raise_if_failed` ends the run with :class:`InferenceFailed` (a non-zero exit status) after everything that
+    could be written was written. Neither file replaces one this tool did not write (see
+    :meth:`~medxgan_monai.io.OutputLedger.claim_run_file`).
 
     Example::
 
@@ -118,6 +121,7 @@ class InferenceReport:
         if engine is not None:
             engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        ledger = OutputLedger(self.output_dir)  # only the run files' ownership: the run's ledger holds the lock
         columns = ["stem", "source", "probability", "predicted_label", "counterfactual_probability"]
         columns.append("residual_counterfactual_probability")
         methods = _timed_methods(self.completed + self.predictions)
@@ -127,10 +131,13 @@ class InferenceReport:
             for row in self.completed + self.predictions
         ]
         header = [*columns, *(f"seconds_{m}" for m in methods)]
-        atomic_write_csv(self.output_dir / "predictions.csv", header, rows, lineterminator="\n")
+        atomic_write_csv(ledger.claim_run_file("predictions.csv"), header, rows, lineterminator="\n")
         if self.problems:
             rows = [[p.stem, p.path, p.problem] for p in self.problems]
-            atomic_write_csv(self.output_dir / "errors.csv", ["stem", "source", "problem"], rows, lineterminator="\n")
+            errors = ledger.claim_run_file("errors.csv")
+            atomic_write_csv(errors, ["stem", "source", "problem"], rows, lineterminator="\n")
+        else:
+            ledger.remove_run_file("errors.csv")
         logger.info(
             "explained %d image(s), %d failed, %d already complete; outputs in %s",
             len(self.predictions),
@@ -226,12 +233,14 @@ class ExplanationWriter:
 
     Per image ``<stem>``: ``<stem>_<method>.nii.gz`` (float maps) and ``<stem>_counterfactual.nii.gz``, brought back
     from the model's grid to the source grid with ``Invertd`` (continuous interpolation) and written with the
-    source's own affine (NIfTI sources: the file's affine, exactly; DICOM and PNG sources: the loader's affine);
+    source's own affine (NIfTI sources: the file's affine, exactly; DICOM sources: the loader's affine; PNG/JPEG
+    sources, which carry no geometry: the identity, one unit per pixel, i along a row and j down the columns);
     ``<stem>_panel.png``; ``<stem>_sweep.gif``; for DICOM sources, a Secondary Capture overlay and a Parametric Map
     of the medXGAN map as new series of the source study. Predictions and failures go to the :class:`InferenceReport`.
     A failure while writing one image is reported and the rest continue. Each image's files are staged and committed
     together by an :class:`~medxgan_monai.io.OutputLedger`, so an interrupted run leaves no half-written file and a
     rerun skips complete images; existing files the run did not write are never overwritten unless ``overwrite``.
+    When the evaluator completes, the ledger's lock on the output folder is released.
 
     Args:
         output_dir: destination folder.
@@ -265,6 +274,7 @@ class ExplanationWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         # an evaluator runs one epoch: the report is complete when it ends, before a metrics logger reads it
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.report.write)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.ledger.release())
 
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -338,10 +348,13 @@ class ExplanationWriter:
     @staticmethod
     def _source_geometry(image: MetaTensor, source: str, kind: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
         """Affine and array shape for outputs: a NIfTI source's own header (exactly, singleton axes included);
-        otherwise the loader's affine and the inverted array's shape (``None``)."""
+        otherwise the loader's affine (the identity for PNG/JPEG, whose reader gives none) and the inverted array's
+        shape (``None``)."""
         if kind == "nifti":
             header = nib.load(source)
             return header.affine, header.shape
+        if kind == "bitmap":
+            return np.eye(4), None
         return np.asarray(image.meta["original_affine"], dtype=np.float64), None
 
     def _write_panel(self, folder: Path, stem, image, output, explanation, index, probability) -> None:

@@ -97,8 +97,9 @@ def atomic_write_csv(
     return Path(path)
 
 
-class OutputNotWritable(OSError):
-    """The output folder cannot be created or written to."""
+class OutputNotWritable(OSError, ValueError):
+    """The output folder cannot be created or written to (also a ``ValueError``: a usage problem, which the command
+    line reports as a message with exit status 2)."""
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

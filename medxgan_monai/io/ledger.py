@@ -3,22 +3,148 @@
 Each item's files are written into a private staging folder, then moved into the output folder under a *pending*
 record that lists them, then the record becomes *done* (with the item's result row). A crash leaves either nothing of
 the item in the output folder, or files named in a pending record, which a rerun may replace; a file the record does
-not name (the user's own) is never replaced unless the run overwrites.
+not name (the user's own) is never replaced unless the run overwrites. The run-level files (``predictions.csv``,
+``errors.csv``) are owned the same way: a rerun replaces them only when a manifest says this tool wrote them.
+
+One run at a time per output folder: the ledger holds an OS lock (``fcntl.flock``) on ``.medxgan_ledger/run.lock``
+from :meth:`OutputLedger.split` until :meth:`OutputLedger.release`; the OS drops it when the process ends, so a
+crashed run never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medxgan_monai.io.atomic import atomic_write_text
 
-__all__ = ["OutputLedger"]
+__all__ = [
+    "LEDGER_DIR",
+    "RUN_FILES",
+    "OutputFolderBusy",
+    "OutputFolderConflict",
+    "OutputLedger",
+    "check_item_name",
+    "safe_item_name",
+]
 
 LEDGER_DIR = ".medxgan_ledger"
+#: files of the whole run (not of one item) that the ledger's manifest may own
+RUN_FILES = ("predictions.csv", "errors.csv")
+_MANIFEST = "run_files.json"
+_LOCK = "run.lock"
+#: longest item name; leaves room for the longest output suffix (``_residual_counterfactual.nii.gz``) and the
+#: ledger's temporary names within the 255 bytes most file systems allow
+MAX_ITEM_NAME = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_item_name(text: str) -> str:
+    """``text`` made safe to name files and folders: runs of characters other than ASCII letters, digits, ``.``,
+    ``_`` and ``-`` become ``_``; leading dots and dashes (hidden files, ``.``/``..``, option-like names) and trailing
+    dots are removed; at most :data:`MAX_ITEM_NAME` characters; ``"image"`` when nothing is left.
+
+    Example::
+
+        safe_item_name("..")             # "image"
+        safe_item_name("a/b c\\x00")      # "a_b_c_"
+    """
+    name = _UNSAFE.sub("_", text).lstrip(".-")[:MAX_ITEM_NAME].rstrip(".")
+    return name or "image"
+
+
+def check_item_name(name: str) -> str:
+    """Return ``name`` if :func:`safe_item_name` leaves it unchanged; otherwise raise ``ValueError``, so that no
+    item name can reach outside the ledger's own folders (``..``, a separator, a control character)."""
+    if not isinstance(name, str) or safe_item_name(name) != name:
+        raise ValueError(f"{name!r}: not a safe output name (use medxgan_monai.io.ledger.safe_item_name)")
+    return name
+
+
+class OutputFolderBusy(ValueError):
+    """Another run holds the output folder's lock (a ``ValueError``: the command line ends with exit status 2)."""
+
+
+class OutputFolderConflict(ValueError):
+    """A file this tool would write exists in the output folder and was not written by it."""
+
+
+class _FolderLock:
+    """An exclusive ``fcntl.flock`` on one file, with the holder (pid, host, start) written into it."""
+
+    # lock files held in this process -> (lock, thread that took it), to recognise a run of this thread that ended
+    # without releasing (an exception): a thread runs one run at a time, so such a lock is stale and is taken over
+    _held: dict[str, tuple[_FolderLock, threading.Thread]] = {}
+    _held_guard = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stream = None
+
+    @property
+    def held(self) -> bool:
+        return self._stream is not None
+
+    def acquire(self, folder: Path, wait_seconds: float = 0.0) -> None:
+        if self.held:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            self._take_over_stale(key)
+            stream = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
+            try:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stream.seek(0)
+                holder = stream.read().strip() or "a process that has not yet recorded itself"
+                stream.close()
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {wait_seconds:g} s" if wait_seconds > 0 else ""
+                    raise OutputFolderBusy(
+                        f"{folder}: output folder is in use by another run ({holder}){waited}; wait for it to "
+                        "finish or choose another output folder"
+                    ) from None
+                time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
+                continue
+            break
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        stream.flush()
+        self._stream = stream
+        with self._held_guard:
+            self._held[key] = (self, threading.current_thread())
+
+    def _take_over_stale(self, key: str) -> None:
+        with self._held_guard:
+            holder = self._held.get(key)
+        if holder is None or holder[0] is self:
+            return
+        lock, thread = holder
+        if thread is threading.current_thread() or not thread.is_alive():
+            lock.release()
+
+    def release(self) -> None:
+        if self._stream is None:
+            return
+        with self._held_guard:
+            key = str(self.path.resolve())
+            if self._held.get(key, (None,))[0] is self:
+                del self._held[key]
+        self._stream.seek(0)
+        self._stream.truncate()
+        self._stream.close()  # closing the descriptor drops the flock
+        self._stream = None
 
 
 class OutputLedger:
@@ -27,22 +153,48 @@ class OutputLedger:
     Args:
         output_dir: the run's output folder (the ledger lives in its ``.medxgan_ledger`` subfolder).
         overwrite: redo complete items and replace existing files (``--overwrite``).
+        wait_seconds: how long :meth:`split` waits for another run in the same folder to finish before refusing
+            with :class:`OutputFolderBusy` (0: refuse at once).
+
+    Item names (stems) must be safe names (:func:`check_item_name`); a ``ValueError`` is raised otherwise.
 
     Example::
 
         ledger = OutputLedger("out/")
-        todo, done_rows = ledger.split(items)            # complete items are skipped
+        todo, done_rows = ledger.split(items)            # locks the folder; complete items are skipped
         folder = ledger.staging("case_001")              # write the item's files here, then
         ledger.commit("case_001", {"probability": 0.93}) # move them into out/ and record the item as done
+        ledger.release()                                 # the run is over (the OS also releases at exit)
     """
 
-    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, wait_seconds: float = 0.0) -> None:
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
+        self.wait_seconds = wait_seconds
         self.root = self.output_dir / LEDGER_DIR
+        self._lock = _FolderLock(self.root / _LOCK)
+
+    # one run at a time
+
+    def lock(self) -> None:
+        """Take the output folder's lock (no-op when held).
+
+        Raises:
+            OutputFolderBusy: another run holds it (after ``wait_seconds``), naming the folder and the holder.
+        """
+        self._lock.acquire(self.output_dir, self.wait_seconds)
+
+    def release(self) -> None:
+        """Let another run use the output folder."""
+        self._lock.release()
+
+    # per-item records
 
     def _record(self, stem: str, state: str) -> Path:
-        return self.root / f"{stem}.{state}.json"
+        return self.root / f"{check_item_name(stem)}.{state}.json"
+
+    def _staging_folder(self, stem: str) -> Path:
+        return self.root / "staging" / check_item_name(stem)
 
     def _read(self, stem: str, state: str) -> dict | None:
         path = self._record(stem, state)
@@ -59,7 +211,18 @@ class OutputLedger:
         return record
 
     def split(self, items: Sequence[dict], stem_key: str = "stem") -> tuple[list[dict], list[dict]]:
-        """Items still to do, and the result rows of those already complete (all of them to do when overwriting)."""
+        """Start a run: lock the folder, claim the existing run files (refused when they are not ours and the ledger
+        does not overwrite), then return the items still to do and the result rows of those already complete (all of
+        them to do when overwriting).
+
+        Raises:
+            OutputFolderBusy: another run uses the folder.
+            OutputFolderConflict: a run file (e.g. ``predictions.csv``) exists and was not written by this tool.
+        """
+        self.lock()
+        for name in RUN_FILES:
+            if (self.output_dir / name).exists():
+                self.claim_run_file(name)
         if self.overwrite:
             return list(items), []
         todo, rows = [], []
@@ -73,7 +236,8 @@ class OutputLedger:
 
     def staging(self, stem: str) -> Path:
         """An empty private folder for ``stem``'s outputs (a leftover of an interrupted run is discarded)."""
-        folder = self.root / "staging" / stem
+        self.lock()
+        folder = self._staging_folder(stem)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
@@ -94,7 +258,8 @@ class OutputLedger:
             FileExistsError: a staged file's name is taken by a file this ledger did not write (and the ledger does
                 not overwrite); nothing of the item is moved.
         """
-        folder = self.root / "staging" / stem
+        self.lock()
+        folder = self._staging_folder(stem)
         names = sorted(p.name for p in folder.iterdir() if p.is_file())
         ours = self._ours(stem)
         taken = [n for n in names if (self.output_dir / n).exists() and n not in ours]
@@ -117,7 +282,59 @@ class OutputLedger:
     def discard(self, stems: Iterable[str]) -> None:
         """Remove the staging folders of ``stems`` (their items failed; nothing was committed)."""
         for stem in stems:
-            shutil.rmtree(self.root / "staging" / stem, ignore_errors=True)
+            shutil.rmtree(self._staging_folder(stem), ignore_errors=True)
+
+    # run-level files
+
+    def _manifest(self) -> set[str] | None:
+        try:
+            return set(json.loads((self.root / _MANIFEST).read_text()))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, TypeError):
+            return set()
+
+    def owns_run_file(self, name: str) -> bool:
+        """Whether ``name`` (one of :data:`RUN_FILES`) may be replaced: absent, or written by this tool. A ledger
+        of a version without the manifest is taken as proof that the run files there are ours."""
+        if not (self.output_dir / name).exists():
+            return True
+        manifest = self._manifest()
+        if manifest is None:
+            return any(self.root.glob("*.done.json"))
+        return name in manifest
+
+    def check_run_file(self, name: str) -> None:
+        """Raise :class:`OutputFolderConflict` when ``name`` exists, is not ours, and the ledger does not overwrite."""
+        if not self.overwrite and not self.owns_run_file(name):
+            raise OutputFolderConflict(
+                f"{self.output_dir / name}: exists and was not written by this tool; move it away, choose another "
+                "output folder, or pass --overwrite to replace it"
+            )
+
+    def claim_run_file(self, name: str) -> Path:
+        """Record ``name`` as written by this tool (before writing it) and return its path.
+
+        Raises:
+            OutputFolderConflict: see :meth:`check_run_file`.
+        """
+        self.check_run_file(name)
+        manifest = self._manifest() or set()
+        if name not in manifest:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.root / _MANIFEST, json.dumps(sorted(manifest | {name})))
+        return self.output_dir / name
+
+    def remove_run_file(self, name: str) -> None:
+        """Remove ``name`` if this tool wrote it (a stale ``errors.csv`` after a clean rerun); a user's file stays."""
+        path = self.output_dir / name
+        if not path.exists() or not self.owns_run_file(name):
+            return
+        path.unlink()
+        manifest = self._manifest()
+        if manifest is not None and name in manifest:
+            # a file of that name made later by someone else is theirs
+            atomic_write_text(self.root / _MANIFEST, json.dumps(sorted(manifest - {name})))
 
 
 def _jsonable(value):
