@@ -10,6 +10,7 @@ import pydicom
 from dicomweb_client.api import DICOMwebClient
 
 from medxgan_monai.node.processor import DeliveryError, ExplanationProcessor, NodeStatistics
+from medxgan_monai.node.spool import InvalidUIDError, is_valid_uid
 
 __all__ = ["StowSender", "explain_study"]
 
@@ -47,10 +48,18 @@ def explain_study(client: DICOMwebClient, study_instance_uid: str, processor: Ex
         client = DICOMwebClient("http://127.0.0.1:8042/dicom-web")
         processor = ExplanationProcessor(Spool("spool/"), StowSender(client))
         explain_study(client, "1.2.3...", processor)
+
+    Raises:
+        ValueError: ``study_instance_uid`` is not a valid UID (it becomes part of the request's URL path).
     """
+    if not is_valid_uid(study_instance_uid):
+        raise ValueError("the Study Instance UID is not a valid DICOM UID (digits and dots, at most 64 characters)")
     instances = client.retrieve_study(study_instance_uid)
     logger.info("retrieved %d instance(s) of study %s", len(instances), study_instance_uid)
-    for dataset in instances:
-        processor.accept(dataset)
+    for index, dataset in enumerate(instances):
+        try:
+            processor.accept(dataset)
+        except InvalidUIDError as error:  # one bad instance of the study must not stop the others
+            logger.warning("skipping instance %d of study %s: %s", index + 1, study_instance_uid, error)
     processor.process_pending()
     return processor.statistics

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE, run_inference
 from medxgan_monai.io.ledger import OutputLedger
-from medxgan_monai.node.spool import Spool, instance_problem
+from medxgan_monai.node.spool import Spool, instance_problem, valid_instance_uid
 
 __all__ = ["DEFAULT_MODALITIES", "DeliveryError", "ExplanationProcessor", "NodeStatistics", "ResultSink"]
 
@@ -60,10 +60,15 @@ class ExplanationProcessor:
     """Accept DICOM instances into a :class:`Spool`, explain the queue in batches with the inference bundle, and
     deliver each instance's Secondary Capture and Parametric Map to a :class:`ResultSink`.
 
-    An instance that does not fit (see :func:`instance_problem`) is logged and skipped; one the bundle cannot explain
-    goes to ``failed`` with the reason in the log; one whose results cannot be delivered goes back to the queue. The
-    bundle's own ledger (``results/.medxgan_ledger``) means an instance explained before a crash is not explained again:
-    its results are delivered. Log lines and MLflow carry SOP Instance UIDs and timings, never patient identifiers.
+    An instance that does not fit (see :func:`instance_problem`) is logged and skipped; one without a valid SOP Instance
+    UID is refused (:class:`~medxgan_monai.node.spool.InvalidUIDError`); one the bundle cannot explain goes to
+    ``failed`` with the reason in the log; one whose results cannot be delivered goes back to the queue.
+
+    Delivery is at least once, with identical objects: the bundle's ledger (``results/.medxgan_ledger``) keeps each
+    instance's committed results, so an instance explained before a crash is not explained again, and a delivery cut
+    off by a crash (even one the destination had already stored) is repeated with the same files, hence the same SOP
+    Instance UIDs, which the destination recognises as the same objects. Log lines and MLflow carry SOP Instance UIDs
+    and timings, never patient identifiers.
 
     Args:
         spool: the node's spool.
@@ -102,9 +107,17 @@ class ExplanationProcessor:
         self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
 
     def accept(self, dataset: Dataset) -> str | None:
-        """Queue ``dataset`` if it fits; returns the reason when it was skipped (``None`` when queued)."""
+        """Queue ``dataset`` if it fits; returns the reason when it was skipped (``None`` when queued).
+
+        Raises:
+            InvalidUIDError: its SOP Instance UID is missing or not a valid UID; nothing is stored.
+        """
+        try:
+            uid = valid_instance_uid(dataset)  # before the UID is logged or names a file
+        except ValueError:
+            self._count(skipped=1)
+            raise
         problem = instance_problem(dataset, self.modalities)
-        uid = dataset.get("SOPInstanceUID", "unknown")
         with self._lock:
             if problem is None and self.spool.put(dataset) is not None:
                 self.statistics.received += 1

@@ -1,26 +1,55 @@
 """A crash-safe spool for DICOM instances received by the node: incoming -> processing -> done or failed.
 
-Every instance is a file named by its SOPInstanceUID; moves between the folders are atomic renames, so a restart finds
-each instance in exactly one place and :meth:`Spool.recover` puts interrupted work back in the queue.
+Every instance is a file named by its SOPInstanceUID, which must be a valid DICOM UID (digits and dots, at most 64
+characters) before it names anything, so no received value can point outside the spool. An instance is written
+completely in ``tmp`` and then renamed into ``incoming``, so the worker never sees a half-written file; moves between
+the folders are atomic renames, so a restart finds each instance in exactly one place and :meth:`Spool.recover` puts
+interrupted work back in the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import RE_VALID_UID
 
 from medxgan_monai.io.atomic import atomic_output
 from medxgan_monai.io.dicom_derived import MANUFACTURER
 
-__all__ = ["Spool", "instance_problem"]
+__all__ = ["InvalidUIDError", "Spool", "instance_problem", "is_valid_uid", "valid_instance_uid"]
 
 logger = logging.getLogger(__name__)
 
 STATES = ("incoming", "processing", "done", "failed")
+#: longest UID the standard allows (PS3.5 9.1)
+MAX_UID_LENGTH = 64
+
+
+class InvalidUIDError(ValueError):
+    """A received instance whose SOP Instance UID is not a valid DICOM UID; it is not stored."""
+
+
+def is_valid_uid(value: object) -> bool:
+    """Whether ``value`` is a valid DICOM UID (PS3.5 9.1): components of digits without leading zeros (except a lone
+    ``0``) separated by single dots, at most 64 characters. ``fullmatch`` so that a trailing newline is refused too."""
+    return isinstance(value, str) and len(value) <= MAX_UID_LENGTH and re.fullmatch(RE_VALID_UID, value) is not None
+
+
+def valid_instance_uid(dataset: Dataset) -> str:
+    """The dataset's SOP Instance UID, checked before it names anything.
+
+    Raises:
+        InvalidUIDError: it is missing or not a valid UID (the value is not quoted: it is untrusted, may be anything).
+    """
+    uid = dataset.get("SOPInstanceUID")
+    if not is_valid_uid(uid):
+        raise InvalidUIDError("SOP Instance UID is missing or not a valid DICOM UID; instance not stored")
+    return str(uid)
 
 
 def instance_problem(dataset: Dataset, modalities: tuple[str, ...] | None = None) -> str | None:
@@ -41,8 +70,8 @@ def instance_problem(dataset: Dataset, modalities: tuple[str, ...] | None = None
 
 
 class Spool:
-    """Folders ``incoming``, ``processing``, ``done``, ``failed`` (instances) and ``results`` (explanations) under
-    ``root``.
+    """Folders ``incoming``, ``processing``, ``done``, ``failed`` (instances), ``tmp`` (instances being written) and
+    ``results`` (explanations) under ``root``.
 
     Example::
 
@@ -60,20 +89,31 @@ class Spool:
             (self.root / state).mkdir(parents=True, exist_ok=True)
         self.results = self.root / "results"
         self.results.mkdir(exist_ok=True)
+        # outside every watched folder, on the same file system (an atomic rename moves a finished file in)
+        self.staging = self.root / "tmp"
+        self.staging.mkdir(exist_ok=True)
 
     def folder(self, state: str) -> Path:
         return self.root / state
 
     def put(self, dataset: Dataset) -> Path | None:
         """Store ``dataset`` (with its ``file_meta``) in ``incoming``; ``None`` when this instance is already queued,
-        being processed or done (a resend must not produce a second explanation)."""
-        name = f"{dataset.SOPInstanceUID}.dcm"
+        being processed or done (a resend must not produce a second explanation).
+
+        Raises:
+            InvalidUIDError: its SOP Instance UID is missing or not a valid UID.
+        """
+        uid = valid_instance_uid(dataset)
+        name = f"{uid}.dcm"
         if any((self.folder(state) / name).exists() for state in ("incoming", "processing", "done")):
-            logger.info("instance %s already received; not queued again", dataset.SOPInstanceUID)
+            logger.info("instance %s already received; not queued again", uid)
             return None
-        path = self.folder("incoming") / name
-        with atomic_output(path) as tmp:
+        # written completely outside ``incoming``, then renamed in: the worker never claims a partial file
+        staged = self.staging / name
+        with atomic_output(staged, overwrite=True) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)
+        path = self.folder("incoming") / name
+        os.replace(staged, path)
         return path
 
     def put_file(self, source: str | os.PathLike) -> Path | None:
@@ -82,7 +122,7 @@ class Spool:
 
     def claim(self, limit: int | None = None) -> list[Path]:
         """Move up to ``limit`` queued instances (oldest first) to ``processing`` and return their new paths."""
-        queued = sorted(self.folder("incoming").glob("*.dcm"), key=lambda p: (p.stat().st_mtime, p.name))
+        queued = sorted(self._instances("incoming"), key=lambda p: (p.stat().st_mtime, p.name))
         claimed = []
         for path in queued[:limit]:
             target = self.folder("processing") / path.name
@@ -104,12 +144,19 @@ class Spool:
 
     def recover(self) -> int:
         """Return every instance left in ``processing`` by an interrupted run to ``incoming``; returns the count."""
-        interrupted = sorted(self.folder("processing").glob("*.dcm"))
+        interrupted = sorted(self._instances("processing"))
         for path in interrupted:
             self.release(path)
         if interrupted:
             logger.info("recovered %d interrupted instance(s) into the queue", len(interrupted))
+        # instances whose reception was cut off were never acknowledged (the sender sends them again)
+        for partial in self.staging.iterdir():
+            partial.unlink()
         return len(interrupted)
 
     def counts(self) -> dict[str, int]:
-        return {state: sum(1 for _ in self.folder(state).glob("*.dcm")) for state in STATES}
+        return {state: sum(1 for _ in self._instances(state)) for state in STATES}
+
+    def _instances(self, state: str) -> list[Path]:
+        """The instances in a folder: files named ``<valid UID>.dcm`` only (nothing else is ever picked up)."""
+        return [path for path in self.folder(state).glob("*.dcm") if is_valid_uid(path.name[: -len(".dcm")])]
