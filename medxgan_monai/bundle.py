@@ -1,4 +1,5 @@
-"""Helpers that bundle configs call: tracking URI, run names and the executed-config record."""
+"""Helpers that bundle configs call (tracking URI, run names, the executed-config record), and the way user values
+enter a config as data (:func:`config_value`), used by every bundle run this package starts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from monai.utils import path_to_sqlite_uri
 
@@ -15,8 +18,11 @@ from medxgan_monai.io.atomic import atomic_output, atomic_write_text
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "config_value",
+    "config_values",
     "default_tracking_uri",
     "export_executed_config",
+    "given_value",
     "latest_checkpoint",
     "load_weights",
     "persistent_run_name",
@@ -29,6 +35,45 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def given_value(given: tuple) -> Any:
+    """The value that :func:`config_value` wrapped, unchanged (the component its config entries instantiate)."""
+    (value,) = given
+    return value
+
+
+def config_value(value: Any) -> dict:
+    """``value`` as a config entry that MONAI resolves to ``value`` itself, as data: never code, never a reference.
+
+    MONAI's config parser reads meaning into every string it holds: ``$...`` is evaluated as Python, a whole ``@id``
+    is a reference to another entry, ``%...`` a macro that loads a file, and ``#`` anywhere is rewritten to ``::``
+    (the old id separator). A file name, folder, run name or any other value a user gives must be none of these, so
+    it travels inside a tuple, the one container the parser neither walks into (it walks dicts and lists) nor reads
+    as a string, and the component :func:`given_value` hands it back. The entry is a Python literal whenever the
+    value is (str, numbers, lists, dicts), so it also passes through ``python -m monai.bundle run --key "<repr>"``.
+
+    Example::
+
+        parser.update({"input": config_value(["$HOME_scan.nii.gz"])})   # the file, not $HOME
+    """
+    return {"_target_": f"{__name__}.{given_value.__name__}", "given": (value,)}
+
+
+def config_values(values: Mapping[str, Any]) -> dict:
+    """Each of ``values`` (config ids to user values) as a :func:`config_value` entry, for ``parser.update``."""
+    return {key: config_value(value) for key, value in values.items()}
+
+
+def _unwrap_config_values(config: Any) -> Any:
+    """``config`` with every :func:`config_value` entry replaced by its value (for a readable record)."""
+    if isinstance(config, dict):
+        if config.get("_target_") == f"{__name__}.{given_value.__name__}" and isinstance(config.get("given"), tuple):
+            return given_value(config["given"])
+        return {key: _unwrap_config_values(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_unwrap_config_values(value) for value in config]
+    return config
 
 
 def default_tracking_uri(output_dir: str | os.PathLike) -> str:
@@ -57,8 +102,8 @@ def export_executed_config(path: str | os.PathLike) -> str:
     for frame_info in inspect.stack(context=0):
         candidate = frame_info.frame.f_locals.get("self")
         if isinstance(candidate, ConfigWorkflow):
-            parser = candidate.parser
-            return str(atomic_write_text(path, json.dumps(parser.get(), indent=2, default=str) + "\n"))
+            executed = _unwrap_config_values(candidate.parser.get())
+            return str(atomic_write_text(path, json.dumps(executed, indent=2, default=str) + "\n"))
     logger.warning("export_executed_config: no running bundle workflow found; nothing written")
     return ""
 
@@ -156,6 +201,10 @@ def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUND
     ``methods``) and return its :class:`~medxgan_monai.handlers.InferenceReport`; inputs that could not be explained
     are in ``report.problems`` (not raised). Any other failure is raised unwrapped.
 
+    Every override value (and ``bundle_root``) is data (:func:`config_value`): a path such as ``$HOME_scan.nii.gz``
+    or ``scan#2.dcm`` is that file, never a config expression, reference or macro. Keys are config ids
+    (``network_def#block_config`` sets one argument of the network).
+
     Example::
 
         report = run_inference({"input": ["scan.dcm"], "output_dir": "out/", "methods": ["medxgan"]})
@@ -170,7 +219,7 @@ def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUND
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         workflow_type="infer",
-        **{"bundle_root": str(bundle_root), **overrides},
+        **config_values({"bundle_root": str(bundle_root), **overrides}),
     )
     try:
         workflow.initialize()
