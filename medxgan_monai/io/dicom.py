@@ -1,18 +1,69 @@
-"""DICOM MR image output for 2D slices, written with pydicom."""
+"""DICOM helpers: MR image output for 2D slices (pydicom), and keeping patient data out of messages."""
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from medxgan_monai.io.atomic import atomic_output
 
-__all__ = ["MRSliceGeometry", "SyntheticPatient", "write_mr_slice"]
+__all__ = [
+    "IDENTIFYING_KEYWORDS",
+    "MRSliceGeometry",
+    "SyntheticPatient",
+    "messages_redacted",
+    "nominal_pixel_spacing",
+    "redact_identifying_values",
+    "write_mr_slice",
+]
+
+#: attributes that identify a patient or the people and places around them; their values never appear in messages
+IDENTIFYING_KEYWORDS = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "PatientSex",
+        "PatientAge",
+        "PatientSize",
+        "PatientWeight",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PatientComments",
+        "MedicalRecordLocator",
+        "EthnicGroup",
+        "MilitaryRank",
+        "BranchOfService",
+        "AdditionalPatientHistory",
+        "AdmittingDiagnosesDescription",
+        "AccessionNumber",
+        "StudyID",
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "StationName",
+    }
+)
+#: value representations that are identifying wherever they occur (names, dates, times, ages)
+_IDENTIFYING_VRS = frozenset({"PN", "DA", "DT", "TM", "AS"})
+_REDACTED = "<{keyword}>"
 
 
 @dataclass(frozen=True)
@@ -139,3 +190,129 @@ def write_mr_slice(
     with atomic_output(path, overwrite=overwrite) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return sop_instance_uid
+
+
+def _texts(value) -> list[str]:
+    """A value as the strings a message could quote: the whole (multi-values joined by backslashes) and each part."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1", errors="replace")
+    parts = [str(part) for part in value] if isinstance(value, (list, tuple, MultiValue)) else [str(value)]
+    whole = "\\".join(parts)
+    return [text.strip(" \x00") for text in (whole, *whole.split("\\"), *parts)]
+
+
+def _identifying_values(dataset: Dataset, found: dict[str, str] | None = None) -> dict[str, str]:
+    """Every identifying value of ``dataset`` (nested sequences included) as text, mapped to its keyword. Values not
+    yet converted are taken from their raw bytes (read as Latin-1), so those pydicom cannot convert are found too."""
+    found = {} if found is None else found
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)  # not converted: conversion is what fails for the values we look for
+        keyword = keyword_for_tag(tag) or str(tag)
+        vr = raw.VR or (dictionary_VR(tag) if tag in DicomDictionary else "UN")
+        if vr == "SQ":
+            try:
+                items = dataset[tag].value
+            except Exception:  # an unreadable sequence: nothing in it can be quoted either
+                continue
+            for item in items:
+                _identifying_values(item, found)
+            continue
+        if keyword not in IDENTIFYING_KEYWORDS and vr not in _IDENTIFYING_VRS:
+            continue
+        # raw bytes stay unconverted: converting would make pydicom warn, quoting the value, while we redact
+        for text in _texts(raw.value) if raw.value is not None else []:
+            # one-character values (a sex, a component) would blank out ordinary letters of the message
+            if len(text) > 1:
+                found[text] = keyword
+    return found
+
+
+def redact_identifying_values(text: str, dataset: Dataset | None) -> str:
+    """``text`` with every identifying value of ``dataset`` replaced by ``<Keyword>`` (e.g. ``<PatientBirthDate>``).
+
+    Messages from pydicom and highdicom quote offending values; ours must not carry patient data into logs, CSVs or
+    MLflow. Identifying means :data:`IDENTIFYING_KEYWORDS` plus every name, date, time and age. ``dataset`` ``None``
+    returns ``text`` unchanged.
+
+    Example::
+
+        redact_identifying_values("Unable to convert '03.02.1901' to 'DA' object", ds)
+        # "Unable to convert '<PatientBirthDate>' to 'DA' object"
+    """
+    if dataset is None:
+        return text
+    return _redact(text, _identifying_values(dataset))
+
+
+def _redact(text: str, values: dict[str, str]) -> str:
+    # longest first, so that a name is replaced before a component of it
+    for value, keyword in sorted(values.items(), key=lambda item: -len(item[0])):
+        text = text.replace(value, _REDACTED.format(keyword=keyword))
+    return text
+
+
+def _positive_spacing(value) -> tuple[float, float] | None:
+    try:
+        row_spacing, column_spacing = float(value[0]), float(value[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    valid = np.isfinite([row_spacing, column_spacing]).all() and row_spacing > 0 and column_spacing > 0
+    return (row_spacing, column_spacing) if valid else None
+
+
+def nominal_pixel_spacing(dataset: Dataset) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm: ``PixelSpacing``, else ``ImagerPixelSpacing`` (projection radiographs),
+    else 1 mm; values <= 0 or not finite count as missing. The loader and the derived objects both use this rule."""
+    return (
+        _positive_spacing(dataset.get("PixelSpacing"))
+        or _positive_spacing(dataset.get("ImagerPixelSpacing"))
+        or (1.0, 1.0)
+    )
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__()
+        self.values = values
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _redact(record.getMessage(), self.values), ()
+        return True
+
+
+#: libraries whose log records quote attribute values (pydicom: "Error while processing tag ...: <value>")
+_QUOTING_LOGGERS = ("pydicom", "highdicom")
+
+
+@contextmanager
+def messages_redacted(dataset: Dataset) -> Iterator[None]:
+    """Within the block, pydicom's and highdicom's log records and every Python warning are passed on with the
+    identifying values of ``dataset`` redacted (:func:`redact_identifying_values`).
+
+    Warnings are collected and re-issued when the block ends; ``warnings.catch_warnings`` is process-wide, so a
+    warning another thread raises meanwhile is re-issued (redacted) from here.
+
+    Example::
+
+        with messages_redacted(ds):
+            ds.to_json_dict()   # "Error while processing tag 00101030: ... '<PatientWeight>'"
+    """
+    values = _identifying_values(dataset)
+    redacting = _RedactingFilter(values)
+    loggers = [logging.getLogger(name) for name in _QUOTING_LOGGERS]
+    for quoting_logger in loggers:
+        quoting_logger.addFilter(redacting)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for quoting_logger in loggers:
+            quoting_logger.removeFilter(redacting)
+        for warning in caught:
+            warnings.warn_explicit(
+                _redact(str(warning.message), values),
+                warning.category,
+                warning.filename,
+                warning.lineno,
+            )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -15,14 +17,28 @@ from monai.data import MetaTensor
 from monai.data.image_reader import ImageReader, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import MetaKeys
-from PIL import Image
+from nibabel.openers import ImageOpener
+from PIL import Image, ImageMode
+from pydicom.pixels import apply_color_lut
 
-__all__ = ["DicomSliceReader", "ImageReadError", "LoadScan", "LoadScand", "detect_format", "load_scan"]
+from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, redact_identifying_values
+
+__all__ = [
+    "MAX_DECODED_BYTES",
+    "MAX_PIXELS",
+    "DicomSliceReader",
+    "ImageReadError",
+    "LoadScan",
+    "LoadScand",
+    "detect_format",
+    "load_scan",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NIFTI2_HEADER_BYTES = 540
 
 
 class ImageReadError(ValueError):
@@ -83,12 +99,17 @@ class DicomSliceReader(PydicomReader):
         super().__init__(**kwargs)
 
     def get_data(self, data) -> tuple[np.ndarray, dict]:
-        array, meta = super().get_data(data)
         datasets = data if isinstance(data, list) else [data]
         if len(datasets) != 1 or isinstance(datasets[0], list):
-            return array, meta
+            return super().get_data(data)
         ds = datasets[0]
-        if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
+        # MONAI copies every attribute into the metadata; pydicom logs the values it cannot convert
+        with messages_redacted(ds):
+            array, meta = super().get_data(data)
+        if _is_palette_colour(ds):
+            # the stored values are indices into the palette: the image is the colours they point to
+            array = _apply_palette(array, ds)
+        if array.ndim == 3:
             # colour samples are the last axis; LoadImage moves it first and LoadScan averages it to grey
             meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1
             meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape[:-1])
@@ -100,6 +121,16 @@ class DicomSliceReader(PydicomReader):
             meta[MetaKeys.ORIGINAL_AFFINE] = affine.copy()
             meta["spacing"] = np.abs(np.diag(affine)[:2])
         return array, meta
+
+
+def _is_palette_colour(ds) -> bool:
+    return str(getattr(ds, "PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
+
+
+def _apply_palette(array: np.ndarray, ds) -> np.ndarray:
+    """RGB of a PALETTE COLOR image in MONAI's [column, row] layout, through pydicom's ``apply_color_lut``."""
+    indices = np.swapaxes(np.rint(array), 0, 1).astype(np.int32)  # back to DICOM's [row, column]
+    return np.swapaxes(apply_color_lut(indices, ds), 0, 1)
 
 
 def _invert_monochrome1(array: np.ndarray, ds) -> np.ndarray:
@@ -115,21 +146,8 @@ def _invert_monochrome1(array: np.ndarray, ds) -> np.ndarray:
     return (low + high - array.astype(np.float64)).astype(np.float32)
 
 
-def _positive_spacing(value) -> tuple[float, float] | None:
-    try:
-        row_spacing, column_spacing = float(value[0]), float(value[1])
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (row_spacing, column_spacing) if row_spacing > 0 and column_spacing > 0 else None
-
-
 def _affine_without_position(ds) -> np.ndarray:
-    spacing = (
-        _positive_spacing(getattr(ds, "PixelSpacing", None))
-        or _positive_spacing(getattr(ds, "ImagerPixelSpacing", None))
-        or (1.0, 1.0)
-    )
-    row_spacing, column_spacing = spacing
+    row_spacing, column_spacing = nominal_pixel_spacing(ds)
     # index i runs along a row (columns), j down the columns (rows); the patient axes are unknown, so LPS identity
     lps = np.diag([column_spacing, row_spacing, 1.0, 1.0])
     return RAS_FROM_LPS @ lps
@@ -139,16 +157,68 @@ _READERS = {"nifti": NibabelReader, "dicom": DicomSliceReader, "bitmap": PILRead
 
 #: default limit on the pixels of one image (8192 x 8192); larger files are rejected before their pixels are read
 MAX_PIXELS = 8192 * 8192
+#: default limit on the bytes one image decodes to, read from the header before any pixel is decoded: as much as the
+#: largest image MAX_PIXELS allows takes as float32 (256 MiB). A small file can promise far more (a 510 KB .nii.gz of
+#: zeros says 8192 x 8192 float64, 512 MiB), so the pixel count alone does not bound memory and time.
+MAX_DECODED_BYTES = MAX_PIXELS * 4
 
 
-def _header_shape(path: str | os.PathLike, kind: str) -> tuple[int, ...]:
-    """The image's array shape from its header alone (pixels not decoded); DICOM problems that no reader explains
-    well (several frames, no pixel data) raise :class:`ImageReadError`."""
+@dataclass(frozen=True)
+class _HeaderSize:
+    """What the header promises: the array shape and the bytes decoding it takes (what a compressed file inflates to,
+    header and extensions of a NIfTI file included)."""
+
+    shape: tuple[int, ...]
+    decoded_bytes: int
+    layout: str  # for messages: the data type, samples or offset behind ``decoded_bytes``
+
+
+def _nifti_header(path: str | os.PathLike):
+    """The NIfTI-1 or NIfTI-2 header alone: nibabel's loader would first read every header extension into memory,
+    up to the data offset the file claims."""
+    with ImageOpener(path) as stream:  # decompresses .nii.gz on the fly, only as far as read
+        block = stream.read(NIFTI2_HEADER_BYTES)
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        size = header_class.template_dtype.itemsize
+        for byteorder in ("little", "big"):
+            if len(block) >= size and int.from_bytes(block[:4], byteorder) == size:
+                # only the fixed header: nothing follows in the buffer, so no extension is read
+                return header_class.from_fileobj(io.BytesIO(block[:size]))
+    return nib.load(path).header  # not a NIfTI header: nibabel's error names the problem
+
+
+def _dicom_decoded_bytes(ds) -> tuple[int, str]:
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    if _is_palette_colour(ds):
+        # decoded through the palette into three samples of up to 16 bits
+        samples, bits = 3, max(bits, 16)
+    layout = f"{frames} frame(s) x {samples} sample(s) x {bits} bits"
+    return (rows * columns * samples * bits * frames + 7) // 8, layout
+
+
+def _header_size(path: str | os.PathLike, kind: str) -> _HeaderSize:
+    """The image's array shape and decoded size from its header alone (pixels not decoded); DICOM problems that no
+    reader explains well (several frames, no pixel data) raise :class:`ImageReadError`."""
     if kind == "nifti":
-        return tuple(int(s) for s in nib.load(path).shape)
+        header = _nifti_header(path)
+        shape = tuple(int(s) for s in header.get_data_shape())
+        dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset())
+        data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return _HeaderSize(shape, offset + data_bytes, f"{dtype.name} data at offset {offset}")
     if kind == "bitmap":
-        with Image.open(path) as picture:
-            return (picture.height, picture.width)
+        try:
+            with Image.open(path) as picture:
+                shape = (picture.height, picture.width)
+                sample = np.dtype(ImageMode.getmode(picture.mode).typestr)
+                bands = len(picture.getbands())
+        except Image.DecompressionBombError as error:  # Pillow's own, far higher limit; its message is ours
+            raise ImageReadError(path, f"image exceeds Pillow's decompression-bomb limit ({error})") from None
+        decoded = shape[0] * shape[1] * bands * sample.itemsize
+        return _HeaderSize(shape, decoded, f"mode {picture.mode}")
     ds = pydicom.dcmread(path, defer_size=1024, force=True)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop_class = ds.get("SOPClassUID", "unknown")
@@ -156,16 +226,25 @@ def _header_shape(path: str | os.PathLike, kind: str) -> tuple[int, ...]:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM with {frames} frames; expected one 2D image per file")
-    return (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+    decoded, layout = _dicom_decoded_bytes(ds)
+    return _HeaderSize((int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)), decoded, layout)
+
+
+def _readable_header(path: str | os.PathLike):
+    """The DICOM header without pixels, or ``None`` when even that cannot be read."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return None
 
 
 def _decoding_problem(path: str | os.PathLike, error: Exception) -> str | None:
     """A clear message when compressed DICOM pixel data cannot be decoded by any installed decoder."""
     if "decod" not in str(error).lower() and "decompress" not in str(error).lower():
         return None
-    try:
-        syntax = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID
-    except Exception:
+    header = _readable_header(path)
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
         return None
     if not syntax.is_compressed:
         return None
@@ -184,6 +263,10 @@ class LoadScan(LoadImage):
         grayscale: average colour channels (an RGB or RGBA PNG) into one channel.
         dtype: output data type.
         max_pixels: images with more pixels (read from the header, before any pixel is decoded) are rejected.
+        max_decoded_bytes: images whose header promises more decoded bytes are rejected before decoding: NIfTI data
+            offset + voxels x bytes per voxel (what a ``.nii.gz`` inflates to); DICOM Rows x Columns x SamplesPerPixel
+            x BitsAllocated / 8 x frames (PALETTE COLOR: three 16-bit samples); PNG/JPEG width x height x bands x
+            bytes per band. Default :data:`MAX_DECODED_BYTES` (256 MiB).
 
     DICOM: one frame per file; rescale slope/intercept applied, MONOCHROME1 inverted, colour averaged to grey; VOI LUT
     and window settings are display transforms and are not applied (the model sees modality values). Compressed
@@ -197,12 +280,18 @@ class LoadScan(LoadImage):
     """
 
     def __init__(
-        self, spatial_dims: int | None = 2, grayscale: bool = True, dtype=np.float32, max_pixels: int = MAX_PIXELS
+        self,
+        spatial_dims: int | None = 2,
+        grayscale: bool = True,
+        dtype=np.float32,
+        max_pixels: int = MAX_PIXELS,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         super().__init__(reader=None, image_only=True, dtype=dtype, ensure_channel_first=True)
         self.spatial_dims = spatial_dims
         self.grayscale = grayscale
         self.max_pixels = max_pixels
+        self.max_decoded_bytes = max_decoded_bytes
         self._reader_cache: dict[str, ImageReader] = {}
 
     def _reader_for(self, kind: str) -> ImageReader:
@@ -217,13 +306,20 @@ class LoadScan(LoadImage):
             filename = filename[0]
         kind = detect_format(filename)
         try:
-            shape = _header_shape(filename, kind)
+            header = _header_size(filename, kind)
+            shape = header.shape
             extent = tuple(size for size in shape if size != 1)
             if kind == "nifti" and self.spatial_dims is not None and len(extent) > self.spatial_dims:
                 # a 4D series would otherwise be read as a 3D image with channels
                 raise ImageReadError(filename, f"expected a {self.spatial_dims}D image, got shape {shape}")
-            if int(np.prod(shape)) > self.max_pixels:
+            if int(np.prod(shape, dtype=np.int64)) > self.max_pixels:
                 raise ImageReadError(filename, f"image of shape {shape} exceeds the limit of {self.max_pixels} pixels")
+            if header.decoded_bytes > self.max_decoded_bytes:
+                raise ImageReadError(
+                    filename,
+                    f"image of shape {shape} ({header.layout}) decodes to {header.decoded_bytes} bytes, over the limit "
+                    f"of {self.max_decoded_bytes} bytes",
+                )
             image = super().__call__(filename, reader=reader or self._reader_for(kind))
         except ImageReadError:
             raise
@@ -231,6 +327,10 @@ class LoadScan(LoadImage):
             problem = (kind == "dicom" and _decoding_problem(filename, error)) or (
                 f"cannot read as {kind}: {type(error).__name__}: {error}"
             )
+            if kind == "dicom":
+                # pydicom's messages quote the values they reject; the original error stays out of tracebacks
+                problem = redact_identifying_values(problem, _readable_header(filename))
+                raise ImageReadError(filename, problem) from None
             raise ImageReadError(filename, problem) from error
         return self._conform(image, filename)
 
@@ -269,10 +369,17 @@ class LoadScand(MapTransform):
         grayscale: bool = True,
         dtype=np.float32,
         max_pixels: int = MAX_PIXELS,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadScan(spatial_dims=spatial_dims, grayscale=grayscale, dtype=dtype, max_pixels=max_pixels)
+        self.loader = LoadScan(
+            spatial_dims=spatial_dims,
+            grayscale=grayscale,
+            dtype=dtype,
+            max_pixels=max_pixels,
+            max_decoded_bytes=max_decoded_bytes,
+        )
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
