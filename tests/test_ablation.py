@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -13,6 +14,11 @@ from mlflow.tracking import MlflowClient
 from medxgan_monai.cli.ablation import AblationStudy, ablation_table, main
 
 QUICK = {"perturbation_steps": 4, "randomization_images": 0, "bootstrap_samples": 100, "example_cases": 1}
+
+
+def _setting(command: list[str], key: str):
+    """The value a bundle command passes for ``--key`` (each travels as a config_value literal)."""
+    return ast.literal_eval(command[command.index(f"--{key}") + 1])["given"][0]
 
 
 def _study_file(tmp_path) -> str:
@@ -76,13 +82,13 @@ def test_study_evaluates_variants_with_the_bundle_resumes_and_tabulates(tiny_dem
     assert calls == []
     assert main([*arguments, "--train", "--variants", "missing"]) == 0
     training, evaluation_of_missing = calls  # trained first, then evaluated with the training's weights
-    assert "ablation_missing" in evaluation_of_missing
+    assert _setting(evaluation_of_missing, "run_name") == "ablation_missing"
     assert training[training.index("--config_file") + 1] == "['bundle/configs/train_gan.json']"
-    assert training[training.index("--output_dir") + 1] == str(output_dir / "trainings" / "never_trained")
+    assert _setting(training, "output_dir") == str(output_dir / "trainings" / "never_trained")
     evaluation = AblationStudy.from_file(_study_file(tmp_path), output_dir=output_dir)
     command = evaluation.evaluation_command(evaluation.select(["unrefined"])[0])
-    assert command[command.index("--counterfactual_steps") + 1] == "0"
-    assert command[command.index("--methods") + 1] == "['medxgan_ig']"
+    assert _setting(command, "counterfactual_steps") == 0
+    assert _setting(command, "methods") == ["medxgan_ig"]
 
 
 def test_study_rejects_unknown_names(tmp_path):

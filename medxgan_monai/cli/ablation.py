@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medxgan_monai.bundle import config_value
+
 __all__ = ["AblationStudy", "Training", "Variant", "ablation_table", "main"]
 
 EVALUATION_CONFIGS = ["bundle/configs/inference.json", "bundle/configs/evaluate.json"]
@@ -39,11 +41,12 @@ TABLE_METRICS = {
 
 
 def _bundle_command(config_files: list[str], settings: dict) -> list[str]:
-    """``python -m monai.bundle run`` of ``config_files`` with ``settings`` as overrides: strings passed raw, other
-    values as Python literals, which is how python-fire parses them back."""
+    """``python -m monai.bundle run`` of ``config_files`` with ``settings`` as overrides, each one data: a
+    :func:`~medxgan_monai.bundle.config_value` entry written as the Python literal python-fire parses back, so no
+    path, run name or datalist given to the study is read by MONAI as an expression, reference or macro."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_files)]
     for key, value in settings.items():
-        command += [f"--{key}", value if isinstance(value, str) else repr(value)]
+        command += [f"--{key}", repr(config_value(value))]
     return command
 
 

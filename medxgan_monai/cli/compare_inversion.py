@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
 
+    from medxgan_monai.bundle import config_values
     from medxgan_monai.data import load_datalist
     from medxgan_monai.explain import MedXGANExplainer
     from medxgan_monai.metrics import bootstrap_ci, pointing_game, relevance_mass, top_k_iou
@@ -50,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ConfigParser()
     config.read_config(str(Path(args.bundle) / "configs" / "inference.json"))
-    config["bundle_root"] = args.bundle
-    config["device"] = "$torch.device('cpu')"
-    for key in ("generator_ckpt", "encoder_ckpt"):
-        if getattr(args, key):
-            config[key] = getattr(args, key)
+    weights = {key: getattr(args, key) for key in ("generator_ckpt", "encoder_ckpt") if getattr(args, key)}
+    config.update(config_values({"bundle_root": args.bundle, "device": torch.device("cpu"), **weights}))
     preprocessing = config.get_parsed_content("preprocessing")
     classifier, generator = config.get_parsed_content("classifier_net"), config.get_parsed_content("generator")
     encoder = config.get_parsed_content("encoder")

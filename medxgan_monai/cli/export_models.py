@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medxgan_monai.bundle import DEFAULT_BUNDLE
+from medxgan_monai.bundle import DEFAULT_BUNDLE, config_value, config_values
 
 __all__ = ["main"]
 
@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_file=str(bundle / "models" / "model.pt"),
         meta_file=str(configs / "metadata.json"),
         config_file=str(configs / "inference.json"),
-        bundle_root=str(bundle),
+        bundle_root=config_value(str(bundle)),  # the folder, never a config expression
     )
     config = ConfigParser()
     config.read_config(str(configs / "inference.json"))
-    config.update({"bundle_root": str(bundle), "device": "$torch.device('cpu')"})
+    config.update(config_values({"bundle_root": str(bundle), "device": torch.device("cpu")}))
     generator, encoder = config.get_parsed_content("generator"), config.get_parsed_content("encoder")
     size = tuple(config["image_size"])
     codes = (torch.randn(2, config["anatomy_dim"]), torch.randn(2, config["pathology_dim"]))

@@ -22,12 +22,24 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from medxgan_monai.bundle import DEFAULT_BUNDLE
+from medxgan_monai.bundle import DEFAULT_BUNDLE, config_values
 
 __all__ = ["ExplainerModel", "encode_image_file", "register_explainer"]
 
 SETTINGS = "settings.json"
 BUNDLE_FILES = ("configs/inference.json", "configs/metadata.json")
+#: weight overrides -> the file each is packed as, under the packed bundle's models/
+PACKED_WEIGHTS = {"classifier_ckpt": "classifier.pt", "generator_ckpt": "generator.pt", "encoder_ckpt": "encoder.pt"}
+#: overrides that are config definitions (built by MONAI), not values: the classifier as it was trained
+CONFIG_DEFINITIONS = ("network_def",)
+
+
+def _configure(parser, bundle: Path, overrides: dict) -> None:
+    """Apply ``overrides`` to an inference-config ``parser`` of ``bundle``: values as data (a path or name is never
+    evaluated, see :func:`~medxgan_monai.bundle.config_value`), network definitions as config."""
+    values = {key: value for key, value in overrides.items() if key not in CONFIG_DEFINITIONS}
+    parser.update(config_values({"bundle_root": str(bundle), **values}))
+    parser.update({key: overrides[key] for key in CONFIG_DEFINITIONS if key in overrides})
 
 
 def encode_image_file(path: str | os.PathLike) -> dict:
@@ -53,9 +65,11 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
         bundle = Path(context.artifacts["bundle"])
         settings = json.loads((bundle / SETTINGS).read_text())
+        # the packed weights are named here, in Python (settings of older packed models name them by an expression)
+        weights = {key: str(bundle / "models" / name) for key, name in PACKED_WEIGHTS.items()}
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
-        parser.update({"bundle_root": str(bundle), **settings["overrides"]})
+        _configure(parser, bundle, {**settings["overrides"], **weights})
         parser["device"] = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
         self.methods = list(settings["overrides"]["methods"])
         self.preprocessing = parser.get_parsed_content("preprocessing")
@@ -120,8 +134,8 @@ def register_explainer(
     Args:
         bundle_root: the bundle whose ``inference.json`` and weights are packed.
         methods: the methods the model runs.
-        overrides: inference-config overrides (weights paths, image size, network settings, inversion steps, ...);
-            weight files named here are packed into the model.
+        overrides: inference-config overrides (weights paths, image size, network settings, inversion steps, ...),
+            taken as data (paths and names are never evaluated); weight files named here are packed into the model.
         network_config: a config file (e.g. a training run's executed config) whose ``network_def`` replaces the
             inference config's classifier definition, its references resolved (the classifier as it was trained).
 
@@ -145,12 +159,11 @@ def register_explainer(
             shutil.copy(Path(bundle_root) / relative, packed / relative)
         parser = ConfigParser()
         parser.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
-        parser.update({"bundle_root": str(bundle_root), **overrides})
+        _configure(parser, Path(bundle_root), overrides)
         (packed / "models").mkdir()
-        for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt"):
-            source = Path(parser.get_parsed_content(key))
-            shutil.copy(source, packed / "models" / f"{key.removesuffix('_ckpt')}.pt")
-            overrides[key] = f"$os.path.join(@bundle_root, 'models', '{key.removesuffix('_ckpt')}.pt')"
+        for key, name in PACKED_WEIGHTS.items():
+            shutil.copy(Path(parser.get_parsed_content(key)), packed / "models" / name)
+            overrides.pop(key, None)  # the loaded model names its packed copy
         overrides.pop("device", None)
         (packed / SETTINGS).write_text(json.dumps({"overrides": overrides}, indent=1))
 
