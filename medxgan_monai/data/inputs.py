@@ -14,7 +14,8 @@ import torch
 
 from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.io.ledger import LEDGER_DIR, MAX_ITEM_NAME, safe_item_name
-from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
+from medxgan_monai.io.nifti import output_geometry
+from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError, detect_format
 
 __all__ = [
     "InputProblem",
@@ -230,8 +231,9 @@ def _check_usable(image, path: str, min_size: int) -> None:
         source_shape.pop()
     if min(source_shape, default=0) < min_size:
         raise ImageReadError(path, f"image of size {tuple(source_shape)} is below {min_size} pixels along an axis")
-    affine = meta.get("original_affine", meta.get("affine"))
-    if affine is not None and not np.isfinite(np.asarray(affine, dtype=np.float64)).all():
+    # the geometry the outputs will be written in, checked now rather than after the image was explained
+    affine, _ = output_geometry(path, detect_format(path), meta.get("original_affine", meta.get("affine")))
+    if not np.isfinite(affine).all():
         raise ImageReadError(path, "the image's affine (voxel-to-world geometry) has NaN or infinite entries")
     tensor = torch.as_tensor(image)
     if not torch.isfinite(tensor).all():

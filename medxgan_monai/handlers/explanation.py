@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import torch
@@ -24,7 +23,7 @@ from medxgan_monai.io.atomic import atomic_write_csv
 from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.ledger import OutputLedger
-from medxgan_monai.io.nifti import write_nifti
+from medxgan_monai.io.nifti import output_geometry, write_nifti
 from medxgan_monai.networks.classifier import class_probabilities
 from medxgan_monai.transforms.io import detect_format, load_scan
 
@@ -315,7 +314,7 @@ class ExplanationWriter:
             volumes["residual_counterfactual"] = explanation.residual_counterfactual[index]
         in_source_grid = self._invert(image, volumes)
         kind = detect_format(source)
-        affine, shape = self._source_geometry(image, source, kind)
+        affine, shape = output_geometry(source, kind, image.meta.get("original_affine"))
         for name, array in in_source_grid.items():
             path = folder / f"{stem}_{name}.nii.gz"
             write_nifti(array.reshape(shape or array.shape), affine, path, overwrite=False)
@@ -344,18 +343,6 @@ class ExplanationWriter:
         )
         inverted = inverter(data)
         return {name: np.asarray(inverted[name].detach().cpu().numpy()[0], dtype=np.float32) for name in volumes}
-
-    @staticmethod
-    def _source_geometry(image: MetaTensor, source: str, kind: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
-        """Affine and array shape for outputs: a NIfTI source's own header (exactly, singleton axes included);
-        otherwise the loader's affine (the identity for PNG/JPEG, whose reader gives none) and the inverted array's
-        shape (``None``)."""
-        if kind == "nifti":
-            header = nib.load(source)
-            return header.affine, header.shape
-        if kind == "bitmap":
-            return np.eye(4), None
-        return np.asarray(image.meta["original_affine"], dtype=np.float64), None
 
     def _write_panel(self, folder: Path, stem, image, output, explanation, index, probability) -> None:
         picture = image[0].detach().cpu().numpy()
