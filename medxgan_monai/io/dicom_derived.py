@@ -161,8 +161,19 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return row, column
 
 
+def _laterality(source: Dataset) -> str | None:
+    """The source's Laterality (or its ImageLaterality, when R or L); empty (None) when the source does not say:
+    Laterality is Type 2C, and empty is DICOM's "unknown"."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword) or "").strip()
+        if value in ("R", "L"):
+            return value
+    return None
+
+
 def _build(kind: str, path: str | os.PathLike, source: Dataset, make: Callable[[], Dataset]) -> Dataset:
-    """Run highdicom's constructor ``make``; its log records, warnings and errors quote no patient data."""
+    """Run ``make`` (the tolerant copy of the source and highdicom's constructor): its log records, warnings and
+    errors pass on with patient data redacted."""
     try:
         with messages_redacted(source):
             return make()
@@ -203,14 +214,14 @@ def write_overlay_secondary_capture(
     rgb = np.asarray(rgb)
     if rgb.shape != (source.Rows, source.Columns, 3) or rgb.dtype != np.uint8:
         raise ValueError(f"{path}: overlay must be uint8 of shape {(source.Rows, source.Columns, 3)}, got {rgb.shape}")
-    header = _derivation_source(source, path)
-    # the overlay keeps the source's pixel grid: its orientation and spacing, when the source states them
-    orientation = _patient_orientation(source)
-    spacing = source.get("PixelSpacing")
-    has_spacing = spacing is not None and len(spacing) == 2 and all(_positive(value) for value in spacing)
 
     def make() -> Dataset:
-        return hd.sc.SCImage.from_ref_dataset(
+        header = _derivation_source(source, path)
+        # the overlay keeps the source's pixel grid: its orientation and spacing, when the source states them
+        orientation = _patient_orientation(source)
+        spacing = source.get("PixelSpacing")
+        has_spacing = spacing is not None and len(spacing) == 2 and all(_positive(value) for value in spacing)
+        image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
             pixel_array=rgb,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -224,16 +235,18 @@ def write_overlay_secondary_capture(
             pixel_spacing=tuple(float(value) for value in spacing) if has_spacing else None,
             patient_orientation=orientation or ("L", "P"),
         )
+        if orientation is None:
+            image.PatientOrientation = None  # Type 2: unknown is stated as empty, not guessed
+        image.Laterality = _laterality(source)
+        image.SeriesDescription = series_description
+        image.ImageComments = f"Saliency overlay from medxgan-monai. {NOT_FOR_CLINICAL_USE}."
+        image.BurnedInAnnotation = "YES"
+        image.SourceImageSequence = _source_reference(source)
+        if source.get("FrameOfReferenceUID"):
+            image.FrameOfReferenceUID = source.FrameOfReferenceUID
+        return image
 
     image = _build("Secondary Capture", path, source, make)
-    if orientation is None:
-        image.PatientOrientation = None  # Type 2: unknown is stated as empty, not guessed
-    image.SeriesDescription = series_description
-    image.ImageComments = f"Saliency overlay from medxgan-monai. {NOT_FOR_CLINICAL_USE}."
-    image.BurnedInAnnotation = "YES"
-    image.SourceImageSequence = _source_reference(source)
-    if source.get("FrameOfReferenceUID"):
-        image.FrameOfReferenceUID = source.FrameOfReferenceUID
     return _save(image, path, overwrite)
 
 
@@ -269,9 +282,6 @@ def write_saliency_parametric_map(
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != (source.Rows, source.Columns):
         raise ValueError(f"{path}: saliency must have shape {(source.Rows, source.Columns)}, got {saliency.shape}")
-    header = _derivation_source(source, path)
-    nominal = not _positioned(source)
-    description = f"medXGAN saliency{', nominal plane geometry' if nominal else ''}, {NOT_FOR_CLINICAL_USE}"
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="SALIENCY",
         lut_explanation="medXGAN saliency (normalised to [0, 1])",
@@ -282,7 +292,10 @@ def write_saliency_parametric_map(
     )
 
     def make() -> Dataset:
-        return hd.pm.ParametricMap(
+        header = _derivation_source(source, path)
+        nominal = not _positioned(source)
+        description = f"medXGAN saliency{', nominal plane geometry' if nominal else ''}, {NOT_FOR_CLINICAL_USE}"
+        parametric_map = hd.pm.ParametricMap(
             source_images=[header],
             pixel_array=saliency,
             series_instance_uid=series_instance_uid or generate_uid(),
@@ -299,9 +312,11 @@ def write_saliency_parametric_map(
             content_label="SALIENCY",
             content_description=description[:64],
         )
+        parametric_map.Laterality = _laterality(source)
+        parametric_map.SeriesDescription = series_description
+        return parametric_map
 
     parametric_map = _build("Parametric Map", path, source, make)
-    parametric_map.SeriesDescription = series_description
     return _save(parametric_map, path, overwrite)
 
 
