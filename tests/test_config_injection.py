@@ -58,19 +58,22 @@ def tiny_weights(weights, tmp_path) -> dict:
 def test_explain_command_takes_file_and_folder_names_as_names(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    options = ["--methods", "gradient", "--device", "cpu"]
     names = [PAYLOAD, DOLLAR_NAME, HASH_NAME]
     for seed, name in enumerate(names):
         _scan(tmp_path / name, shape=(48, 40), seed=seed)
-    output = "$HOME_out#1"
-    arguments = ["--output", output, "--methods", "gradient", "--device", "cpu"]
 
-    assert explain_main([*names, *arguments]) == 0
+    assert explain_main([*names, "--output", "out", *options]) == 0
     assert not (tmp_path / MARKER).exists(), "a file name was run as Python"
-    assert _sources(tmp_path / output) == sorted(str(tmp_path / name) for name in names)
+    assert _sources(tmp_path / "out") == sorted(str(tmp_path / name) for name in names)
+
+    # an output folder named like config syntax is that folder
+    assert explain_main([HASH_NAME, "--output", "$HOME_out#1", *options]) == 0
+    assert _sources(tmp_path / "$HOME_out#1") == [str(tmp_path / HASH_NAME)]
 
     # a missing file with such a name is named in the error, not evaluated
     (tmp_path / PAYLOAD).unlink()
-    assert explain_main([PAYLOAD, "--output", "other", "--methods", "gradient", "--device", "cpu"]) == 2
+    assert explain_main([PAYLOAD, "--output", "other", *options]) == 2
     assert f"{PAYLOAD}: input does not exist" in capsys.readouterr().err
     assert not (tmp_path / MARKER).exists()
 
@@ -103,7 +106,7 @@ def test_run_inference_takes_every_value_as_data(tiny_weights, tmp_path, monkeyp
     assert run.data.params["classifier_ckpt"] == tiny_weights["classifier_ckpt"]
 
 
-def test_datalist_path_and_entries_are_data(tiny_weights, tmp_path, monkeypatch):
+def test_datalist_path_and_entries_are_data(weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lists = tmp_path / "$HOME_lists"
     _scan(lists / PAYLOAD)
@@ -114,7 +117,7 @@ def test_datalist_path_and_entries_are_data(tiny_weights, tmp_path, monkeypatch)
     report = run_inference(
         {
             **TINY_BUNDLE,
-            **tiny_weights,
+            **weights,
             "input": "$HOME_lists/datalist.json",
             "output_dir": str(tmp_path / "out"),
             "methods": ["gradient"],
@@ -148,7 +151,7 @@ class _Collector:
         self.sent += [pydicom.dcmread(path) for path in paths]
 
 
-def test_node_spool_folder_and_experiment_name_are_data(tiny_weights, tmp_path, monkeypatch):
+def test_node_spool_folder_and_experiment_name_are_data(weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     instance = tmp_path / "instance.dcm"
     pixels = brain_like((36, 40)).astype(np.uint16)
@@ -157,7 +160,7 @@ def test_node_spool_folder_and_experiment_name_are_data(tiny_weights, tmp_path, 
     # the processor appends "_batches" for the bundle runs: evaluated, this would make the marker, then fail
     experiment = f"$__import__('pathlib').Path('{MARKER}').touch() or node"
     sink = _Collector()
-    overrides = {**TINY_BUNDLE, **tiny_weights, "methods": ["medxgan"]}
+    overrides = {**TINY_BUNDLE, **weights, "methods": ["medxgan"]}
     processor = ExplanationProcessor(
         Spool(tmp_path / "spool#1"), sink, overrides, tracking_uri=tracking, experiment_name=experiment
     )
@@ -169,19 +172,18 @@ def test_node_spool_folder_and_experiment_name_are_data(tiny_weights, tmp_path, 
     assert MlflowClient(tracking_uri=tracking).get_experiment_by_name(f"{experiment}_batches") is not None
 
 
-def test_bundle_root_with_config_syntax_is_a_folder(tiny_weights, tmp_path, monkeypatch):
+def test_bundle_root_with_config_syntax_is_a_folder(weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     bundle = tmp_path / "$HOME_bundle#1"
     shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
-    report = run_inference(
-        {
-            **TINY_BUNDLE,
-            **tiny_weights,
-            "input": [_scan(tmp_path / "scan.nii.gz")],
-            "output_dir": str(tmp_path / "out"),
-            "methods": ["gradient"],
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
-        },
-        bundle_root="$HOME_bundle#1",
-    )
+    (bundle / "models").mkdir()
+    bundle_weights = {"classifier_ckpt": "model.pt", "generator_ckpt": "generator.pt", "encoder_ckpt": "encoder.pt"}
+    for key, name in bundle_weights.items():
+        shutil.copy(weights[key], bundle / "models" / name)
+    tiny = {key: value for key, value in {**TINY_BUNDLE, **weights}.items() if not key.endswith("_ckpt")}
+    inputs = {"input": [_scan(tmp_path / "scan.nii.gz")], "output_dir": str(tmp_path / "out"), "methods": ["gradient"]}
+    # the weights and the MLflow database default to places under the bundle's folder
+    report = run_inference({**tiny, **inputs}, bundle_root="$HOME_bundle#1")
     assert report.problems == []
+    assert (tmp_path / "outputs" / "inference" / "mlruns.db").is_file()
