@@ -187,3 +187,23 @@ def test_bundle_root_with_config_syntax_is_a_folder(weights, tmp_path, monkeypat
     report = run_inference({**tiny, **inputs}, bundle_root="$HOME_bundle#1")
     assert report.problems == []
     assert (tmp_path / "outputs" / "inference" / "mlruns.db").is_file()
+
+
+def test_executed_config_records_given_values_plainly(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from medxgan_monai.bundle import config_values
+
+    record = tmp_path / "executed.json"
+    config = {
+        "imports": ["$import medxgan_monai"],
+        "input": "default.nii.gz",
+        "run": [f"$medxgan_monai.bundle.export_executed_config({str(record)!r})"],
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    workflow = ConfigWorkflow(
+        config_file=str(tmp_path / "config.json"), logging_file=False, **config_values({"input": [PAYLOAD]})
+    )
+    workflow.initialize()
+    workflow.run()
+    assert json.loads(record.read_text())["input"] == [PAYLOAD]

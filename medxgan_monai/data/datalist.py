@@ -1,7 +1,9 @@
 """Datalists in MONAI's decathlon style: ``{"training": [...], "validation": [...], "test": [...]}``.
 
 Each item is ``{"image": path, "label": 0 or 1}`` with an optional ``"mask": path`` (ground-truth lesion mask used for
-evaluating explanations). Relative paths are resolved against the datalist file's folder.
+evaluating explanations). Relative paths are resolved against the datalist file's folder. Entries are read here, at
+run time, as plain JSON: a bundle config receives them as Python values and never parses them as config syntax, so an
+entry such as ``"$HOME_scan.nii.gz"`` is that file.
 """
 
 from __future__ import annotations
