@@ -236,8 +236,11 @@ class DicomNode:
         except OSError:  # the node's own disk: a later retry may succeed
             logger.exception("could not store a received instance")
             return OUT_OF_RESOURCES
-        except Exception:  # a malformed instance must never take the node down, nor be retried
-            logger.exception("refused a C-STORE from %s: the instance could not be checked", caller)
+        except Exception as error:  # a malformed instance must never take the node down, nor be retried
+            # the error's type only: its text may quote a received value, a patient attribute among them
+            logger.warning(
+                "refused a C-STORE from %s: the instance could not be checked (%s)", caller, type(error).__name__
+            )
             return CANNOT_UNDERSTAND
         self._work.set()
         return SUCCESS
