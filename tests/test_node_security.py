@@ -440,3 +440,22 @@ def test_tls_node_takes_instances_from_a_certified_caller_only(source, tmp_path)
                 connection.close()
     assert seconds < 3, f"delivered over TLS at once ({seconds:.1f} s)"
     assert Spool(tmp_path / "spool").counts()["incoming"] == 1
+
+
+def test_dicomweb_pull_validates_the_study_uid_and_skips_instances_with_hostile_uids(source, tmp_path):
+    from medxgan_monai.node.dicomweb import explain_study
+
+    class Server:  # a DICOMweb client's one call used here
+        asked: list[str] = []
+
+        def retrieve_study(self, study_instance_uid):
+            self.asked.append(study_instance_uid)
+            return [_instance(source, "../../../escaped"), _instance(source)]
+
+    processor = _receiving_only(tmp_path / "spool")
+    with pytest.raises(ValueError, match="not a valid DICOM UID"):
+        explain_study(Server(), "../../studies", processor)
+    assert Server.asked == [], "a hostile study UID never reaches the server's URL"
+    statistics = explain_study(Server(), "1.2.3", processor)
+    assert (statistics.received, statistics.skipped) == (1, 1)
+    assert _files(tmp_path) == {f"spool/incoming/{p.name}" for p in (tmp_path / "spool" / "incoming").iterdir()}
