@@ -170,7 +170,7 @@ def test_the_ledger_refuses_names_that_would_leave_its_folders(tmp_path):
     ledger.release()
 
 
-def test_colliding_and_dot_file_names_get_unique_safe_stems_and_the_ledger_survives(weights, tmp_path):
+def test_colliding_file_names_get_unique_stems_and_no_map_is_overwritten(weights, tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()
     colliding = [_nifti(scans / name, seed) for seed, name in enumerate(("case.nii", "case.nii.gz", "case_2.nii.gz"))]
@@ -184,13 +184,18 @@ def test_colliding_and_dot_file_names_get_unique_safe_stems_and_the_ledger_survi
     maps = {stem: nib.load(out / f"{stem}_gradient.nii.gz").get_fdata() for stem in stems}
     assert not np.array_equal(maps[stems[0]], maps[stems[1]]) and not np.array_equal(maps[stems[1]], maps[stems[2]])
 
-    # an input named "...nii.gz" (stem "..") must not touch the ledger of the items already complete
-    dots = _nifti(scans / "...nii.gz", seed=5)
+
+def test_an_input_named_dots_stays_inside_the_output_folder_and_the_ledger_survives(weights, tmp_path):
+    scan, dots = _nifti(tmp_path / "scan.nii.gz"), _nifti(tmp_path / "...nii.gz", seed=5)  # stem ".."
+    out = tmp_path / "out"
+    assert not _run([scan], out, weights).problems
     before = sorted(p.name for p in tmp_path.iterdir())
-    report = _run([*colliding, dots], out, weights)
-    assert not report.problems and report.summary()["already_complete"] == 3
-    assert all(OutputLedger(out).completed(stem) is not None for stem in stems)
-    (dots_row,) = [row for row in _rows(out / "predictions.csv") if row["source"] == str(dots)]
+    report = _run([scan, dots], out, weights)
+    assert not report.problems and report.summary()["already_complete"] == 1
+    assert OutputLedger(out).completed("scan") is not None, "the finished item's record survives"
+    rows = _rows(out / "predictions.csv")
+    assert {row["source"] for row in rows} == {str(scan), str(dots)}
+    (dots_row,) = [row for row in rows if row["source"] == str(dots)]
     assert dots_row["stem"] not in (".", "..") and (out / f"{dots_row['stem']}_gradient.nii.gz").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing written outside the output folder"
 
