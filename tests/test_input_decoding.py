@@ -262,5 +262,19 @@ def test_errors_name_the_attribute_never_its_value(tmp_path, caplog):
     with pytest.raises(ValueError) as error:
         write_saliency_parametric_map(source, np.zeros((source.Rows, source.Columns)), tmp_path / "pm.dcm")
     assert str(tmp_path / "pm.dcm") in str(error.value)
-    assert not _quoted(str(error.value)) and error.value.__cause__ is None
+    assert not _quoted(str(error.value)) and error.value.__cause__ is None and error.value.__context__ is None
     assert not _quoted(caplog.text)
+
+
+def test_a_reader_error_quoting_a_patient_value_is_redacted(tmp_path, monkeypatch):
+    _dicom_with_odd_patient_values(tmp_path / "odd.dcm")
+
+    def failing_get_data(self, data):  # as pydicom fails when a value cannot be converted
+        raise ValueError(f"Unable to convert '{data.PatientName}' and '03.02.1901'")
+
+    monkeypatch.setattr("medxgan_monai.transforms.io.DicomSliceReader.get_data", failing_get_data)
+    with pytest.raises(ImageReadError) as error:
+        load_scan(tmp_path / "odd.dcm")
+    assert str(tmp_path / "odd.dcm") in str(error.value)
+    assert "'<PatientName>' and '<PatientBirthDate>'" in str(error.value)
+    assert not _quoted(str(error.value)) and error.value.__cause__ is None and error.value.__context__ is None

@@ -181,8 +181,8 @@ def _build(kind: str, path: str | os.PathLike, source: Dataset, make: Callable[[
         raise
     except Exception as error:  # highdicom and pydicom raise many types, and quote the offending value
         problem = redact_identifying_values(f"{type(error).__name__}: {error}", source)
-        # "from None": the original exception, value included, must not reach a traceback in a log
-        raise DerivedDicomError(path, f"cannot build the {kind}: {problem}") from None
+    # raised outside the handler: the original exception, value included, is not even the implicit context
+    raise DerivedDicomError(path, f"cannot build the {kind}: {problem}")
 
 
 def write_overlay_secondary_capture(

@@ -327,12 +327,14 @@ class LoadScan(LoadImage):
             problem = (kind == "dicom" and _decoding_problem(filename, error)) or (
                 f"cannot read as {kind}: {type(error).__name__}: {error}"
             )
-            if kind == "dicom":
-                # pydicom's messages quote the values they reject; the original error stays out of tracebacks
-                problem = redact_identifying_values(problem, _readable_header(filename))
-                raise ImageReadError(filename, problem) from None
-            raise ImageReadError(filename, problem) from error
-        return self._conform(image, filename)
+            if kind != "dicom":
+                raise ImageReadError(filename, problem) from error
+            # pydicom's messages quote the values they reject: ours is redacted, and the original error is dropped
+            # (raised below, outside this handler, so that it is not even the implicit context of a traceback)
+            problem = redact_identifying_values(problem, _readable_header(filename))
+        else:
+            return self._conform(image, filename)
+        raise ImageReadError(filename, problem)
 
     def _conform(self, image: MetaTensor, filename) -> MetaTensor:
         if self.grayscale and image.shape[0] > 1:
