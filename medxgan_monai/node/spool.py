@@ -143,7 +143,8 @@ class Spool:
         return target
 
     def recover(self) -> int:
-        """Return every instance left in ``processing`` by an interrupted run to ``incoming``; returns the count."""
+        """Return every instance left in ``processing`` by an interrupted run to ``incoming`` and delete receptions it
+        cut off in ``tmp``; returns the count. Call it before receiving (:meth:`DicomNode.start` does)."""
         interrupted = sorted(self._instances("processing"))
         for path in interrupted:
             self.release(path)
