@@ -134,6 +134,7 @@ def test_pyfunc_model_packs_weights_from_any_folder_and_takes_row_names_as_names
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     overrides = {key: value for key, value in {**TINY_BUNDLE, **tiny_weights}.items() if key != "device"}
     version = register_explainer("tiny", uri, methods=["gradient"], overrides=overrides)
+    assert version.name == "tiny"
     row = {**encode_image_file(_scan(tmp_path / "scan.nii.gz")), "name": PAYLOAD}
 
     model = mlflow.pyfunc.load_model(version.source)  # the registered model's files

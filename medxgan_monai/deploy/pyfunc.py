@@ -66,7 +66,7 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         bundle = Path(context.artifacts["bundle"])
         settings = json.loads((bundle / SETTINGS).read_text())
         # the packed weights are named here, in Python (settings of older packed models name them by an expression)
-        weights = {key: str(bundle / "models" / name) for key, name in PACKED_WEIGHTS.items()}
+        weights = {key: str(bundle / "models" / packed_file) for key, packed_file in PACKED_WEIGHTS.items()}
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         _configure(parser, bundle, {**settings["overrides"], **weights})
@@ -161,8 +161,8 @@ def register_explainer(
         parser.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
         _configure(parser, Path(bundle_root), overrides)
         (packed / "models").mkdir()
-        for key, name in PACKED_WEIGHTS.items():
-            shutil.copy(Path(parser.get_parsed_content(key)), packed / "models" / name)
+        for key, packed_file in PACKED_WEIGHTS.items():
+            shutil.copy(Path(parser.get_parsed_content(key)), packed / "models" / packed_file)
             overrides.pop(key, None)  # the loaded model names its packed copy
         overrides.pop("device", None)
         (packed / SETTINGS).write_text(json.dumps({"overrides": overrides}, indent=1))
