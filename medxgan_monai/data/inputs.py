@@ -60,14 +60,16 @@ def _files_in(folder: Path) -> list[Path]:
     holds an output ledger (this tool's output folder), so a run never explains its own outputs."""
     files = []
     for parent, folders, names in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not f.startswith(".") and not (Path(parent, f) / LEDGER_DIR).exists())
         if Path(parent, LEDGER_DIR).exists():
+            folders.clear()
             continue
-        for name in sorted(names):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        for name in names:
             path = Path(parent, name)
             if not name.startswith(".") and not name.lower().endswith(NON_IMAGE_SUFFIXES) and path.is_file():
                 files.append(path)
-    return files
+    # the order of earlier versions (which input of a repeated name gets "_2" must not change between runs)
+    return sorted(files)
 
 
 def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], section: str = "test") -> list[dict]:
