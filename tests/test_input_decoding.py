@@ -270,11 +270,11 @@ def test_a_reader_error_quoting_a_patient_value_is_redacted(tmp_path, monkeypatc
     _dicom_with_odd_patient_values(tmp_path / "odd.dcm")
 
     def failing_get_data(self, data):  # as pydicom fails when a value cannot be converted
-        raise ValueError(f"Unable to convert '{data.PatientName}' and '03.02.1901'")
+        raise ValueError(f"Unable to convert '{data.PatientName}' ('Zyxwvut Qqqq') and '03.02.1901'")
 
     monkeypatch.setattr("medxgan_monai.transforms.io.DicomSliceReader.get_data", failing_get_data)
     with pytest.raises(ImageReadError) as error:
         load_scan(tmp_path / "odd.dcm")
     assert str(tmp_path / "odd.dcm") in str(error.value)
-    assert "'<PatientName>' and '<PatientBirthDate>'" in str(error.value)
+    assert "'<PatientName>' ('<PatientName>') and '<PatientBirthDate>'" in str(error.value)
     assert not _quoted(str(error.value)) and error.value.__cause__ is None and error.value.__context__ is None

@@ -192,13 +192,19 @@ def write_mr_slice(
     return sop_instance_uid
 
 
-def _texts(value) -> list[str]:
-    """A value as the strings a message could quote: the whole (multi-values joined by backslashes) and each part."""
+def _texts(value, vr: str) -> list[str]:
+    """A value as the strings a message could quote: the whole (multi-values joined by backslashes), each value, and
+    for person names each component group and component and the caret-free spelling."""
     if isinstance(value, bytes):
         value = value.decode("latin-1", errors="replace")
     parts = [str(part) for part in value] if isinstance(value, (list, tuple, MultiValue)) else [str(value)]
     whole = "\\".join(parts)
-    return [text.strip(" \x00") for text in (whole, *whole.split("\\"), *parts)]
+    texts = [whole, *whole.split("\\"), *parts]
+    if vr == "PN":
+        groups = [group for text in list(texts) for group in text.split("=")]
+        texts += groups + [" ".join(group.split("^")).strip() for group in groups]
+        texts += [component for group in groups for component in group.split("^")]
+    return [text.strip(" \x00") for text in texts]
 
 
 def _identifying_values(dataset: Dataset, found: dict[str, str] | None = None) -> dict[str, str]:
@@ -220,7 +226,7 @@ def _identifying_values(dataset: Dataset, found: dict[str, str] | None = None) -
         if keyword not in IDENTIFYING_KEYWORDS and vr not in _IDENTIFYING_VRS:
             continue
         # raw bytes stay unconverted: converting would make pydicom warn, quoting the value, while we redact
-        for text in _texts(raw.value) if raw.value is not None else []:
+        for text in _texts(raw.value, vr) if raw.value is not None else []:
             # one-character values (a sex, a component) would blank out ordinary letters of the message
             if len(text) > 1:
                 found[text] = keyword

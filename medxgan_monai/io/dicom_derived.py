@@ -154,11 +154,14 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
         return orientation[0], orientation[1]
     if not _positioned(source):
         return None
-    cosines = np.asarray([float(value) for value in source.ImageOrientationPatient]).reshape(2, 3)
-    # LPS: +x is towards the patient's left, +y posterior, +z head
-    letters = (("R", "L"), ("A", "P"), ("F", "H"))
-    row, column = (letters[int(np.argmax(np.abs(c)))][int(c[np.argmax(np.abs(c))] > 0)] for c in cosines)
-    return row, column
+    row, column = np.asarray([float(value) for value in source.ImageOrientationPatient]).reshape(2, 3)
+    return _direction_letter(row), _direction_letter(column)
+
+
+def _direction_letter(cosines: np.ndarray) -> str:
+    """The patient direction a row or column mostly runs towards (LPS: +x left, +y posterior, +z head)."""
+    axis = int(np.argmax(np.abs(cosines)))
+    return (("R", "L"), ("A", "P"), ("F", "H"))[axis][int(cosines[axis] > 0)]
 
 
 def _laterality(source: Dataset) -> str | None:
