@@ -83,7 +83,8 @@ def test_png_and_jpeg_inputs_get_readable_outputs_with_an_identity_affine(weight
 _HOLD_THE_FOLDER = """
 import sys
 from medxgan_monai.io.ledger import OutputLedger
-OutputLedger(sys.argv[1]).split([])
+ledger = OutputLedger(sys.argv[1])  # kept: a ledger that is gone releases its lock
+ledger.split([])
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -204,15 +205,36 @@ def test_an_input_named_dots_stays_inside_the_output_folder_and_the_ledger_survi
 # item 8: user files, stale errors.csv, an output folder inside the inputs
 
 
-def test_a_users_own_predictions_csv_is_never_replaced(weights, tmp_path):
+def test_a_users_own_predictions_csv_is_never_replaced(weights, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.csv").write_text("my own notes\n")
+    scan = _nifti(tmp_path / "scan.nii.gz")
     with pytest.raises(ValueError) as refused:
-        _run([_nifti(tmp_path / "scan.nii.gz")], out, weights)
+        _run([scan], out, weights)
     assert str(out / "predictions.csv") in str(refused.value) and "not written by this tool" in str(refused.value)
+    assert explain_main([str(scan), "--output", str(out), "--methods", "gradient"]) == 2
+    assert "not written by this tool" in capsys.readouterr().err
     assert (out / "predictions.csv").read_text() == "my own notes\n"
     assert not list(out.glob("*.nii.gz"))
+
+
+def test_run_files_are_replaced_or_removed_only_when_this_tool_wrote_them(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "errors.csv").write_text("the user's own")
+    ledger = OutputLedger(out)
+    ledger.remove_run_file("errors.csv")
+    assert (out / "errors.csv").read_text() == "the user's own"
+    with pytest.raises(ValueError, match="not written by this tool"):
+        ledger.claim_run_file("errors.csv")
+    (out / "errors.csv").unlink()
+    ledger.claim_run_file("errors.csv").write_text("ours")
+    ledger.remove_run_file("errors.csv")
+    assert not (out / "errors.csv").exists()
+    (out / "errors.csv").write_text("a new file of the user's, made after ours was removed")
+    with pytest.raises(ValueError, match="not written by this tool"):
+        OutputLedger(out).split([])
 
 
 def test_a_clean_rerun_removes_the_errors_csv_of_the_earlier_run(weights, tmp_path):

@@ -21,6 +21,7 @@ import shutil
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -81,8 +82,9 @@ class _FolderLock:
     """An exclusive ``fcntl.flock`` on one file, with the holder (pid, host, start) written into it."""
 
     # lock files held in this process -> (lock, thread that took it), to recognise a run of this thread that ended
-    # without releasing (an exception): a thread runs one run at a time, so such a lock is stale and is taken over
-    _held: dict[str, tuple[_FolderLock, threading.Thread]] = {}
+    # without releasing (an exception): a thread runs one run at a time, so such a lock is stale and is taken over.
+    # Weak references: a lock whose ledger is gone is closed, and so released, by the garbage collector.
+    _held: dict[str, tuple[weakref.ref, threading.Thread]] = {}
     _held_guard = threading.Lock()
 
     def __init__(self, path: Path) -> None:
@@ -123,15 +125,15 @@ class _FolderLock:
         stream.flush()
         self._stream = stream
         with self._held_guard:
-            self._held[key] = (self, threading.current_thread())
+            self._held[key] = (weakref.ref(self), threading.current_thread())
 
     def _take_over_stale(self, key: str) -> None:
         with self._held_guard:
             holder = self._held.get(key)
-        if holder is None or holder[0] is self:
+        if holder is None:
             return
-        lock, thread = holder
-        if thread is threading.current_thread() or not thread.is_alive():
+        lock, thread = holder[0](), holder[1]
+        if lock is not None and lock is not self and (thread is threading.current_thread() or not thread.is_alive()):
             lock.release()
 
     def release(self) -> None:
@@ -139,7 +141,8 @@ class _FolderLock:
             return
         with self._held_guard:
             key = str(self.path.resolve())
-            if self._held.get(key, (None,))[0] is self:
+            holder = self._held.get(key)
+            if holder is not None and holder[0]() is self:
                 del self._held[key]
         self._stream.seek(0)
         self._stream.truncate()
@@ -220,9 +223,13 @@ class OutputLedger:
             OutputFolderConflict: a run file (e.g. ``predictions.csv``) exists and was not written by this tool.
         """
         self.lock()
-        for name in RUN_FILES:
-            if (self.output_dir / name).exists():
-                self.claim_run_file(name)
+        try:
+            for name in RUN_FILES:
+                if (self.output_dir / name).exists():
+                    self.claim_run_file(name)
+        except BaseException:
+            self.release()  # the run does not start
+            raise
         if self.overwrite:
             return list(items), []
         todo, rows = [], []
@@ -260,7 +267,8 @@ class OutputLedger:
         """
         self.lock()
         folder = self._staging_folder(stem)
-        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        # hidden names are writers' temporary files (atomic_output), never outputs
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         ours = self._ours(stem)
         taken = [n for n in names if (self.output_dir / n).exists() and n not in ours]
         if taken and not self.overwrite:
