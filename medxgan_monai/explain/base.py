@@ -8,7 +8,7 @@ import torch
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities
+from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities, floating
 
 __all__ = ["SaliencyExplainer", "class_probability", "normalize_saliency"]
 
@@ -24,7 +24,7 @@ def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
         maps = normalize_saliency(torch.randn(2, 1, 64, 64))   # (2, 1, 64, 64), max 1 per image
     """
-    magnitude = maps.detach().float().abs().sum(dim=1, keepdim=True)
+    magnitude = floating(maps.detach()).abs().sum(dim=1, keepdim=True)
     peak = magnitude.flatten(1).amax(dim=1).clamp_min(eps)
     return magnitude / peak.view(-1, *([1] * (magnitude.ndim - 1)))
 

@@ -10,7 +10,7 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from torch import nn
 
 from medxgan_monai.explain.base import SaliencyExplainer, class_probability
-from medxgan_monai.networks.classifier import class_probabilities
+from medxgan_monai.networks.classifier import class_probabilities, floating
 
 __all__ = ["GradCAMExplainer", "InputGradientExplainer", "IntegratedGradientsExplainer", "OcclusionExplainer"]
 
@@ -41,7 +41,7 @@ class GradCAMExplainer(SaliencyExplainer):
 
     def attribute(self, images: torch.Tensor) -> torch.Tensor:
         # the frozen classifier's weights need no gradient, so the graph must start at the input
-        return self.cam(images.detach().float().requires_grad_(True), class_idx=self.target)
+        return self.cam(floating(images.detach()).requires_grad_(True), class_idx=self.target)
 
 
 class InputGradientExplainer(SaliencyExplainer):
@@ -55,7 +55,7 @@ class InputGradientExplainer(SaliencyExplainer):
     name = "gradient"
 
     def attribute(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = images.detach().float().requires_grad_(True)
+        inputs = floating(images.detach()).requires_grad_(True)
         (gradients,) = torch.autograd.grad(class_probability(self.classifier, inputs, self.target).sum(), inputs)
         return gradients
 
@@ -87,8 +87,8 @@ class IntegratedGradientsExplainer(SaliencyExplainer):
     def attribute(self, images: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
         """IG maps of ``images`` from ``baselines`` (images of the same shape; default: the constant baseline)."""
         return self.integrated_gradients.attribute(
-            images.detach().float(),
-            baselines=self.baseline if baselines is None else baselines.detach().float(),
+            floating(images.detach()),
+            baselines=self.baseline if baselines is None else floating(baselines.detach()),
             n_steps=self.steps,
             internal_batch_size=self.internal_batch_size,
         )
@@ -145,7 +145,7 @@ class OcclusionExplainer(SaliencyExplainer):
         with torch.no_grad(), warnings.catch_warnings():
             # MONAI 1.6.1's sliding-window indexing triggers a torch deprecation warning per image; not ours to fix
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
-            for image in images.detach().float():
+            for image in floating(images.detach()):
                 reference = class_probability(self.classifier, image[None], self.target)
                 occluded, _ = occlusion(image[None])
                 maps.append(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from medxgan_monai.explain.base import SaliencyExplainer, class_probability
-from medxgan_monai.networks.classifier import freeze
+from medxgan_monai.networks.classifier import floating, freeze
 
 __all__ = ["LatentShiftExplainer"]
 
@@ -50,11 +50,11 @@ class LatentShiftExplainer(SaliencyExplainer):
         self.frames = frames
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.generator(*codes.split([self.generator.anatomy_dim, self.generator.pathology_dim], dim=1)).float()
+        return floating(self.generator(*codes.split([self.generator.anatomy_dim, self.generator.pathology_dim], dim=1)))
 
     def attribute(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            codes = torch.cat(self.encoder(images.float()), dim=1).float()
+            codes = floating(torch.cat(self.encoder(floating(images)), dim=1))
         codes.requires_grad_(True)
         reference = self._decode(codes)
         (gradient,) = torch.autograd.grad(class_probability(self.classifier, reference, self.target).sum(), codes)

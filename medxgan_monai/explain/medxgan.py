@@ -11,7 +11,13 @@ from torch import nn
 
 from medxgan_monai.explain.base import class_probability, normalize_saliency
 from medxgan_monai.explain.baselines import IntegratedGradientsExplainer
-from medxgan_monai.networks.classifier import FrozenClassifier, class_log_probabilities, class_probabilities, freeze
+from medxgan_monai.networks.classifier import (
+    FrozenClassifier,
+    class_log_probabilities,
+    class_probabilities,
+    floating,
+    freeze,
+)
 
 __all__ = [
     "CounterfactualRefiner",
@@ -71,11 +77,11 @@ class LatentInverter:
         if self.encoder is not None:
             with torch.no_grad():
                 z_a, z_p = self.encoder(images)
-            return z_a.float(), z_p.float()
+            return floating(z_a), floating(z_p)
         batch = images.shape[0]
         return (
-            torch.zeros(batch, self.generator.anatomy_dim, device=images.device),
-            torch.zeros(batch, self.generator.pathology_dim, device=images.device),
+            images.new_zeros(batch, self.generator.anatomy_dim),
+            images.new_zeros(batch, self.generator.pathology_dim),
         )
 
     def loss(
@@ -95,7 +101,7 @@ class LatentInverter:
         return loss
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = images.detach().float()
+        images = floating(images.detach())
         with torch.no_grad():
             target_probability = class_probability(self.classifier, images, self.target)
         z_a, z_p = (code.clone().requires_grad_(True) for code in self.initial_codes(images))
@@ -121,13 +127,20 @@ class CounterfactualRefiner:
     change misses it and the classifier still sees the pathology. ``steps`` Adam steps on (z_a', z_p'), starting at
     (z_a, 0), then minimise per image
 
-        -log(1 - p(x_cf)) + sparsity_weight * mean |G(z_a, z_p) - G(z_a', z_p')|
+        -log(1 - p(x_cf)) + sparsity_weight * mean rho(G(z_a, z_p) - G(z_a', z_p'))
 
-    (p: the classifier's target-class probability, the log taken from the logits): the change must remove what the
-    classifier sees, and as little else as possible, while staying a difference of two generated images. Each image
-    gets the sparsest counterfactual among the iterates the classifier calls negative (p < 0.5), or the last iterate
-    when none is. Losses are summed over the batch and Adam is element-wise, so each image follows the same
-    trajectory as alone. ``steps=0`` returns the unrefined residual.
+    (p: the classifier's target-class probability, the log taken from the logits; rho(c) = sqrt(c^2 + s^2) - s, the
+    Charbonnier form of |c| with ``smoothing`` s): the change must remove what the classifier sees, and as little
+    else as possible, while staying a difference of two generated images. Each image gets the sparsest counterfactual
+    (least mean |change|) among the iterates the classifier calls negative (p < 0.5), or the last iterate when none
+    is. ``steps=0`` returns the unrefined residual.
+
+    Batch independence: losses are summed over the batch and Adam is element-wise, so in exact arithmetic each image
+    follows the same trajectory as alone. In float32 a batch and a single call round differently (BLAS and oneDNN
+    pick kernels by batch size and CPU), and the smoothing keeps that difference at rounding level: with the plain
+    |c| the gradient of a pixel whose change rounds to either side of zero flips sign, and Adam, which rescales small
+    gradients to full steps, turned one such flip into a 1e-3 difference of the counterfactual. s = 1e-3 is far
+    below a visible change (|c| >> s behaves as |c|).
 
     Example::
 
@@ -142,15 +155,21 @@ class CounterfactualRefiner:
         steps: int = 50,
         learning_rate: float = 0.02,
         sparsity_weight: float = 100.0,
+        smoothing: float = 1e-3,
         target: int = 1,
     ) -> None:
         if steps < 0 or sparsity_weight < 0:
             raise ValueError(f"steps and sparsity_weight must be >= 0, not {steps} and {sparsity_weight}")
+        if smoothing <= 0:
+            raise ValueError(
+                f"smoothing must be > 0 (a kink at zero change makes results depend on rounding), not {smoothing}"
+            )
         self.generator = freeze(generator)
         self.classifier = FrozenClassifier.wrap(classifier)
         self.steps = steps
         self.learning_rate = learning_rate
         self.sparsity_weight = sparsity_weight
+        self.smoothing = smoothing
         self.target = target
 
     def counterfactual(self, images, reconstruction, z_a, z_p) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,17 +178,17 @@ class CounterfactualRefiner:
 
     def __call__(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual counterfactuals (B, C, *spatial) of ``images`` with codes (z_a, z_p), and their probabilities."""
-        images = images.detach().float()
+        images = floating(images.detach())
         with torch.no_grad():
-            reconstruction = self.generator(z_a, z_p).float()
+            reconstruction = floating(self.generator(z_a, z_p))
         anatomy = z_a.detach().clone().requires_grad_(True)
         pathology = torch.zeros_like(z_p).requires_grad_(True)
         optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.5, 0.999))
         best = _SparsestValid(images.shape[0], images.device)
         with torch.enable_grad():
             for _ in range(self.steps):
-                logits, sparsity = self._score(images, reconstruction, anatomy, pathology, best)
-                loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * sparsity
+                logits, smooth_sparsity = self._score(images, reconstruction, anatomy, pathology, best)
+                loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * smooth_sparsity
                 optimizer.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 optimizer.step()
@@ -178,12 +197,13 @@ class CounterfactualRefiner:
         return best.counterfactual, best.probability
 
     def _score(self, images, reconstruction, anatomy, pathology, best: _SparsestValid):
-        """Offer the iterate's counterfactual to ``best``; return its classifier logits and sparsity."""
+        """Offer the iterate's counterfactual to ``best`` (ranked by mean |change|); return its classifier logits and
+        the smoothed sparsity term of the loss."""
         counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
         logits = self.classifier(counterfactual)
-        sparsity = change.abs().flatten(1).mean(1)
-        best.update(counterfactual, class_probabilities(logits)[:, self.target], sparsity)
-        return logits, sparsity
+        best.update(counterfactual, class_probabilities(logits)[:, self.target], change.abs().flatten(1).mean(1))
+        smooth = (change.square() + self.smoothing**2).sqrt() - self.smoothing
+        return logits, smooth.flatten(1).mean(1)
 
 
 class _SparsestValid:
@@ -252,7 +272,7 @@ def latent_path_integrated_gradients(
     frames, gradients, probabilities = [], [], []
     for part in _chunks(codes_a.shape[0], chunk_size):
         with torch.no_grad():
-            images = generator(codes_a[part], codes_p[part]).float()
+            images = floating(generator(codes_a[part], codes_p[part]))
         images.requires_grad_(True)
         with torch.enable_grad():
             probability = class_probability(classifier, images, target)
@@ -288,7 +308,7 @@ def interpolation_sweep(
     images, probabilities = [], []
     with torch.no_grad():
         for alpha in alphas:
-            image = generator(z_a, alpha * z_p).float()
+            image = floating(generator(z_a, alpha * z_p))
             images.append(image)
             probabilities.append(class_probability(classifier, image, target))
     return alphas, torch.stack(images, dim=1), torch.stack(probabilities, dim=1)
@@ -408,7 +428,7 @@ class MedXGANExplainer:
         self.target = target
 
     def __call__(self, images: torch.Tensor) -> Explanation:
-        images = convert_to_tensor(images, track_meta=False).float()
+        images = floating(convert_to_tensor(images, track_meta=False))
         z_a, z_p, inversion_loss = self.inverter(images)
         with torch.no_grad():
             probability = class_probability(self.classifier, images, self.target)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenClassifier", "class_log_probabilities", "class_probabilities", "freeze"]
+__all__ = ["FrozenClassifier", "class_log_probabilities", "class_probabilities", "floating", "freeze"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -17,10 +17,17 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.requires_grad_(False).eval()
 
 
+def floating(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32, or unchanged when it is float64: half-precision outputs (autocast) and integer images are
+    widened, and double precision is kept, so an explanation can run in float64 where float32 rounding matters (the
+    batch-independence check compares batches with single calls there)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(B, 2) class probabilities from binary-classifier logits: softmax of (B, 2), or [1 - s, s] with s the sigmoid
     of a single logit (B, 1)."""
-    logits = logits.float()
+    logits = floating(logits)
     if logits.shape[1] == 1:
         positive = torch.sigmoid(logits)
         return torch.cat([1 - positive, positive], dim=1)
@@ -31,7 +38,7 @@ def class_log_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(B, 2) log class probabilities, computed from the logits so they keep their gradient where a probability
     saturates at 0 or 1 (``log(1 - p)`` from a rounded p does not): log-softmax of (B, 2), or
     [log sigmoid(-z), log sigmoid(z)] of a single logit z (B, 1)."""
-    logits = logits.float()
+    logits = floating(logits)
     if logits.shape[1] == 1:
         return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=1)
     return torch.log_softmax(logits, dim=1)
