@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 from monai.networks.nets import DenseNet
@@ -41,23 +44,88 @@ def test_normalize_saliency_is_absolute_and_peaks_at_one():
     assert torch.equal(normalized[1], torch.zeros(1, 1, 2))
 
 
-def test_every_baseline_returns_normalized_maps_and_batches_like_single_calls(networks):
+def every_explainer(classifier, generator, encoder) -> dict:
+    """Every explainer with small settings; medXGAN with its refinement on, so all of its stages run."""
+    return {
+        "gradcam": GradCAMExplainer(classifier, "class_layers.relu"),
+        "ig": IntegratedGradientsExplainer(classifier, steps=8),
+        "gradient": InputGradientExplainer(classifier),
+        "occlusion": OcclusionExplainer(classifier, mask_size=8),
+        "latentshift": LatentShiftExplainer(classifier, generator, encoder, search_steps=3, frames=3),
+        "medxgan": MedXGANExplainer(
+            classifier, generator, encoder, inversion_steps=4, counterfactual_steps=6, ig_steps=4, sweep_frames=3
+        ),
+    }
+
+
+def explained(explainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every per-image tensor an explainer returns, by name: the map, or every map and part of an Explanation."""
+    with torch.no_grad():  # evaluators run under no_grad: explainers must enable gradients themselves
+        result = explainer(images)
+    if isinstance(result, torch.Tensor):
+        return {"map": result}
+    parts = {
+        f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("maps", "sweep_alphas")
+    }
+    return parts | {f"map:{name}": saliency for name, saliency in result.maps.items()}
+
+
+def batch_and_single_differences(explainer, images: torch.Tensor) -> tuple[dict[str, float], list[dict]]:
+    """Per output, the largest difference between each image explained in the batch, alone, and beside a very
+    different image (its intensity inverse); and the outputs of each image alone."""
+    batch = explained(explainer, images)
+    differences, alone = dict.fromkeys(batch, 0.0), []
+    for index, image in enumerate(images):
+        alone.append(explained(explainer, image[None]))
+        beside = explained(explainer, torch.stack([image, 1 - image]))
+        for name, value in alone[-1].items():
+            for other in (batch[name][index], beside[name][0]):
+                differences[name] = max(differences[name], (other - value[0]).abs().max().item())
+    return differences, alone
+
+
+def in_double_precision(networks):
+    return tuple(copy.deepcopy(part).double() for part in networks)
+
+
+def test_every_explainer_returns_normalized_maps(networks):
     classifier, generator, encoder, images = networks
-    explainers = [
-        GradCAMExplainer(classifier, "class_layers.relu"),
-        IntegratedGradientsExplainer(classifier, steps=8),
-        InputGradientExplainer(classifier),
-        OcclusionExplainer(classifier, mask_size=8),
-        LatentShiftExplainer(classifier, generator, encoder, search_steps=3, frames=3),
-    ]
-    for explainer in explainers:
-        with torch.no_grad():  # evaluators run under no_grad: explainers must enable gradients themselves
-            maps = explainer(images)
-        assert maps.shape == (3, 1, *SIZE), explainer.name
-        peaks = maps.flatten(1).amax(1)
-        assert maps.min() >= 0 and all(peak in (0.0, 1.0) for peak in peaks.tolist()), explainer.name
-        single = torch.cat([explainer(image[None]) for image in images])
-        assert torch.allclose(maps, single, atol=1e-4), f"{explainer.name}: batch differs from single calls"
+    for name, explainer in every_explainer(classifier, generator, encoder).items():
+        outputs = explained(explainer, images)
+        for key in [key for key in outputs if key.startswith("map")]:
+            maps = outputs[key]
+            assert maps.shape == (3, 1, *SIZE) and maps.dtype == torch.float32, (name, key)
+            peaks = maps.flatten(1).amax(1)
+            assert maps.min() >= 0 and all(peak in (0.0, 1.0) for peak in peaks.tolist()), (name, key)
+
+
+def test_each_image_is_explained_as_if_alone(networks):
+    """An image's explanation must not depend on the other images of its batch (the node and the evaluation bundle
+    batch whatever arrives), checked for every explainer and every output on two images A and B: A and B together,
+    each alone, each beside a very different image (its intensity inverse).
+
+    * float64, exactly: rounding is ~1e-16 there, so a difference can only come from coupling (a batch-mean loss under
+      Adam, shared optimiser state, batch statistics). Measured here: at most 1.5e-12 (medXGAN), bound 1e-10.
+    * float32: a batch and a single call round differently (BLAS and oneDNN pick kernels by batch size and CPU). The
+      bound is measured where the test runs: 8 times the largest float32 error of a single call against float64 on
+      the same output, plus 4 float32 ulp of 1. Measured here: at most 2.7 times that error (the refinement's former
+      |change| kink turned such rounding into a 1e-3 difference of the counterfactual).
+    """
+    exact_networks = in_double_precision(networks)
+    explainers = every_explainer(*networks[:3])
+    exact_explainers = every_explainer(*exact_networks[:3])
+    for name, explainer in explainers.items():
+        exact_differences, exact_alone = batch_and_single_differences(exact_explainers[name], exact_networks[3][:2])
+        coupled = {key: value for key, value in exact_differences.items() if value > 1e-10}
+        assert not coupled, f"{name}: an image's result depends on its batch: {coupled}"
+
+        differences, alone = batch_and_single_differences(explainer, networks[3][:2])
+        for key, difference in differences.items():
+            rounding = max(
+                (a[key].double() - e[key]).abs().max().item() for a, e in zip(alone, exact_alone, strict=True)
+            )
+            bound = 8 * rounding + 4 * torch.finfo(torch.float32).eps
+            assert difference <= bound, f"{name} {key}: batch vs single {difference:.2e} > {bound:.2e}"
 
 
 def test_integrated_gradients_attributions_add_up(networks):
@@ -98,7 +166,7 @@ def test_inversion_reduces_its_loss_and_leaves_the_generator_alone(networks):
     assert from_zeros.shape == (2,)
 
 
-def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(networks):
+def test_medxgan_explanation_holds_every_part(networks):
     classifier, generator, encoder, images = networks
     explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=5, ig_steps=6, sweep_frames=4)
     with torch.no_grad():
@@ -114,9 +182,6 @@ def test_medxgan_explanation_holds_every_part_and_batches_like_single_calls(netw
     assert torch.allclose(explanation.residual_counterfactual, residual, atol=1e-6)
     with pytest.raises(ValueError, match="sweep_frames"):
         MedXGANExplainer(classifier, generator, encoder, sweep_frames=1)
-    for name in explanation.maps:
-        single = torch.cat([explainer(image[None]).maps[name] for image in images])
-        assert torch.allclose(explanation.maps[name], single, atol=1e-4), name
 
 
 def test_explanation_benchmark_measures_each_method_at_a_tiny_size():
