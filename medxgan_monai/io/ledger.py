@@ -103,7 +103,7 @@ class _FolderLock:
         deadline = time.monotonic() + wait_seconds
         while True:
             self._take_over_stale(key)
-            stream = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
+            stream = open(self.path, "a+")  # kept open while the lock is held: closing it releases the lock
             try:
                 fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -207,7 +207,10 @@ class OutputLedger:
             return None
 
     def completed(self, stem: str) -> dict | None:
-        """The done record of ``stem`` (``{"files": [...], "row": {...}}``) if every file it lists still exists."""
+        """The done record of ``stem`` (``{"files": [...], "row": {...}}``) if every file it lists still exists;
+        ``None`` also for a name that is not a safe item name (no record can have it)."""
+        if safe_item_name(stem) != stem:
+            return None
         record = self._read(stem, "done")
         if record is None or not all((self.output_dir / name).is_file() for name in record["files"]):
             return None
