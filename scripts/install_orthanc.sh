@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs Debian's Orthanc PACS and its DICOMweb plugin, which the DICOM node tests and benchmark run against.
-# Does nothing when Orthanc is installed; without root (or sudo) or apt it says so, and those tests are skipped.
+# Installs Debian's Orthanc PACS and its DICOMweb plugin, which the DICOM node tests and benchmark run against, and
+# dicom3tools, whose dciodvfy checks every derived DICOM object against its IOD in the tests.
+# Does nothing when both are installed; without root (or sudo) or apt it says so, and those tests are skipped.
 set -uo pipefail
-if command -v Orthanc >/dev/null 2>&1; then
+if command -v Orthanc >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; then
   exit 0
 fi
 SUDO=""
@@ -15,7 +16,8 @@ if ! command -v apt-get >/dev/null 2>&1; then
   echo "install_orthanc: no apt-get: the DICOM node tests against Orthanc will be skipped" >&2; exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null \
-  || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null; } \
-  || echo "install_orthanc: apt-get could not install orthanc: the DICOM node tests will be skipped" >&2
+PACKAGES="orthanc orthanc-dicomweb dicom3tools"
+$SUDO apt-get install -y -q $PACKAGES >/dev/null \
+  || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $PACKAGES >/dev/null; } \
+  || echo "install_orthanc: apt-get could not install $PACKAGES: the node and dciodvfy tests will be skipped" >&2
 exit 0
