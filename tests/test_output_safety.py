@@ -187,6 +187,22 @@ def test_colliding_file_names_get_unique_stems_and_no_map_is_overwritten(weights
     assert not np.array_equal(maps[stems[0]], maps[stems[1]]) and not np.array_equal(maps[stems[1]], maps[stems[2]])
 
 
+def test_a_later_run_on_another_file_of_the_same_name_keeps_both_results(weights, tmp_path):
+    (tmp_path / "monday").mkdir()
+    (tmp_path / "tuesday").mkdir()
+    monday = _nifti(tmp_path / "monday" / "case.nii.gz")
+    tuesday = _nifti(tmp_path / "tuesday" / "case.nii.gz", seed=1)
+    out = tmp_path / "out"
+    assert not _run([monday], out, weights).problems
+    mondays_map = (out / "case_gradient.nii.gz").read_bytes()
+    report = _run([tuesday], out, weights)
+    assert not report.problems and report.summary()["explained"] == 1, "not taken for Monday's result"
+    (row,) = _rows(out / "predictions.csv")
+    assert row["source"] == str(tuesday) and (out / f"{row['stem']}_gradient.nii.gz").is_file()
+    assert row["stem"] != "case" and (out / "case_gradient.nii.gz").read_bytes() == mondays_map
+    assert _run([tuesday], out, weights).summary()["already_complete"] == 1, "and found again by the next run"
+
+
 def test_an_input_named_dots_stays_inside_the_output_folder_and_the_ledger_survives(weights, tmp_path):
     scan, dots = _nifti(tmp_path / "scan.nii.gz"), _nifti(tmp_path / "...nii.gz", seed=5)  # stem ".."
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medxgan_monai.data.datalist import load_datalist
-from medxgan_monai.io.ledger import LEDGER_DIR, MAX_ITEM_NAME, safe_item_name
+from medxgan_monai.io.ledger import LEDGER_DIR, numbered_item_name, safe_item_name
 from medxgan_monai.io.nifti import output_geometry
 from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError, detect_format
 
@@ -132,16 +132,11 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
             stems.append(stem)
             continue
         index = 2
-        while _numbered(stem, index).casefold() in taken:
+        while numbered_item_name(stem, index).casefold() in taken:
             index += 1
-        stems.append(_numbered(stem, index))
+        stems.append(numbered_item_name(stem, index))
         taken.add(stems[-1].casefold())
     return stems
-
-
-def _numbered(stem: str, index: int) -> str:
-    suffix = f"_{index}"
-    return stem[: MAX_ITEM_NAME - len(suffix)] + suffix
 
 
 def collect_evaluation_items(

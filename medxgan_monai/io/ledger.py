@@ -34,6 +34,7 @@ __all__ = [
     "OutputFolderConflict",
     "OutputLedger",
     "check_item_name",
+    "numbered_item_name",
     "safe_item_name",
 ]
 
@@ -60,6 +61,12 @@ def safe_item_name(text: str) -> str:
     """
     name = _UNSAFE.sub("_", text).lstrip(".-")[:MAX_ITEM_NAME].rstrip(".")
     return name or "image"
+
+
+def numbered_item_name(name: str, index: int) -> str:
+    """``<name>_<index>``, shortening ``name`` so that the result stays within :data:`MAX_ITEM_NAME`."""
+    suffix = f"_{index}"
+    return name[: MAX_ITEM_NAME - len(suffix)] + suffix
 
 
 def check_item_name(name: str) -> str:
@@ -216,10 +223,16 @@ class OutputLedger:
             return None
         return record
 
-    def split(self, items: Sequence[dict], stem_key: str = "stem") -> tuple[list[dict], list[dict]]:
+    def split(
+        self, items: Sequence[dict], stem_key: str = "stem", source_key: str = "image"
+    ) -> tuple[list[dict], list[dict]]:
         """Start a run: lock the folder, claim the existing run files (refused when they are not ours and the ledger
         does not overwrite), then return the items still to do and the result rows of those already complete (all of
         them to do when overwriting).
+
+        An item whose stem names the finished result of another source (``source_key``; an earlier run on other
+        files of the same name) gets the first ``<stem>_<k>`` that no item plans and no other source's result has,
+        so that result is neither taken for this item's nor replaced.
 
         Raises:
             OutputFolderBusy: another run uses the folder.
@@ -233,6 +246,7 @@ class OutputLedger:
         except BaseException:
             self.release()  # the run does not start
             raise
+        items = self._apart_from_other_sources(items, stem_key, source_key)
         if self.overwrite:
             return list(items), []
         todo, rows = [], []
@@ -243,6 +257,31 @@ class OutputLedger:
             else:
                 rows.append(record["row"])
         return todo, rows
+
+    def _source_of(self, stem: str) -> str | None:
+        record = self._read(stem, "done")
+        return None if record is None else record.get("row", {}).get("source")
+
+    def _apart_from_other_sources(self, items: Sequence[dict], stem_key: str, source_key: str) -> list[dict]:
+        planned = {item[stem_key].casefold() for item in items}
+        result = []
+        for item in items:
+            stem, source = item[stem_key], item.get(source_key)
+            if source is None or self._source_of(stem) in (None, str(source)):
+                result.append(item)
+                continue
+            index = 2
+            while self._name_taken(numbered_item_name(stem, index), str(source), planned):
+                index += 1
+            renamed = numbered_item_name(stem, index)
+            planned.add(renamed.casefold())
+            result.append({**item, stem_key: renamed})
+        return result
+
+    def _name_taken(self, stem: str, source: str, planned: set[str]) -> bool:
+        """``stem`` is planned for an item of this run, or holds the finished result of a source other than
+        ``source``."""
+        return stem.casefold() in planned or self._source_of(stem) not in (None, source)
 
     def staging(self, stem: str) -> Path:
         """An empty private folder for ``stem``'s outputs (a leftover of an interrupted run is discarded)."""
