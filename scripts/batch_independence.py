@@ -10,7 +10,7 @@ one.
 
 Usage::
 
-    python scripts/batch_independence.py [--datalist data/demo/datalist.json] [--section test] [--images 8]
+    python scripts/batch_independence.py [--datalist data/demo/datalist.json] [--section test] [--images 4]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datalist", default="data/demo/datalist.json")
     parser.add_argument("--section", default="test")
-    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--bundle", default=str(BUNDLE))
     args = parser.parse_args(argv)
 
