@@ -3,7 +3,9 @@
 
 import sys
 
-from medxgan_monai.cli.ablation import main
+import _repository  # noqa: F401  (the repository root on sys.path: benchmarks/ is not installed)
+
+from benchmarks.ablation import main
 
 if __name__ == "__main__":
     sys.exit(main())

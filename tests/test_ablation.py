@@ -11,7 +11,7 @@ import pytest
 from conftest import BUNDLE_ROOT, TINY_BUNDLE
 from mlflow.tracking import MlflowClient
 
-from medxgan_monai.cli.ablation import AblationStudy, ablation_table, main
+from benchmarks.ablation import AblationStudy, ablation_table, main
 
 QUICK = {"perturbation_steps": 4, "randomization_images": 0, "bootstrap_samples": 100, "example_cases": 1}
 

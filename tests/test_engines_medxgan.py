@@ -175,11 +175,11 @@ def test_gan_bundle_trains_resumes_and_keeps_one_mlflow_run(tiny_demo, tmp_path,
 
 
 def test_benchmark_measures_a_tiny_size():
-    from medxgan_monai.cli.benchmark_gan import measure
+    from benchmarks.benchmark_gan import measure
 
     result = measure(size=16, batch_size=2, iterations=1, device="cpu", encoder=True)
     assert result["iterations_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["size"] == 16
-    from medxgan_monai.cli.benchmark_training import measure_classifier
+    from benchmarks.benchmark_training import measure_classifier
 
     assert measure_classifier(size=16, batch_size=2, iterations=1, device="cpu", amp=False)["images_per_s"] > 0
 

@@ -185,7 +185,7 @@ def test_medxgan_explanation_holds_every_part(networks):
 
 
 def test_explanation_benchmark_measures_each_method_at_a_tiny_size():
-    from medxgan_monai.cli.benchmark_explain import METHODS, measure
+    from benchmarks.benchmark_explain import METHODS, measure
 
     for method in METHODS:
         result = measure(size=16, method=method, images=1, device="cpu", paper_steps=2)

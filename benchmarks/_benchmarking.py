@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
-__all__ = ["networks_for_size", "peak_memory_mb", "reset_peak_memory", "run_isolated"]
+__all__ = ["REPOSITORY_ROOT", "networks_for_size", "peak_memory_mb", "reset_peak_memory", "run_isolated"]
+
+#: the folder holding ``benchmarks/``: not installed with the package, so a child process is told where it is
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 def networks_for_size(size: int, device: str) -> dict:
@@ -54,8 +59,15 @@ def peak_memory_mb(device: str) -> float:
 
 def run_isolated(module: str, arguments: list[str]) -> dict:
     """Run ``python -m module arguments`` and parse the JSON on its last stdout line (one measurement per process,
-    so that a CPU peak resident set size belongs to that measurement alone)."""
-    completed = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True)
+    so that a CPU peak resident set size belongs to that measurement alone).
+
+    The child finds ``benchmarks`` through ``PYTHONPATH`` (the repository root first), whatever the current directory.
+    """
+    search_path = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": search_path}
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *arguments], capture_output=True, text=True, env=environment
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(arguments)} failed:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from medxgan_monai.cli._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
+from benchmarks._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
 
 __all__ = ["main", "measure_classifier"]
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if model == "classifier":
             result = measure_classifier(args.size, args.batch_size, args.iterations, args.device, amp)
         else:
-            from medxgan_monai.cli.benchmark_gan import measure
+            from benchmarks.benchmark_gan import measure
 
             result = measure(args.size, args.batch_size, args.iterations, args.device, True, amp)
         print(json.dumps(result))
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in ("classifier", "gan"):
         base = None
         for amp in precisions:
-            row = run_isolated("medxgan_monai.cli.benchmark_training", [*common, "--single", model, str(int(amp))])
+            row = run_isolated("benchmarks.benchmark_training", [*common, "--single", model, str(int(amp))])
             base = base or row
             print(
                 f"| {model} | {'mixed' if amp else 'full'} | {row['images_per_s']:.1f} | "

@@ -20,7 +20,7 @@ import argparse
 import sys
 import time
 
-from medxgan_monai.cli._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
+from benchmarks._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
 
 __all__ = ["METHODS", "build_explainer", "main", "measure"]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             arguments = ["--single", str(size), method, "--images", str(args.images), "--device", args.device]
             arguments += ["--paper-images", str(args.paper_images), "--paper-steps", str(args.paper_steps)]
-            rows.append(run_isolated("medxgan_monai.cli.benchmark_explain", arguments))
+            rows.append(run_isolated("benchmarks.benchmark_explain", arguments))
         base = rows[0]
         for row in rows:
             print(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from medxgan_monai.cli._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
+from benchmarks._benchmarking import networks_for_size, peak_memory_mb, reset_peak_memory, run_isolated
 
 __all__ = ["main", "measure"]
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         arguments = ["--single", str(size), "--batch-size", str(args.batch_size), "--iterations", str(args.iterations)]
         arguments += ["--device", args.device] + (["--no-encoder"] if args.no_encoder else [])
-        rows.append(run_isolated("medxgan_monai.cli.benchmark_gan", arguments))
+        rows.append(run_isolated("benchmarks.benchmark_gan", arguments))
     base = rows[0]
     print(
         f"medXGAN training step on {args.device}, batch {args.batch_size}, encoder {'off' if args.no_encoder else 'on'}"
