@@ -14,7 +14,8 @@ from typing import Any
 
 from monai.utils import path_to_sqlite_uri
 
-from medxgan_monai.io.atomic import atomic_output, atomic_write_text
+from medxgan_monai.io.atomic import atomic_write_text
+from medxgan_monai.io.weights import load_weights, save_state_dict  # the configs call them here
 
 __all__ = [
     "DEFAULT_BUNDLE",
@@ -133,29 +134,6 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str, required: bool =
             return ""
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint '{prefix}_*.pt' to resume from; run without --resume first")
     return str(candidates[-1])
-
-
-def save_state_dict(module, path: str | os.PathLike) -> str:
-    """Save ``module.state_dict()`` to ``path`` atomically (a plain state dict, loadable with ``weights_only=True``)."""
-    import torch
-
-    with atomic_output(path, overwrite=True) as tmp:
-        torch.save(module.state_dict(), tmp)
-    return str(path)
-
-
-def load_weights(module, path: str | os.PathLike, map_location="cpu"):
-    """Load a plain state dict from ``path`` into ``module`` and return the module (for configs).
-
-    Raises:
-        FileNotFoundError: naming the missing weights file and the command that makes it.
-    """
-    import torch
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: weights file not found (train it with the bundle, see bundle/docs/README.md)")
-    module.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
-    return module.to(map_location)
 
 
 def reopen_mlflow_run(tracking_uri: str, experiment_name: str, name: str) -> str:

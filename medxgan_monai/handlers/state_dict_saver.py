@@ -10,8 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from medxgan_monai.bundle import save_state_dict
 from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.io.weights import save_state_dict
 
 __all__ = ["StateDictExporter"]
 

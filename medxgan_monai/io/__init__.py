@@ -1,4 +1,5 @@
-"""Writers that store images and results next to the source study: DICOM and NIfTI, always atomically."""
+"""Writers that store images and results next to the source study (DICOM and NIfTI, always atomically), and network
+weights as plain state dicts."""
 
 from medxgan_monai.io.atomic import (
     OutputNotWritable,
@@ -14,6 +15,7 @@ from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, writ
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
+from medxgan_monai.io.weights import load_weights, save_state_dict
 
 __all__ = [
     "OutputNotWritable",
@@ -29,6 +31,8 @@ __all__ = [
     "atomic_replace_dir",
     "atomic_write_csv",
     "atomic_write_text",
+    "load_weights",
+    "save_state_dict",
     "write_mr_slice",
     "saliency_overlay",
     "write_nifti",
