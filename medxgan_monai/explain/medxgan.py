@@ -140,7 +140,9 @@ class CounterfactualRefiner:
     pick kernels by batch size and CPU), and the smoothing keeps that difference at rounding level: with the plain
     |c| the gradient of a pixel whose change rounds to either side of zero flips sign, and Adam, which rescales small
     gradients to full steps, turned one such flip into a 1e-3 difference of the counterfactual. s = 1e-3 is far
-    below a visible change (|c| >> s behaves as |c|).
+    below a visible change (|c| >> s behaves as |c|). Adam runs with its standard beta1 = 0.9: with the GAN setting
+    beta1 = 0.5 the trajectory was chaotic on the shipped networks (a 1e-12 change of the codes grew tenfold every
+    five steps, in float64 too), so in float32 an image's refined counterfactual, and its map, changed with its batch.
 
     Example::
 
@@ -183,7 +185,9 @@ class CounterfactualRefiner:
             reconstruction = floating(self.generator(z_a, z_p))
         anatomy = z_a.detach().clone().requires_grad_(True)
         pathology = torch.zeros_like(z_p).requires_grad_(True)
-        optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.5, 0.999))
+        # Adam's standard momentum: with beta1 = 0.5 (the GAN setting) these steps oscillate around the validity
+        # boundary and are chaotic, so one float32 ulp grew to a different counterfactual (see the class docstring)
+        optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.9, 0.999))
         best = _SparsestValid(images.shape[0], images.device)
         with torch.enable_grad():
             for _ in range(self.steps):
