@@ -29,13 +29,25 @@ __all__ = [
 ]
 
 
+def one_image_at_a_time(optimise, *batched: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``optimise`` run on each image of the batch alone (every argument sliced to that image), results concatenated.
+
+    The iterative stages (inversion, refinement) amplify rounding: on the shipped networks a float32 difference of
+    the codes of 1e-5 moves a refined counterfactual by up to 5e-2. Float32 kernels round differently for different
+    batch sizes, so run batched, an image's explanation would depend on the images beside it; alone, it is computed
+    with the same kernels whatever its batch. Costs the batching of these stages.
+    """
+    results = [optimise(*(tensor[index : index + 1] for tensor in batched)) for index in range(batched[0].shape[0])]
+    return tuple(torch.cat(parts) for parts in zip(*results, strict=True))
+
+
 class LatentInverter:
     """Find codes (z_a, z_p) whose generated image G(z_a, z_p) matches a real image x, to the eye and to C.
 
     Minimises, per image, ``pixel_weight * MSE(G(z), x) + classifier_weight * BCE(p(G(z)), p(x))`` with Adam on the
     codes, where p is the classifier's target-class probability (the paper's inversion; its defaults are 1000 steps,
     learning rate 1e-3, weights 10 and 1). The generator stays in eval mode and is never updated. Losses are summed
-    over the batch, so each image's codes follow exactly the same trajectory as when it is inverted alone.
+    per image, and each image is inverted alone (:func:`one_image_at_a_time`), so its codes do not depend on its batch.
 
     With ``counterfactual_weight > 0`` (beyond the paper) the loss also asks the counterfactual to be negative,
     ``counterfactual_weight * BCE(p(G(z_a, 0)), 0)``: pixel and classifier matching alone let the anatomy code z_a
@@ -101,6 +113,10 @@ class LatentInverter:
         return loss
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes z_a (B, anatomy_dim), z_p (B, pathology_dim) of ``images`` and their final losses (B,)."""
+        return one_image_at_a_time(self._invert, images)
+
+    def _invert(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images = floating(images.detach())
         with torch.no_grad():
             target_probability = class_probability(self.classifier, images, self.target)
@@ -135,14 +151,14 @@ class CounterfactualRefiner:
     (least mean |change|) among the iterates the classifier calls negative (p < 0.5), or the last iterate when none
     is. ``steps=0`` returns the unrefined residual.
 
-    Batch independence: losses are summed over the batch and Adam is element-wise, so in exact arithmetic each image
-    follows the same trajectory as alone. In float32 a batch and a single call round differently (BLAS and oneDNN
-    pick kernels by batch size and CPU), and the smoothing keeps that difference at rounding level: with the plain
-    |c| the gradient of a pixel whose change rounds to either side of zero flips sign, and Adam, which rescales small
-    gradients to full steps, turned one such flip into a 1e-3 difference of the counterfactual. s = 1e-3 is far
-    below a visible change (|c| >> s behaves as |c|). Adam runs with its standard beta1 = 0.9: with the GAN setting
-    beta1 = 0.5 the trajectory was chaotic on the shipped networks (a 1e-12 change of the codes grew tenfold every
-    five steps, in float64 too), so in float32 an image's refined counterfactual, and its map, changed with its batch.
+    Rounding: each image is refined alone (:func:`one_image_at_a_time`), so its result does not depend on its batch.
+    Two choices keep the refinement from amplifying rounding. The smoothing: with the plain |c| the gradient of a
+    pixel whose change rounds to either side of zero flips sign, and Adam, which rescales small gradients to full
+    steps, turned one such flip into a 1e-3 difference of the counterfactual; s = 1e-3 is far below a visible change
+    (|c| >> s behaves as |c|). Adam's standard beta1 = 0.9: with the GAN setting 0.5 the trajectory was chaotic on
+    the shipped networks (a 1e-12 change of the codes grew tenfold every five steps, in float64 too). The result
+    still moves about a thousand times as much as its codes do, so float32 rounding of the inversion (about 1e-5 of
+    the codes) still changes it between CPUs.
 
     Example::
 
@@ -180,6 +196,9 @@ class CounterfactualRefiner:
 
     def __call__(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual counterfactuals (B, C, *spatial) of ``images`` with codes (z_a, z_p), and their probabilities."""
+        return one_image_at_a_time(self._refine, images, z_a, z_p)
+
+    def _refine(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = floating(images.detach())
         with torch.no_grad():
             reconstruction = floating(self.generator(z_a, z_p))
