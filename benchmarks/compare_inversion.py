@@ -41,18 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import torch.nn.functional as F
-    from monai.bundle import ConfigParser
 
-    from medxgan_monai.bundle import config_values
+    from medxgan_monai.bundle import inference_config
     from medxgan_monai.data import load_datalist
     from medxgan_monai.explain import MedXGANExplainer
     from medxgan_monai.metrics import bootstrap_ci, pointing_game, relevance_mass, top_k_iou
     from medxgan_monai.transforms import load_scan
 
-    config = ConfigParser()
-    config.read_config(str(Path(args.bundle) / "configs" / "inference.json"))
     weights = {key: getattr(args, key) for key in ("generator_ckpt", "encoder_ckpt") if getattr(args, key)}
-    config.update(config_values({"bundle_root": args.bundle, "device": torch.device("cpu"), **weights}))
+    config = inference_config(args.bundle, **weights)
     preprocessing = config.get_parsed_content("preprocessing")
     classifier, generator = config.get_parsed_content("classifier_net"), config.get_parsed_content("generator")
     encoder = config.get_parsed_content("encoder")

@@ -23,6 +23,7 @@ __all__ = [
     "config_values",
     "default_tracking_uri",
     "export_executed_config",
+    "inference_config",
     "given_value",
     "latest_checkpoint",
     "load_weights",
@@ -172,6 +173,24 @@ def unwrap_config_error(error: BaseException) -> BaseException:
     while isinstance(error, RuntimeError) and error.__cause__ is not None and type(error) is RuntimeError:
         error = error.__cause__
     return error
+
+
+def inference_config(bundle_root: str | os.PathLike = DEFAULT_BUNDLE, **values: Any):
+    """The parsed-on-demand ``configs/inference.json`` of ``bundle_root`` on the CPU, for scripts and tests that take
+    its networks, preprocessing or explainers; ``bundle_root`` and ``values`` (e.g. ``generator_ckpt``) are data
+    (:func:`config_value`), never config expressions.
+
+    Example::
+
+        explainer = inference_config("bundle").get_parsed_content("explainers#medxgan")
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
+    config.update(config_values({"bundle_root": str(bundle_root), "device": torch.device("cpu"), **values}))
+    return config
 
 
 def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUNDLE):

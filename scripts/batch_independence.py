@@ -63,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from monai.bundle import ConfigParser
 
+    from medxgan_monai.bundle import inference_config
     from medxgan_monai.data import load_datalist
 
-    config = ConfigParser()
-    config.read_config(str(Path(args.bundle) / "configs" / "inference.json"))
-    config["bundle_root"] = args.bundle
-    config["device"] = "$torch.device('cpu')"
+    config = inference_config(args.bundle)
     preprocessing = config.get_parsed_content("preprocessing")
     explainer = config.get_parsed_content("explainers#medxgan")
     items = load_datalist(args.datalist, args.section)[: args.images]

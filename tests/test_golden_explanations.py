@@ -39,13 +39,9 @@ OUTPUT = "output/"
 
 def inference_config(bundle_root: Path = BUNDLE_ROOT):
     """The inference bundle's config, on the CPU."""
-    from monai.bundle import ConfigParser
+    from medxgan_monai.bundle import inference_config as bundle_inference_config
 
-    config = ConfigParser()
-    config.read_config(str(bundle_root / "configs" / "inference.json"))
-    config["bundle_root"] = str(bundle_root)
-    config["device"] = "$torch.device('cpu')"
-    return config
+    return bundle_inference_config(bundle_root)
 
 
 def weight_hashes(config) -> dict[str, str]:

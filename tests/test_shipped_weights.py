@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 from conftest import BUNDLE_ROOT
-from monai.bundle import ConfigParser
 
+from medxgan_monai.bundle import inference_config
 from medxgan_monai.data import DemoDataSettings, build_demo_dataset, load_datalist
 
 
@@ -17,10 +17,7 @@ def shipped(tmp_path_factory):
     # a fresh 64-pixel demo set with a seed the weights never saw
     root = tmp_path_factory.mktemp("demo64") / "demo"
     build_demo_dataset(root, DemoDataSettings(size=64, seed=123, n_train=2, n_val=2, n_test=24))
-    config = ConfigParser()
-    config.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
-    config["bundle_root"] = str(BUNDLE_ROOT)
-    config["device"] = "$torch.device('cpu')"
+    config = inference_config(BUNDLE_ROOT)
     items = load_datalist(root / "datalist.json", "test")
     preprocessing = config.get_parsed_content("preprocessing")
     images = torch.stack([preprocessing({"image": i["image"]})["image"].as_tensor() for i in items])

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medxgan_monai.bundle import DEFAULT_BUNDLE, config_value, config_values
+from medxgan_monai.bundle import DEFAULT_BUNDLE, config_value, inference_config
 
 __all__ = ["main"]
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from monai.bundle import ConfigParser, ckpt_export
+    from monai.bundle import ckpt_export
 
     from medxgan_monai.deploy import export_network
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         config_file=str(configs / "inference.json"),
         bundle_root=config_value(str(bundle)),  # the folder, never a config expression
     )
-    config = ConfigParser()
-    config.read_config(str(configs / "inference.json"))
-    config.update(config_values({"bundle_root": str(bundle), "device": torch.device("cpu")}))
+    config = inference_config(bundle)
     generator, encoder = config.get_parsed_content("generator"), config.get_parsed_content("encoder")
     size = tuple(config["image_size"])
     codes = (torch.randn(2, config["anatomy_dim"]), torch.randn(2, config["pathology_dim"]))
