@@ -25,19 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medxgan_monai.bundle import config_value
+from medxgan_monai.metrics import METRICS
 
 __all__ = ["AblationStudy", "Training", "Variant", "ablation_table", "main"]
 
 EVALUATION_CONFIGS = ["bundle/configs/inference.json", "bundle/configs/evaluate.json"]
-#: table columns: metric name in metrics_summary.csv -> header
-TABLE_METRICS = {
-    "pointing_game": "pointing game ↑",
-    "relevance_mass": "relevance mass ↑",
-    "top_k_iou": "top-|GT| IoU ↑",
-    "counterfactual_validity": "cf validity ↑",
-    "deletion_auc": "deletion AUC ↓",
-    "seconds": "ms / image",
-}
+#: the metrics of :data:`~medxgan_monai.metrics.METRICS` the table shows, in column order (then ms / image)
+SHOWN_METRICS = ("pointing_game", "relevance_mass", "top_k_iou", "counterfactual_validity", "deletion_auc")
+#: table columns: name in metrics_summary.csv -> heading
+TABLE_COLUMNS = {**{name: METRICS[name].heading for name in SHOWN_METRICS}, "seconds": "ms / image"}
 
 
 def _bundle_command(config_files: list[str], settings: dict) -> list[str]:
@@ -186,7 +182,7 @@ class AblationStudy:
             for method in variant.methods:
                 row = {"variant": variant.name, "method": method, "description": variant.description}
                 for entry in entries:
-                    if entry["method"] == method and entry["metric"] in TABLE_METRICS:
+                    if entry["method"] == method and entry["metric"] in TABLE_COLUMNS:
                         for key in ("mean", "ci_low", "ci_high", "n"):
                             row[f"{entry['metric']}_{key}"] = entry[key]
                 rows.append(row)
@@ -206,11 +202,11 @@ def _cell(row: dict, metric: str) -> str:
 
 def ablation_table(rows: list[dict]) -> str:
     """Markdown table of :meth:`AblationStudy.collect` rows (mean [95% CI]; n = scored images)."""
-    header = ["variant", "map", "n", *TABLE_METRICS.values()]
+    header = ["variant", "map", "n", *TABLE_COLUMNS.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         n = row.get("pointing_game_n", "-")
-        cells = [row["variant"], row["method"], n, *(_cell(row, metric) for metric in TABLE_METRICS)]
+        cells = [row["variant"], row["method"], n, *(_cell(row, metric) for metric in TABLE_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -19,66 +19,27 @@ import torch
 from monai.utils import CommonKeys
 from torch import nn
 
-from medxgan_monai.explain.base import SaliencyExplainer
-from medxgan_monai.explain.medxgan import MedXGANExplainer
+from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.handlers.explanation import (
-    EXPLANATION,
-    FAILURE,
-    MAPS,
-    MEDXGAN_METHODS,
-    SECONDS,
-    ExplanationHandler,
-    InferenceReport,
-)
+from medxgan_monai.handlers.explanation import ATTRIBUTIONS, FAILURE, SECONDS, InferenceReport
 from medxgan_monai.io.atomic import atomic_write_csv, atomic_write_text
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
 from medxgan_monai.metrics import (
+    METRICS,
+    ExplanationMetric,
     bootstrap_ci,
     cascading_randomization,
-    counterfactual_validity,
-    deletion_insertion,
-    otsu_iou,
-    pixel_auroc,
-    pointing_game,
     randomization_layers,
-    relevance_mass,
+    score_maps,
     summarize,
-    top_k_iou,
 )
 from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities
 
-__all__ = ["METRICS", "EvaluationReport", "ExplanationScorer", "Metric", "RandomizationTest"]
+__all__ = ["METRICS", "EvaluationReport", "ExplanationScorer", "RandomizationTest"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Metric:
-    """How a per-image metric is shown: its title and whether a higher value is better."""
-
-    title: str
-    higher_is_better: bool = True
-
-
-#: every per-image metric of an evaluation, in report order
-METRICS = {
-    "pointing_game": Metric("pointing game"),
-    "relevance_mass": Metric("relevance mass"),
-    "top_k_iou": Metric("top-|GT| IoU"),
-    "pixel_auroc": Metric("pixel AUROC"),
-    "otsu_iou": Metric("Otsu IoU"),
-    "deletion_auc": Metric("deletion AUC", higher_is_better=False),
-    "insertion_auc": Metric("insertion AUC"),
-    "counterfactual_validity": Metric("counterfactual validity"),
-}
-LOCALIZATION = {
-    "pointing_game": pointing_game,
-    "relevance_mass": relevance_mass,
-    "top_k_iou": top_k_iou,
-    "pixel_auroc": pixel_auroc,
-    "otsu_iou": otsu_iou,
-}
 IDENTITY_COLUMNS = ("stem", "source", "label", "probability", "method", "seconds")
 
 
@@ -89,10 +50,11 @@ class _Candidate:
 
 
 class ExplanationScorer:
-    """Score every method's maps of every explained batch against the batch's masks.
+    """Score every method's maps of every explained batch with every metric of a metric table.
 
-    Per image and method: pointing game, relevance mass, top-|GT| IoU, pixel AUROC, Otsu IoU (against the mask),
-    deletion and insertion AUC (against the classifier), counterfactual validity (medXGAN maps only, of the
+    Per image and method: each metric of ``metrics`` (:func:`~medxgan_monai.metrics.score_maps`; by default
+    :data:`~medxgan_monai.metrics.METRICS`: pointing game, relevance mass, top-|GT| IoU, pixel AUROC, Otsu IoU against
+    the mask, deletion and insertion AUC against the classifier, counterfactual validity of medXGAN maps only, of the
     counterfactual behind the map: G(z_a, 0) for ``medxgan`` and ``medxgan_lig``, the residual counterfactual for
     ``medxgan_ig``; NaN for the others and for images the classifier calls negative) and the explainer's seconds per
     image (the medXGAN maps come from one explanation and share its time). Rows go to :attr:`rows`; the ``examples``
@@ -109,6 +71,7 @@ class ExplanationScorer:
         perturbation_steps: steps of the deletion and insertion curves.
         ranking_metric: the metric that picks the best and worst examples.
         examples: how many best and how many worst images to keep per method.
+        metrics: the metric table (name -> :class:`~medxgan_monai.metrics.ExplanationMetric`); the report's columns.
     """
 
     def __init__(
@@ -121,9 +84,11 @@ class ExplanationScorer:
         examples: int = 4,
         mask_key: str = "mask",
         image_key: str = CommonKeys.IMAGE,
+        metrics: Mapping[str, ExplanationMetric] = METRICS,
     ) -> None:
-        if ranking_metric not in METRICS:
-            raise ValueError(f"unknown ranking metric {ranking_metric!r}; one of {list(METRICS)}")
+        if ranking_metric not in metrics:
+            raise ValueError(f"unknown ranking metric {ranking_metric!r}; one of {list(metrics)}")
+        self.metrics = metrics
         self.classifier = FrozenClassifier.wrap(classifier)
         self.report = report
         self.target = target
@@ -160,20 +125,22 @@ class ExplanationScorer:
         masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()
         labels = torch.as_tensor(output[CommonKeys.LABEL]).detach().cpu().view(-1)
         probabilities = class_probabilities(output[CommonKeys.PRED]).detach().cpu()[:, self.target]
-        explanation = output.get(EXPLANATION)
         rows = []
-        for method, maps in output[MAPS].items():
-            maps = maps.detach()
-            maps_on_cpu = maps.cpu()
-            scores = {name: metric(maps_on_cpu, masks) for name, metric in LOCALIZATION.items()}
-            curves = deletion_insertion(self.classifier, images, maps, self.target, self.perturbation_steps)
-            scores["deletion_auc"], scores["insertion_auc"] = curves.deletion_auc, curves.insertion_auc
-            nan = torch.full((len(stems),), float("nan"))
-            scores["counterfactual_validity"] = nan
-            if method in MEDXGAN_METHODS and explanation is not None:
-                counterfactual = explanation.counterfactual_probability_of(method)
-                scores["counterfactual_validity"] = counterfactual_validity(probabilities, counterfactual)
-            seconds = output[SECONDS].get("medxgan" if method in MEDXGAN_METHODS else method, float("nan"))
+        for method, attribution in output[ATTRIBUTIONS].items():
+            maps = attribution.maps.detach()
+            counterfactual = attribution.counterfactual_probability
+            scores = score_maps(
+                maps,
+                masks=masks,
+                images=images,
+                classifier=self.classifier,
+                probabilities=probabilities,
+                counterfactual_probability=counterfactual,
+                target=self.target,
+                perturbation_steps=self.perturbation_steps,
+                metrics=self.metrics,
+            )
+            seconds = output[SECONDS].get(method, float("nan"))
             for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
                 row = {
                     "stem": stem,
@@ -196,13 +163,13 @@ class ExplanationScorer:
                 continue
             # MONAI arrays are (x, y): transpose so tiles show rows as a viewer would
             case = ExampleCase(
-                f"{row['stem']}\n{METRICS[self.ranking_metric].title} {score:.2f}",
+                f"{row['stem']}\n{self.metrics[self.ranking_metric].title} {score:.2f}",
                 images[index, 0].detach().cpu().numpy().T,
                 masks[index, 0].numpy().T > 0.5,
                 maps[index, 0].detach().cpu().numpy().T,
             )
             candidates.append(_Candidate(score, case))
-        candidates.sort(key=lambda c: c.score, reverse=METRICS[self.ranking_metric].higher_is_better)
+        candidates.sort(key=lambda c: c.score, reverse=self.metrics[self.ranking_metric].higher_is_better)
         if len(candidates) > 2 * self.examples:
             del candidates[self.examples : len(candidates) - self.examples]
 
@@ -225,7 +192,7 @@ class RandomizationTest:
     Args:
         network: the classifier the explainers use (a ``FrozenClassifier`` is unwrapped); its weights are
             re-initialized in place during the test and restored afterwards.
-        explainers, methods: as for :class:`~medxgan_monai.handlers.ExplanationHandler`.
+        explainers: the run's :class:`~medxgan_monai.explain.Explainers` (every method it runs is tested).
         images: how many images to test.
         layers: layer names in cascade order; default: the network's parametrised modules ``depth`` levels down,
             output first.
@@ -234,8 +201,7 @@ class RandomizationTest:
     def __init__(
         self,
         network: nn.Module,
-        explainers: Mapping[str, SaliencyExplainer | MedXGANExplainer],
-        methods: Sequence[str] | None = None,
+        explainers: Explainers,
         images: int = 8,
         layers: Sequence[str] | None = None,
         depth: int = 2,
@@ -243,7 +209,7 @@ class RandomizationTest:
         image_key: str = CommonKeys.IMAGE,
     ) -> None:
         self.network = network.network if isinstance(network, FrozenClassifier) else network
-        self.explainer = ExplanationHandler(explainers, methods, image_key)
+        self.explainers = explainers
         self.count = images
         self.requested_layers = list(layers) if layers is not None else None
         self.depth, self.seed, self.image_key = depth, seed, image_key
@@ -269,7 +235,7 @@ class RandomizationTest:
         layers = self.requested_layers or list(reversed(randomization_layers(self.network, self.depth)))
         try:
             self.layers, self.correlations = cascading_randomization(
-                self.network, lambda x: self.explainer.explain(x)[0], torch.stack(self.images), layers, self.seed
+                self.network, self.explainers.maps, torch.stack(self.images), layers, self.seed
             )
         except Exception as error:  # the sanity test must not cost the evaluation's other results
             logger.exception("randomization test failed")
@@ -281,20 +247,20 @@ def _detected(rows: list[dict]) -> list[dict]:
     return [row for row in rows if float(row["probability"]) >= 0.5]
 
 
-def _summary_table(summary: list[dict]) -> list[str]:
+def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]) -> list[str]:
     """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold."""
     methods = list(dict.fromkeys(row["method"] for row in summary))
     cells = {(row["method"], row["metric"]): row for row in summary}
-    header = [f"{m.title} {'↑' if m.higher_is_better else '↓'}" for m in METRICS.values()]
-    lines = ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(METRICS) + 2) + "|"]
+    header = [m.heading for m in metrics.values()]
+    lines = ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(metrics) + 2) + "|"]
     best = {}
-    for metric, definition in METRICS.items():
+    for metric, definition in metrics.items():
         means = [cells[(m, metric)]["mean"] for m in methods if cells[(m, metric)]["n"]]
         if means:
             best[metric] = max(means) if definition.higher_is_better else min(means)
     for method in methods:
         row = [method]
-        for metric in METRICS:
+        for metric in metrics:
             cell = cells[(method, metric)]
             text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
             row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
@@ -347,11 +313,11 @@ class EvaluationReport:
 
     def write(self, engine: Engine | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows = self.scorer.rows
-        self.summary = summarize(rows, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
+        rows, metrics = self.scorer.rows, self.scorer.metrics
+        self.summary = summarize(rows, [*metrics, "seconds"], "method", self.bootstrap_samples, self.seed)
         detected = _detected(rows)
-        self.detected_summary = summarize(detected, [*METRICS, "seconds"], "method", self.bootstrap_samples, self.seed)
-        columns = [*IDENTITY_COLUMNS, *METRICS]
+        self.detected_summary = summarize(detected, [*metrics, "seconds"], "method", self.bootstrap_samples, self.seed)
+        columns = [*IDENTITY_COLUMNS, *metrics]
         self._csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
         summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
         for name, summary in (
@@ -360,16 +326,16 @@ class EvaluationReport:
         ):
             self._csv(name, summary_columns, [[_cell(r[c]) for c in summary_columns] for r in summary])
         if rows:
-            metrics = {
+            bar_titles = {
                 name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
-                for name, m in METRICS.items()
+                for name, m in metrics.items()
             }
-            write_metric_bars(self.output_dir / "metrics.png", self.summary, metrics, overwrite=self.overwrite)
+            write_metric_bars(self.output_dir / "metrics.png", self.summary, bar_titles, overwrite=self.overwrite)
             for method in dict.fromkeys(row["method"] for row in rows):
                 best, worst = self.scorer.example_cases(method)
                 if best or worst:
                     path = self.output_dir / f"examples_{method}.png"
-                    ranking = METRICS[self.scorer.ranking_metric].title
+                    ranking = metrics[self.scorer.ranking_metric].title
                     title = f"{method}: best (top) and worst (bottom) images by {ranking}; mask outlined in white"
                     columns = max(1, self.scorer.examples)
                     write_example_cases(path, best + worst, columns, title, overwrite=self.overwrite)
@@ -418,7 +384,7 @@ class EvaluationReport:
             "Mean [95% bootstrap CI] over images; arrows give the better direction; the best mean per column is bold.",
             "",
         ]
-        lines += _summary_table(self.summary)
+        lines += _summary_table(self.summary, self.scorer.metrics)
         detected = len({row["stem"] for row in _detected(self.scorer.rows)})
         lines += [
             "",
@@ -427,7 +393,7 @@ class EvaluationReport:
             f"{detected} of the {images} image(s): where the classifier misses a lesion, a faithful explanation need "
             "not point at it (metrics_summary_detected.csv).",
             "",
-            *_summary_table(self.detected_summary),
+            *_summary_table(self.detected_summary, self.scorer.metrics),
             "",
             *self._randomization_markdown(),
         ]
