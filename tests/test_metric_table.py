@@ -47,8 +47,9 @@ def _batch(count: int = 4):
     maps = torch.rand(count, 1, SIZE, SIZE, generator=generator)
     masks = torch.zeros(count, 1, SIZE, SIZE)
     masks[:, :, 4:10, 5:12] = 1
-    torch.manual_seed(0)
-    classifier = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 2)).eval()
+    with torch.random.fork_rng():  # a fixed classifier without moving other tests' random state
+        torch.manual_seed(0)
+        classifier = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 2)).eval()
     return images, maps, masks, classifier
 
 
