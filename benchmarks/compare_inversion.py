@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medxgan_monai.bundle import inference_config
     from medxgan_monai.data import load_datalist
-    from medxgan_monai.explain import MedXGANExplainer
+    from medxgan_monai.explain import Explainers, class_probability
     from medxgan_monai.metrics import bootstrap_ci, pointing_game, relevance_mass, top_k_iou
     from medxgan_monai.transforms import load_scan
 
@@ -69,21 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     masks = torch.stack([load_scan(i["mask"]).as_tensor() for i in items])
     masks = (F.interpolate(masks.float(), size=size, mode="nearest") > 0.5).float()
 
+    # (encoder, inversion settings) per strategy
     strategies = {
-        "encoder only (0 steps)": dict(encoder=encoder, inversion_steps=0),
-        f"amortised (encoder + {args.refine_steps} steps, lr 1e-2)": dict(
-            encoder=encoder, inversion_steps=args.refine_steps, inversion_learning_rate=1e-2
+        "encoder only (0 steps)": (encoder, dict(inversion_steps=0)),
+        f"amortised (encoder + {args.refine_steps} steps, lr 1e-2)": (
+            encoder,
+            dict(inversion_steps=args.refine_steps, inversion_learning_rate=1e-2),
         ),
-        f"amortised + counterfactual term (weight {args.counterfactual_weight:g})": dict(
-            encoder=encoder,
-            inversion_steps=args.refine_steps,
-            inversion_learning_rate=1e-2,
-            counterfactual_weight=args.counterfactual_weight,
+        f"amortised + counterfactual term (weight {args.counterfactual_weight:g})": (
+            encoder,
+            dict(
+                inversion_steps=args.refine_steps,
+                inversion_learning_rate=1e-2,
+                counterfactual_weight=args.counterfactual_weight,
+            ),
         ),
-        f"paper ({args.paper_steps} steps from zeros, lr 1e-3)": dict(
-            encoder=None, inversion_steps=args.paper_steps, inversion_learning_rate=1e-3
+        f"paper ({args.paper_steps} steps from zeros, lr 1e-3)": (
+            None,
+            dict(inversion_steps=args.paper_steps, inversion_learning_rate=1e-3),
         ),
     }
+    batches = [images[s : s + args.batch_size] for s in range(0, len(images), args.batch_size)]
+    with torch.no_grad():
+        probabilities = class_probability(classifier, images)
     print(f"{len(items)} positives of {args.datalist} [{args.section}]; 95% bootstrap CIs")
     print("| inversion | map | pointing game | relevance mass | top-GT IoU | cf flips | s / image |")
     print("|---|---|---|---|---|---|---|")
@@ -95,25 +103,24 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         return " | ".join(cells)
 
-    for name, options in strategies.items():
-        explainer = MedXGANExplainer(classifier, generator, **options)
+    for name, (strategy_encoder, settings) in strategies.items():
+        explainers = Explainers(["medxgan", "medxgan_lig"], classifier, generator, strategy_encoder, settings)
         start = time.perf_counter()
-        parts = [explainer(images[s : s + args.batch_size]) for s in range(0, len(images), args.batch_size)]
+        parts = [explainers.explain(batch)[0] for batch in batches]
         seconds = (time.perf_counter() - start) / len(images)
-        flips = validity_rate(
-            torch.cat([p.probability for p in parts]), torch.cat([p.counterfactual_probability for p in parts])
-        )
+        # both maps share the counterfactual G(z_a, 0)
+        flips = validity_rate(probabilities, torch.cat([p["medxgan"].counterfactual_probability for p in parts]))
         for method in ("medxgan", "medxgan_lig"):
-            maps = torch.cat([p.maps[method] for p in parts])
+            maps = torch.cat([p[method].maps for p in parts])
             print(f"| {name} | {method} | {scores(maps)} | {flips:.3f} | {seconds:.3f} |", flush=True)
     if not args.no_baselines:
-        for name, explainer in config.get_parsed_content("explainers").items():
-            if name == "medxgan":
-                continue
+        baselines = [m for m in config.get_parsed_content("methods") if not m.startswith("medxgan")]
+        explainers = Explainers(
+            baselines, classifier, generator, encoder, config.get_parsed_content("explainers#settings")
+        )
+        for name, explainer in explainers.explainers.items():
             start = time.perf_counter()
-            maps = torch.cat(
-                [explainer(images[s : s + args.batch_size]) for s in range(0, len(images), args.batch_size)]
-            )
+            maps = torch.cat([explainer(batch) for batch in batches])
             seconds = (time.perf_counter() - start) / len(images)
             print(f"| baseline | {name} | {scores(maps)} | - | {seconds:.3f} |", flush=True)
     return 0

@@ -182,7 +182,7 @@ def inference_config(bundle_root: str | os.PathLike = DEFAULT_BUNDLE, **values: 
 
     Example::
 
-        explainer = inference_config("bundle").get_parsed_content("explainers#medxgan")
+        explainers = inference_config("bundle", methods=["gradcam"]).get_parsed_content("explainers")
     """
     import torch
     from monai.bundle import ConfigParser

@@ -19,25 +19,24 @@ import argparse
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-FIELDS = (
-    "probability",
-    "z_a",
-    "z_p",
-    "reconstruction",
-    "counterfactual",
-    "counterfactual_probability",
-    "residual_counterfactual",
-    "residual_counterfactual_probability",
-    "latent_ig",
-    "completeness_gap",
-    "sweep_frames",
-)
+#: the medXGAN methods (one shared inversion)
+METHODS = ("medxgan_ig", "medxgan", "medxgan_lig")
 
 
-def outputs(explanation) -> dict:
-    """Every tensor of an explanation by name, maps as ``map:<method>``."""
-    named = {name: getattr(explanation, name) for name in FIELDS}
-    named.update({f"map:{method}": saliency for method, saliency in explanation.maps.items()})
+def outputs(explainers, images) -> dict:
+    """Every tensor of the medXGAN methods' attributions of ``images`` by name (``<method>:<part>``)."""
+    import torch
+
+    with torch.no_grad():
+        attributions, _ = explainers.explain(images)
+    named = {}
+    for method, attribution in attributions.items():
+        named[f"{method}:map"] = attribution.maps
+        named[f"{method}:counterfactual"] = attribution.counterfactual
+        named[f"{method}:counterfactual_probability"] = attribution.counterfactual_probability
+        if attribution.sweep is not None:
+            named[f"{method}:sweep_frames"] = attribution.sweep.frames
+        named.update({f"{method}:{name}": value for name, value in attribution.details.items()})
     return named
 
 
@@ -48,9 +47,9 @@ def explain_three_ways(explainer, images):
     def first_of_each(calls):
         return {name: torch.cat([call[name][:1] for call in calls]) for name in calls[0]}
 
-    batch = outputs(explainer(images))
-    single = first_of_each([outputs(explainer(image[None])) for image in images])
-    beside = first_of_each([outputs(explainer(torch.stack([image, 1 - image]))) for image in images])
+    batch = outputs(explainer, images)
+    single = first_of_each([outputs(explainer, image[None]) for image in images])
+    beside = first_of_each([outputs(explainer, torch.stack([image, 1 - image])) for image in images])
     return batch, single, beside
 
 
@@ -67,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     from medxgan_monai.bundle import inference_config
     from medxgan_monai.data import load_datalist
 
-    config = inference_config(args.bundle)
+    config = inference_config(args.bundle, methods=list(METHODS))
     preprocessing = config.get_parsed_content("preprocessing")
-    explainer = config.get_parsed_content("explainers#medxgan")
+    # the loaded networks themselves (not loaders), so that their precision can be changed below
+    config["explainers#generator"], config["explainers#encoder"] = "@generator", "@encoder"
+    explainer = config.get_parsed_content("explainers")
     items = load_datalist(args.datalist, args.section)[: args.images]
     images = torch.stack([preprocessing({"image": item["image"]})["image"].as_tensor() for item in items])
 
     results = {}
     for dtype in (torch.float64, torch.float32):
-        for network in (explainer.classifier, explainer.generator, explainer.inverter.encoder):
-            network.to(dtype)
+        for network in ("classifier_net", "generator", "encoder"):
+            config.get_parsed_content(network).to(dtype)
         results[dtype] = explain_three_ways(explainer, images.to(dtype))
 
     print(f"{len(images)} images of {args.datalist} [{args.section}], shipped networks, CPU")

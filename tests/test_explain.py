@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -11,14 +10,13 @@ from monai.networks.nets import DenseNet
 
 from medxgan_monai.explain import (
     CounterfactualRefiner,
-    GradCAMExplainer,
-    InputGradientExplainer,
+    Explainers,
     IntegratedGradientsExplainer,
     LatentInverter,
-    LatentShiftExplainer,
-    MedXGANExplainer,
-    OcclusionExplainer,
+    MedXGANDifference,
+    MedXGANIntegratedGradients,
     latent_path_integrated_gradients,
+    method_names,
     normalize_saliency,
 )
 from medxgan_monai.networks import FrozenClassifier, MedXGANEncoder, MedXGANGenerator
@@ -44,30 +42,32 @@ def test_normalize_saliency_is_absolute_and_peaks_at_one():
     assert torch.equal(normalized[1], torch.zeros(1, 1, 2))
 
 
+#: small settings for every method; medXGAN with its refinement on, so all of its stages run
+SMALL_SETTINGS = {
+    "inversion_steps": 4,
+    "counterfactual_steps": 6,
+    "ig_steps": 4,
+    "latent_ig_steps": 4,
+    "sweep_frames": 3,
+    "occlusion_mask_size": 8,
+}
+
+
 def every_explainer(classifier, generator, encoder) -> dict:
-    """Every explainer with small settings; medXGAN with its refinement on, so all of its stages run."""
-    return {
-        "gradcam": GradCAMExplainer(classifier, "class_layers.relu"),
-        "ig": IntegratedGradientsExplainer(classifier, steps=8),
-        "gradient": InputGradientExplainer(classifier),
-        "occlusion": OcclusionExplainer(classifier, mask_size=8),
-        "latentshift": LatentShiftExplainer(classifier, generator, encoder, search_steps=3, frames=3),
-        "medxgan": MedXGANExplainer(
-            classifier, generator, encoder, inversion_steps=4, counterfactual_steps=6, ig_steps=4, sweep_frames=3
-        ),
-    }
+    """Every registered method's explainer, built as the bundle builds them, with small settings."""
+    return Explainers(method_names(), classifier, generator, encoder, SMALL_SETTINGS).explainers
 
 
 def explained(explainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every per-image tensor an explainer returns, by name: the map, or every map and part of an Explanation."""
+    """Every per-image tensor of an explainer's :class:`Attribution`, by name."""
     with torch.no_grad():  # evaluators run under no_grad: explainers must enable gradients themselves
-        result = explainer(images)
-    if isinstance(result, torch.Tensor):
-        return {"map": result}
-    parts = {
-        f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("maps", "sweep_alphas")
-    }
-    return parts | {f"map:{name}": saliency for name, saliency in result.maps.items()}
+        result = explainer.explain(images)
+    parts = {"map": result.maps, "counterfactual": result.counterfactual}
+    parts["counterfactual_probability"] = result.counterfactual_probability
+    if result.sweep is not None:
+        parts |= {"sweep_frames": result.sweep.frames, "sweep_probabilities": result.sweep.probabilities}
+    parts |= {f"details:{name}": value for name, value in result.details.items()}
+    return {name: value for name, value in parts.items() if value is not None}
 
 
 def batch_and_single_differences(explainer, images: torch.Tensor) -> tuple[dict[str, float], list[dict]]:
@@ -166,28 +166,63 @@ def test_inversion_reduces_its_loss_and_leaves_the_generator_alone(networks):
     assert from_zeros.shape == (2,)
 
 
-def test_medxgan_explanation_holds_every_part(networks):
+def test_medxgan_methods_give_their_counterfactuals_and_sweep(networks):
     classifier, generator, encoder, images = networks
-    explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=5, ig_steps=6, sweep_frames=4)
+    settings = {"inversion_steps": 5, "ig_steps": 6, "latent_ig_steps": 6, "sweep_frames": 4}
+    explainers = Explainers(["medxgan_ig", "medxgan", "medxgan_lig"], classifier, generator, encoder, settings)
     with torch.no_grad():
-        explanation = explainer(images)
-    assert len(explanation) == 3
-    assert explanation.counterfactual.shape == explanation.reconstruction.shape == images.shape
-    assert explanation.sweep_frames.shape == (3, 4, 1, *SIZE) and explanation.sweep_probabilities.shape == (3, 4)
-    assert torch.allclose(explanation.sweep_frames[:, 0], explanation.counterfactual, atol=1e-6)
-    assert torch.allclose(explanation.sweep_frames[:, -1], explanation.reconstruction, atol=1e-6)
-    assert torch.allclose(explanation.difference, (explanation.reconstruction - explanation.counterfactual).abs())
-    assert set(explanation.maps) == {"medxgan", "medxgan_lig", "medxgan_ig"}
-    residual = (images - (explanation.reconstruction - explanation.counterfactual)).clamp(0, 1)
-    assert torch.allclose(explanation.residual_counterfactual, residual, atol=1e-6)
+        attributions, seconds = explainers.explain(images)
+    assert list(attributions) == list(seconds) == ["medxgan_ig", "medxgan", "medxgan_lig"]
+    difference = attributions["medxgan"]
+    sweep = difference.sweep
+    assert len(difference) == 3 and difference.counterfactual.shape == images.shape
+    assert sweep.frames.shape == (3, 4, 1, *SIZE) and sweep.probabilities.shape == (3, 4)
+    assert torch.equal(sweep.frames[:, 0], difference.counterfactual)
+    assert torch.equal(normalize_saliency(sweep.frames[:, -1] - sweep.frames[:, 0]), difference.maps)
+    # the latent path starts at the same counterfactual G(z_a, 0): one inversion served both
+    assert torch.allclose(attributions["medxgan_lig"].counterfactual, difference.counterfactual, atol=1e-6)
+    assert attributions["medxgan_lig"].details["completeness_gap"].shape == (3,)
+    residual = (images - (sweep.frames[:, -1] - sweep.frames[:, 0])).clamp(0, 1)
+    assert torch.allclose(attributions["medxgan_ig"].counterfactual, residual, atol=1e-6)
     with pytest.raises(ValueError, match="sweep_frames"):
-        MedXGANExplainer(classifier, generator, encoder, sweep_frames=1)
+        MedXGANDifference(classifier, generator, explainers.inverter, sweep_frames=1)
+
+
+def test_only_the_requested_methods_are_built_and_run(networks):
+    """``--methods gradcam`` loads no generator and runs no inversion; the medXGAN methods share one inversion."""
+    classifier, generator, encoder, images = networks
+    loaded = []
+
+    def loader(network):
+        return lambda: loaded.append(network) or network
+
+    gradcam_only = Explainers(["gradcam"], classifier, loader(generator), loader(encoder))
+    with torch.no_grad():
+        attributions, _ = gradcam_only.explain(images)
+    assert list(attributions) == ["gradcam"] and loaded == [] and gradcam_only.inverter is None
+
+    both = Explainers(
+        ["medxgan", "medxgan_lig"], classifier, loader(generator), loader(encoder), {"inversion_steps": 2}
+    )
+    assert loaded == [generator, encoder], "each network is loaded once"
+    inversions = []
+    original = both.inverter._invert
+    both.inverter._invert = lambda *args: inversions.append(1) or original(*args)
+    with torch.no_grad():
+        both.explain(images)
+    assert len(inversions) == len(images), "one inversion per image for both methods"
+    with pytest.raises(ValueError, match="unknown or no explanation method"):
+        Explainers(["medxgan_typo"], classifier)
+    with pytest.raises(ValueError, match="unknown explanation setting"):
+        Explainers(["ig"], classifier, settings={"ig_step": 5})
+    with pytest.raises(ValueError, match="needs the generator"):
+        Explainers(["medxgan"], classifier)
 
 
 def test_explanation_benchmark_measures_each_method_at_a_tiny_size():
-    from benchmarks.benchmark_explain import METHODS, measure
+    from benchmarks.benchmark_explain import benchmark_methods, measure
 
-    for method in METHODS:
+    for method in benchmark_methods():
         result = measure(size=16, method=method, images=1, device="cpu", paper_steps=2)
         assert result["ms_per_image"] > 0 and result["peak_memory_mb"] > 0, method
 
@@ -209,13 +244,15 @@ def test_counterfactual_term_lowers_the_counterfactual_probability(networks):
 
 def test_image_ig_from_the_residual_counterfactual_adds_up(networks):
     classifier, generator, encoder, images = networks
-    explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=0, ig_steps=64, sweep_frames=2)
+    inverter = LatentInverter(generator, classifier, encoder, steps=0)
+    explainer = MedXGANIntegratedGradients(classifier, generator, inverter, ig_steps=64)
     with torch.no_grad():
-        explanation = explainer(images)
-    with torch.enable_grad():
-        attributions = explainer.image_ig.attribute(images, baselines=explanation.residual_counterfactual)
-    expected = explanation.probability - explanation.residual_counterfactual_probability
-    assert torch.allclose(attributions.flatten(1).sum(1), expected, atol=1e-3)
+        raw = explainer.raw_attribution(images)
+    from medxgan_monai.explain import class_probability
+
+    with torch.no_grad():
+        expected = class_probability(classifier, images) - raw.counterfactual_probability
+    assert torch.allclose(raw.maps.flatten(1).sum(1), expected, atol=1e-3)
 
 
 class BrightnessClassifier(torch.nn.Module):
@@ -253,24 +290,20 @@ def test_refined_residual_counterfactual_moves_towards_negative_alone_and_in_a_b
     with pytest.raises(ValueError, match="steps"):
         CounterfactualRefiner(generator, classifier, steps=-1)
 
-    explainer = MedXGANExplainer(
+    inverter = LatentInverter(generator, classifier, encoder, steps=0)
+    explainer = MedXGANIntegratedGradients(
         classifier,
         generator,
-        encoder,
-        inversion_steps=0,
+        inverter,
         counterfactual_steps=25,
         counterfactual_learning_rate=0.05,
         counterfactual_sparsity=0.1,
         ig_steps=4,
-        sweep_frames=2,
     )
     with torch.no_grad():
-        explanation = explainer(images)
-    assert torch.allclose(explanation.residual_counterfactual, refined, atol=1e-5)
-    assert torch.equal(
-        explanation.counterfactual_probability_of("medxgan_ig"), explanation.residual_counterfactual_probability
-    )
-    assert torch.equal(explanation.counterfactual_probability_of("medxgan"), explanation.counterfactual_probability)
+        attribution = explainer.explain(images)
+    assert torch.allclose(attribution.counterfactual, refined, atol=1e-5)
+    assert torch.allclose(attribution.counterfactual_probability, refined_probability, atol=1e-5)
 
 
 def test_refinement_moves_a_saturated_positive_and_keeps_the_sparsest_valid_iterate(networks):

@@ -79,32 +79,32 @@ def explain_every_method(config, images) -> dict[str, np.ndarray]:
     (B, 1, H, W) for each method, ``predictions.csv:<column>`` (B,) for the probability columns and
     ``image:<name>`` (B, 1, H, W) for the counterfactual images (``<stem>_<name>.nii.gz``).
 
-    The bundle's networks are converted to float64 before the explainers are built on them (the explainers keep
-    float64 inputs in float64), and every method explains the whole batch once, under ``torch.no_grad()`` as in the
+    The bundle's networks are converted to float64 before the config's ``explainers`` are built on them (the
+    explainers keep float64 inputs in float64), and the batch is explained once, under ``torch.no_grad()`` as in the
     evaluator. These are the only calls into the explanation API.
     """
     import torch
 
+    from medxgan_monai.explain import METHODS
     from medxgan_monai.networks.classifier import class_probabilities
 
     images = torch.as_tensor(images, dtype=torch.float64)
+    # the loaded networks themselves, not loaders: converted in place before the explainers are built on them
+    config["explainers#generator"], config["explainers#encoder"] = "@generator", "@encoder"
     for network in ("classifier_net", "generator", "encoder"):
-        config.get_parsed_content(network).double()  # in place: the explainers are built on these same modules
+        config.get_parsed_content(network).double()
     classifier = config.get_parsed_content("classifier_net")
     outputs = {}
     with torch.no_grad():
         # predictions.csv's probability comes from the evaluator's forward pass of the classifier
         outputs["predictions.csv:probability"] = class_probabilities(classifier(images))[:, 1]
-        explanation = config.get_parsed_content("explainers#medxgan")(images)
-        for method in config.get_parsed_content("methods"):
-            if method in explanation.maps:
-                outputs[f"map:{method}"] = explanation.maps[method]
-            else:
-                outputs[f"map:{method}"] = config.get_parsed_content(f"explainers#{method}")(images)
-    for name in ("counterfactual_probability", "residual_counterfactual_probability"):
-        outputs[f"predictions.csv:{name}"] = getattr(explanation, name)
-    for name in ("counterfactual", "residual_counterfactual"):
-        outputs[f"image:{name}"] = getattr(explanation, name)
+        attributions, _ = config.get_parsed_content("explainers").explain(images)
+    for method, attribution in attributions.items():
+        outputs[f"map:{method}"] = attribution.maps
+        name = METHODS[method].counterfactual
+        if name is not None and f"image:{name}" not in outputs:  # the first method's, as the writers take it
+            outputs[f"predictions.csv:{name}_probability"] = attribution.counterfactual_probability
+            outputs[f"image:{name}"] = attribution.counterfactual
     wrong = {name: value.dtype for name, value in outputs.items() if value.dtype != torch.float64}
     assert not wrong, f"not computed in float64: {wrong}"
     return {name: value.detach().cpu().numpy() for name, value in outputs.items()}

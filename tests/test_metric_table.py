@@ -14,8 +14,9 @@ from torch import nn
 
 import medxgan_monai.metrics.table as table_module
 from benchmarks.compare_inversion import validity_rate
+from medxgan_monai.explain import Attribution
 from medxgan_monai.handlers import EvaluationReport, ExplanationScorer, InferenceReport
-from medxgan_monai.handlers.explanation import MAPS, SECONDS
+from medxgan_monai.handlers.explanation import ATTRIBUTIONS, SECONDS
 from medxgan_monai.metrics import (
     METRICS,
     NEEDS,
@@ -142,7 +143,7 @@ def test_a_metric_added_to_a_copied_table_is_scored_and_reported(tmp_path):
         CommonKeys.IMAGE: images,
         CommonKeys.LABEL: torch.ones(4),
         CommonKeys.PRED: classifier(images),
-        MAPS: {"gradient": maps},
+        ATTRIBUTIONS: {"gradient": Attribution(maps)},
         SECONDS: {"gradient": 0.01},
     }
     engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output, iteration=1, metrics={}))

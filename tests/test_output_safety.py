@@ -22,7 +22,7 @@ from PIL import Image
 from medxgan_monai.bundle import run_inference
 from medxgan_monai.cli.explain import main as explain_main
 from medxgan_monai.data import collect_inputs, output_stem
-from medxgan_monai.handlers import ExplanationHandler
+from medxgan_monai.explain import Explainers
 from medxgan_monai.io import OutputLedger
 
 
@@ -321,13 +321,13 @@ def test_nan_affines_and_degenerate_images_are_rejected_before_explaining(weight
     line = tmp_path / "line.png"  # 1 row of 10000 pixels: the unit axis must count
     Image.fromarray((255 * np.random.default_rng(0).random((1, 10000))).astype(np.uint8)).save(line)
     explained: list[int] = []
-    original = ExplanationHandler.explain
+    original = Explainers.explain
 
-    def counting_explain(handler, images):
+    def counting_explain(explainers, images):
         explained.append(images.shape[0])
-        return original(handler, images)
+        return original(explainers, images)
 
-    monkeypatch.setattr(ExplanationHandler, "explain", counting_explain)
+    monkeypatch.setattr(Explainers, "explain", counting_explain)
     report = _run([good, nan_affine, line], tmp_path / "out", weights)
     problems = {Path(p.path).name: p.problem for p in report.problems}
     assert set(problems) == {"nan_affine.nii", "line.png"}

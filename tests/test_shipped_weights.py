@@ -27,32 +27,40 @@ def shipped(tmp_path_factory):
 
 def test_counterfactuals_of_detected_positives_lose_the_lesion(shipped):
     config, images, labels = shipped
-    from medxgan_monai.explain import MedXGANExplainer
+    from medxgan_monai.explain import Explainers, class_probability
 
-    explainer = MedXGANExplainer(
-        config.get_parsed_content("classifier_net"),
+    classifier = config.get_parsed_content("classifier_net")
+    explainers = Explainers(
+        ["medxgan_ig", "medxgan"],
+        classifier,
         config.get_parsed_content("generator"),
         config.get_parsed_content("encoder"),
-        inversion_steps=25,
-        inversion_learning_rate=1e-2,
-        counterfactual_weight=1.0,
-        counterfactual_steps=50,
-        counterfactual_sparsity=100.0,
-        ig_steps=8,
-        sweep_frames=3,
+        {
+            "inversion_steps": 25,
+            "inversion_learning_rate": 1e-2,
+            "counterfactual_weight": 1.0,
+            "counterfactual_steps": 50,
+            "counterfactual_sparsity": 100.0,
+            "ig_steps": 8,
+            "sweep_frames": 3,
+        },
     )
     positives = images[labels == 1]
-    explanation = explainer(positives)
-    detected = explanation.probability >= 0.5
+    with torch.no_grad():
+        probability = class_probability(classifier, positives)
+    attributions, _ = explainers.explain(positives)
+    difference, residual = attributions["medxgan"], attributions["medxgan_ig"]
+    detected = probability >= 0.5
     assert detected.sum() >= 5, "the shipped classifier should detect most demo lesions"
     # the counterfactual's probability drops for the detected positives, and most of them flip
-    drop = explanation.probability[detected] - explanation.counterfactual_probability[detected]
+    drop = probability[detected] - difference.counterfactual_probability[detected]
     assert drop.mean() > 0.5
-    assert (explanation.counterfactual_probability[detected] < 0.5).float().mean() >= 0.8
+    assert (difference.counterfactual_probability[detected] < 0.5).float().mean() >= 0.8
     # the refined residual counterfactual (the default map's IG baseline) is negative for the detected positives
-    assert (explanation.residual_counterfactual_probability[detected] < 0.5).float().mean() >= 0.95
+    assert (residual.counterfactual_probability[detected] < 0.5).float().mean() >= 0.95
     # the sweep runs from the counterfactual to the reconstruction: its probability ends higher than it starts
-    assert (explanation.sweep_probabilities[:, -1] >= explanation.sweep_probabilities[:, 0]).float().mean() >= 0.8
+    sweep = difference.sweep.probabilities
+    assert (sweep[:, -1] >= sweep[:, 0]).float().mean() >= 0.8
 
 
 def test_the_default_maps_refinement_does_not_amplify_rounding(shipped):
@@ -63,7 +71,7 @@ def test_the_default_maps_refinement_does_not_amplify_rounding(shipped):
     five steps, and in float32 its map differed by 0.77 between a batch and a single call); with beta1 = 0.9 the
     same trace stays near 1e-12."""
     config, images, labels = shipped
-    explainer = config.get_parsed_content("explainers#medxgan")
+    explainer = config.get_parsed_content("explainers").explainers["medxgan_ig"]
     inverter, refiner = copy.deepcopy((explainer.inverter, explainer.refiner))  # the bundle's settings
     for network in (refiner.classifier, refiner.generator, inverter.encoder):
         network.double()

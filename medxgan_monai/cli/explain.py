@@ -9,9 +9,16 @@ from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
 
-__all__ = ["ALL_METHODS", "main"]
+__all__ = ["add_methods_argument", "main"]
 
-ALL_METHODS = ("medxgan", "medxgan_lig", "medxgan_ig", "gradcam", "ig", "gradient", "occlusion", "latentshift")
+
+def add_methods_argument(parser: argparse.ArgumentParser, default: list[str] | None, help_default: str) -> None:
+    """``--methods``, its choices the registry's methods (:data:`medxgan_monai.explain.METHODS`)."""
+    from medxgan_monai.explain import method_names
+
+    parser.add_argument(
+        "--methods", nargs="+", choices=method_names(), default=default, help=f"explanation methods ({help_default})"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or datalist JSON files")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(ALL_METHODS))
+    add_methods_argument(parser, None, "default: the bundle's methods, every method, medxgan_ig first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: the shipped bundle)")
@@ -48,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "input": [str(Path(p)) for p in args.inputs],
         "section": args.section,
         "output_dir": str(Path(args.output)),
-        "methods": list(args.methods),
         "overwrite": args.overwrite,
     }
+    if args.methods:
+        overrides["methods"] = list(args.methods)
     if args.device:
         overrides["device"] = torch.device(args.device)
     for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt"):

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
-from medxgan_monai.cli.explain import ALL_METHODS
+from medxgan_monai.cli.explain import add_methods_argument
 from medxgan_monai.node.dimse import ACSE_TIMEOUT, DIMSE_TIMEOUT, MAXIMUM_ASSOCIATIONS, NETWORK_TIMEOUT, is_loopback
 from medxgan_monai.node.processor import DEFAULT_MODALITIES
 from medxgan_monai.node.spool import is_valid_uid
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medxgan-node", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--spool", required=True, help="spool folder (queue, results, MLflow database)")
-    common.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=["medxgan"])
+    add_methods_argument(common, ["medxgan_ig"], "default: medxgan_ig, the default map, stored as DICOM")
     common.add_argument("--modality", nargs="+", default=list(DEFAULT_MODALITIES), help="accepted modalities")
     common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     common.add_argument("--bundle", default=str(DEFAULT_BUNDLE))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
-from medxgan_monai.cli.explain import ALL_METHODS
+from medxgan_monai.cli.explain import add_methods_argument
 
 __all__ = ["main"]
 
@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="medxgan-explainer", help="registered model name")
     default_uri = f"sqlite:///{Path('outputs/registry/mlruns.db').resolve()}"
     parser.add_argument("--tracking-uri", default=default_uri, help=f"MLflow tracking/registry URI ({default_uri})")
-    parser.add_argument(
-        "--methods", nargs="+", choices=ALL_METHODS, default=["medxgan", "medxgan_lig", "gradcam", "ig"]
-    )
+    add_methods_argument(parser, None, "default: the bundle's methods, every method, medxgan_ig first")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     parser.add_argument("--classifier-ckpt", help="default: the bundle's models/model.pt")
     parser.add_argument("--generator-ckpt", help="default: the bundle's models/generator.pt")

@@ -15,7 +15,7 @@ import torch
 from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.io.ledger import LEDGER_DIR, numbered_item_name, safe_item_name
 from medxgan_monai.io.nifti import output_geometry
-from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError, detect_format
+from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
 
 __all__ = [
     "InputProblem",
@@ -229,7 +229,7 @@ def _check_usable(image, path: str, min_size: int) -> None:
     if min(source_shape, default=0) < min_size:
         raise ImageReadError(path, f"image of size {tuple(source_shape)} is below {min_size} pixels along an axis")
     # the geometry the outputs will be written in, checked now rather than after the image was explained
-    affine, _ = output_geometry(path, detect_format(path), meta.get("original_affine", meta.get("affine")))
+    affine, _ = output_geometry(meta)
     if not np.isfinite(affine).all():
         raise ImageReadError(path, "the image's affine (voxel-to-world geometry) has NaN or infinite entries")
     tensor = torch.as_tensor(image)

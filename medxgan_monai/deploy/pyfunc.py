@@ -61,8 +61,6 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from monai.bundle import ConfigParser
 
-        from medxgan_monai.handlers.explanation import ExplanationHandler
-
         bundle = Path(context.artifacts["bundle"])
         settings = json.loads((bundle / SETTINGS).read_text())
         # the packed weights are named here, in Python (settings of older packed models name them by an expression)
@@ -71,11 +69,11 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         parser.read_config(str(bundle / "configs" / "inference.json"))
         _configure(parser, bundle, {**settings["overrides"], **weights})
         parser["device"] = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
-        self.methods = list(settings["overrides"]["methods"])
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.classifier = parser.get_parsed_content("classifier_net")
         self.device = parser.get_parsed_content("device")
-        self.handler = ExplanationHandler(parser.get_parsed_content("explainers"), self.methods)
+        self.explainers = parser.get_parsed_content("explainers")
+        self.methods = self.explainers.methods
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return pd.DataFrame([self._explain_row(row) for row in model_input.to_dict(orient="records")])
@@ -83,12 +81,13 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
     def _explain_row(self, row: dict) -> dict:
         import torch
 
+        from medxgan_monai.explain import counterfactual_names, counterfactuals_by_name
         from medxgan_monai.networks.classifier import class_probabilities
 
         name = str(row.get("name") or "image")
         nan = float("nan")
-        result = {"name": name, "probability": nan, "counterfactual_probability": nan, "error": ""}
-        result["residual_counterfactual_probability"] = nan
+        result = {"name": name, "probability": nan, "error": ""}
+        result.update({f"{counterfactual}_probability": nan for counterfactual in counterfactual_names()})
         result.update({method: [] for method in self.methods})
         with tempfile.TemporaryDirectory(prefix="medxgan_pyfunc_") as folder:
             path = Path(folder) / Path(name).name
@@ -97,15 +96,14 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 image = self.preprocessing({"image": str(path)})["image"].as_tensor()[None].to(self.device)
                 with torch.no_grad():
                     result["probability"] = float(class_probabilities(self.classifier(image))[0, 1])
-                maps, explanation, _ = self.handler.explain(image)
+                attributions, _ = self.explainers.explain(image)
             except Exception as error:  # one bad row must not fail the request
                 result["error"] = f"{name}: {type(error).__name__}: {error}"
                 return result
-        if explanation is not None:
-            result["counterfactual_probability"] = float(explanation.counterfactual_probability[0])
-            result["residual_counterfactual_probability"] = float(explanation.residual_counterfactual_probability[0])
-        for method, values in maps.items():
-            result[method] = np.round(values[0, 0].detach().cpu().numpy().T, 4).tolist()
+        for counterfactual, attribution in counterfactuals_by_name(attributions).items():
+            result[f"{counterfactual}_probability"] = float(attribution.counterfactual_probability[0])
+        for method, attribution in attributions.items():
+            result[method] = np.round(attribution.maps[0, 0].detach().cpu().numpy().T, 4).tolist()
         return result
 
 
@@ -123,7 +121,7 @@ def register_explainer(
     name: str,
     tracking_uri: str,
     bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
-    methods: Sequence[str] = ("medxgan", "medxgan_lig", "gradcam", "ig"),
+    methods: Sequence[str] | None = None,
     overrides: dict | None = None,
     network_config: str | os.PathLike | None = None,
     experiment_name: str = "medxgan_registry",
@@ -133,7 +131,8 @@ def register_explainer(
 
     Args:
         bundle_root: the bundle whose ``inference.json`` and weights are packed.
-        methods: the methods the model runs.
+        methods: the methods the model runs; default: the packed ``inference.json``'s ``methods`` (every method,
+            the default map ``medxgan_ig`` first).
         overrides: inference-config overrides (weights paths, image size, network settings, inversion steps, ...),
             taken as data (paths and names are never evaluated); weight files named here are packed into the model.
         network_config: a config file (e.g. a training run's executed config) whose ``network_def`` replaces the
@@ -146,7 +145,9 @@ def register_explainer(
     """
     from monai.bundle import ConfigParser
 
-    overrides = {**(overrides or {}), "methods": list(methods)}
+    overrides = dict(overrides or {})
+    if methods is not None:
+        overrides["methods"] = list(methods)
     if network_config is not None:
         trained = ConfigParser()
         trained.read_config(str(network_config))
@@ -188,7 +189,7 @@ def register_explainer(
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
         run = client.create_run(experiment_id, run_name=f"register_{name}")
-        client.log_param(run.info.run_id, "methods", ",".join(methods))
+        client.log_param(run.info.run_id, "methods", ",".join(model.methods))
         client.log_param(run.info.run_id, "bundle_root", str(bundle_root))
         client.log_artifacts(run.info.run_id, str(saved), "explainer")
         client.set_terminated(run.info.run_id)

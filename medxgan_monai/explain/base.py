@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
 
 import torch
 from monai.utils import convert_to_tensor
@@ -10,7 +11,7 @@ from torch import nn
 
 from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities, floating
 
-__all__ = ["SaliencyExplainer", "class_probability", "normalize_saliency"]
+__all__ = ["Attribution", "SaliencyExplainer", "Sweep", "class_probability", "normalize_saliency"]
 
 
 def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -34,12 +35,51 @@ def class_probability(classifier: nn.Module, images: torch.Tensor, target: int =
     return class_probabilities(classifier(images))[:, target]
 
 
-class SaliencyExplainer(ABC):
-    """Base class: ``explainer(images) -> maps``, Captum-style, on a batch of preprocessed images.
+@dataclass(frozen=True)
+class Sweep:
+    """Frames along a latent path from the counterfactual (alpha 0) to the reconstruction (alpha 1).
 
-    Subclasses implement :meth:`attribute` (raw maps, any sign, shape (B, C, *spatial)); calling the explainer returns
-    the maps after :func:`normalize_saliency`. The classifier is wrapped in :class:`FrozenClassifier` (eval mode, no
-    weight gradients); gradients are enabled inside the call even when the caller runs under ``torch.no_grad()``.
+    ``alphas`` (K,), ``frames`` (B, K, C, *spatial) and the frames' target-class ``probabilities`` (B, K).
+    """
+
+    alphas: torch.Tensor
+    frames: torch.Tensor
+    probabilities: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What one explanation method says about a batch: the one result type of every method.
+
+    Args:
+        maps: (B, 1, *spatial) in [0, 1] (after :func:`normalize_saliency`; raw from :meth:`SaliencyExplainer.
+            raw_attribution`).
+        counterfactual: (B, C, *spatial), the image the method compares with (its IG baseline or the image without
+            the pathology), for methods that have one.
+        counterfactual_probability: (B,), the classifier's target-class probability of ``counterfactual``.
+        sweep: frames from the counterfactual to the image, for methods that walk a latent path.
+        details: further per-image values (B,) by name, e.g. ``completeness_gap``.
+    """
+
+    maps: torch.Tensor
+    counterfactual: torch.Tensor | None = None
+    counterfactual_probability: torch.Tensor | None = None
+    sweep: Sweep | None = None
+    details: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.maps.shape[0]
+
+
+class SaliencyExplainer(ABC):
+    """Base class: ``explainer(images) -> maps`` and ``explainer.explain(images) -> Attribution``, Captum-style, on
+    a batch of preprocessed images.
+
+    Subclasses implement :meth:`attribute` (raw maps, any sign, shape (B, C, *spatial)); methods that also produce
+    a counterfactual or a sweep override :meth:`raw_attribution` instead. :meth:`explain` returns the
+    :class:`Attribution` with its maps after :func:`normalize_saliency`; calling the explainer returns just those
+    maps. The classifier is wrapped in :class:`FrozenClassifier` (eval mode, no weight gradients); gradients are
+    enabled inside the call even when the caller runs under ``torch.no_grad()``.
 
     Args:
         classifier: a network returning logits (B, 2) or (B, 1).
@@ -59,9 +99,18 @@ class SaliencyExplainer(ABC):
         self.target = target
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.explain(images).maps
+
+    def explain(self, images: torch.Tensor) -> Attribution:
+        """The method's :class:`Attribution` of ``images`` (B, C, *spatial), maps normalized."""
         images = convert_to_tensor(images, track_meta=False)
         with torch.enable_grad():
-            return normalize_saliency(self.attribute(images))
+            raw = self.raw_attribution(images)
+        return replace(raw, maps=normalize_saliency(raw.maps))
+
+    def raw_attribution(self, images: torch.Tensor) -> Attribution:
+        """The :class:`Attribution` with raw maps; by default :meth:`attribute`'s maps and nothing else."""
+        return Attribution(self.attribute(images))
 
     @abstractmethod
     def attribute(self, images: torch.Tensor) -> torch.Tensor:

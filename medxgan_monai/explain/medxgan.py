@@ -1,15 +1,16 @@
-"""The medXGAN explainer (Dravid et al. 2022): inversion, counterfactual, difference map, latent-path IG, sweep."""
+"""The medXGAN methods (Dravid et al. 2022): the difference map, latent-path IG and IG from the refined residual
+counterfactual, on one shared inversion of the images into the generator's codes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from monai.utils import convert_to_tensor
 from torch import nn
 
-from medxgan_monai.explain.base import class_probability, normalize_saliency
+from medxgan_monai.explain.base import Attribution, SaliencyExplainer, Sweep, class_probability
 from medxgan_monai.explain.baselines import IntegratedGradientsExplainer
 from medxgan_monai.networks.classifier import (
     FrozenClassifier,
@@ -21,9 +22,10 @@ from medxgan_monai.networks.classifier import (
 
 __all__ = [
     "CounterfactualRefiner",
-    "Explanation",
     "LatentInverter",
-    "MedXGANExplainer",
+    "MedXGANDifference",
+    "MedXGANIntegratedGradients",
+    "MedXGANLatentIntegratedGradients",
     "interpolation_sweep",
     "latent_path_integrated_gradients",
 ]
@@ -57,6 +59,10 @@ class LatentInverter:
     Starting codes: the encoder's estimate E(x) when an encoder is given (amortised inversion: a good start needs
     only a short refinement), else zeros (deterministic; the paper's code starts from random codes).
 
+    The medXGAN methods share one inverter; inside :meth:`reuse`, inverting images equal to ones already inverted
+    returns the codes found then (the inversion is deterministic), so several methods cost one inversion.
+    :attr:`reused_seconds` adds up the time such reuses saved, so each method can report its cost as if run alone.
+
     Example::
 
         inverter = LatentInverter(generator, classifier, encoder, steps=25, learning_rate=1e-2)
@@ -84,6 +90,21 @@ class LatentInverter:
         self.classifier_weight = classifier_weight
         self.counterfactual_weight = counterfactual_weight
         self.target = target
+        self.reused_seconds = 0.0
+        self._inverted: list[tuple[torch.Tensor, tuple[torch.Tensor, ...], float]] | None = None
+
+    @contextmanager
+    def reuse(self):
+        """Within this context, images equal to ones already inverted get the same codes without a new inversion.
+
+        Only within it: the codes depend on the classifier, which a caller may change between calls (the
+        randomization test re-initializes its layers).
+        """
+        self._inverted = []
+        try:
+            yield self
+        finally:
+            self._inverted = None
 
     def initial_codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder is not None:
@@ -114,7 +135,16 @@ class LatentInverter:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes z_a (B, anatomy_dim), z_p (B, pathology_dim) of ``images`` and their final losses (B,)."""
-        return one_image_at_a_time(self._invert, images)
+        images = floating(images.detach())
+        for seen, codes, seconds in self._inverted or ():
+            if seen.shape == images.shape and seen.dtype == images.dtype and torch.equal(seen, images):
+                self.reused_seconds += seconds
+                return codes
+        start = time.perf_counter()
+        codes = one_image_at_a_time(self._invert, images)
+        if self._inverted is not None:
+            self._inverted.append((images.clone(), codes, time.perf_counter() - start))
+        return codes
 
     def _invert(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images = floating(images.detach())
@@ -337,157 +367,138 @@ def interpolation_sweep(
     return alphas, torch.stack(images, dim=1), torch.stack(probabilities, dim=1)
 
 
-@dataclass
-class Explanation:
-    """A medXGAN explanation of a batch (all tensors batch-first, images shaped like the input).
+class MedXGANDifference(SaliencyExplainer):
+    """The medXGAN difference map |G(z_a, z_p) - G(z_a, 0)| of each image's codes (the paper's visualization).
 
-    ``maps`` holds the post-processed saliency maps by method name (``medxgan``: the difference map, ``medxgan_lig``:
-    latent-path IG, ``medxgan_ig``: image-space IG from the residual counterfactual), each (B, 1, *spatial) in [0, 1]
-    after :func:`normalize_saliency`. The residual counterfactual is the real image minus a generator change (see
-    :class:`CounterfactualRefiner`): the pathology removed from the image itself rather than from its reconstruction.
-    """
-
-    probability: torch.Tensor
-    reconstruction: torch.Tensor
-    reconstruction_probability: torch.Tensor
-    counterfactual: torch.Tensor
-    counterfactual_probability: torch.Tensor
-    residual_counterfactual: torch.Tensor
-    residual_counterfactual_probability: torch.Tensor
-    difference: torch.Tensor
-    latent_ig: torch.Tensor
-    completeness_gap: torch.Tensor
-    sweep_alphas: torch.Tensor
-    sweep_frames: torch.Tensor
-    sweep_probabilities: torch.Tensor
-    inversion_loss: torch.Tensor
-    z_a: torch.Tensor
-    z_p: torch.Tensor
-    maps: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.probability.shape[0]
-
-    def counterfactual_probability_of(self, method: str) -> torch.Tensor:
-        """Target-class probability of the counterfactual behind ``method``'s map (the residual one for IG)."""
-        if method == "medxgan_ig":
-            return self.residual_counterfactual_probability
-        return self.counterfactual_probability
-
-
-class MedXGANExplainer:
-    """Explain a classifier's decision on real images with a medXGAN generator (and optionally its encoder).
-
-    For each image x: invert it to codes (z_a, z_p) (see :class:`LatentInverter`), then
-
-    * the reconstruction x+ = G(z_a, z_p) and the counterfactual x0 = G(z_a, 0), the same anatomy without the
-      pathology code, with their classifier probabilities;
-    * the difference map |x+ - x0| (method ``medxgan``);
-    * latent-path Integrated Gradients along G(z_a, a z_p) (method ``medxgan_lig``) and its completeness gap;
-    * the residual counterfactual of x (see :class:`CounterfactualRefiner`: the generator's change applied to x and,
-      with ``counterfactual_steps > 0``, refined until the classifier calls it negative with a minimal change) and
-      exact image-space Integrated Gradients from it to x (method ``medxgan_ig``, the paper's "medXGAN + IG" with the
-      counterfactual as the IG baseline);
-    * an interpolation sweep of ``sweep_frames`` frames from x0 to x+ with their probabilities.
-
-    With an encoder and a few refinement steps this is the amortised explainer (beyond the paper); with
-    ``encoder=None, inversion_steps=1000, inversion_learning_rate=1e-3`` it is the paper's per-image optimisation.
+    The codes come from ``inverter`` (:class:`LatentInverter`); the counterfactual is G(z_a, 0), the same anatomy
+    without the pathology code. The result also carries the interpolation sweep of ``sweep_frames`` frames from the
+    counterfactual (alpha 0) to the reconstruction (alpha 1), whose end frames the map is made of, and the
+    reconstruction's probability and the inversion loss as details.
 
     Example::
 
-        explainer = MedXGANExplainer(classifier, generator, encoder, inversion_steps=25)
-        explanation = explainer(images)
-        explanation.maps["medxgan"]           # (B, 1, H, W) in [0, 1]
-        explanation.counterfactual_probability
+        inverter = LatentInverter(generator, classifier, encoder, steps=25, learning_rate=1e-2)
+        attribution = MedXGANDifference(classifier, generator, inverter).explain(images)
+        attribution.maps, attribution.counterfactual, attribution.sweep.frames
     """
 
-    methods = ("medxgan", "medxgan_lig", "medxgan_ig")
+    name = "medxgan"
+
+    def __init__(
+        self, classifier: nn.Module, generator: nn.Module, inverter: LatentInverter, sweep_frames: int = 11, target=1
+    ) -> None:
+        super().__init__(classifier, target)
+        if sweep_frames < 2:
+            raise ValueError(f"sweep_frames must be at least 2 (counterfactual and reconstruction), not {sweep_frames}")
+        self.generator = freeze(generator)
+        self.inverter = inverter
+        self.sweep_frames = sweep_frames
+
+    def attribute(self, images: torch.Tensor) -> torch.Tensor:
+        return self.raw_attribution(images).maps
+
+    def raw_attribution(self, images: torch.Tensor) -> Attribution:
+        z_a, z_p, inversion_loss = self.inverter(images)
+        alphas, frames, probabilities = interpolation_sweep(
+            self.generator, self.classifier, z_a, z_p, self.sweep_frames, self.target
+        )
+        # the sweep starts at the counterfactual G(z_a, 0) and ends at the reconstruction G(z_a, z_p)
+        counterfactual, reconstruction = frames[:, 0], frames[:, -1]
+        return Attribution(
+            maps=(reconstruction - counterfactual).abs(),
+            counterfactual=counterfactual,
+            counterfactual_probability=probabilities[:, 0],
+            sweep=Sweep(alphas, frames, probabilities),
+            details={"reconstruction_probability": probabilities[:, -1], "inversion_loss": inversion_loss},
+        )
+
+
+class MedXGANLatentIntegratedGradients(SaliencyExplainer):
+    """Integrated Gradients along the generator path G(z_a, a z_p), a from 0 to 1
+    (:func:`latent_path_integrated_gradients`); the counterfactual is the path's start G(z_a, 0).
+
+    Details: ``completeness_gap`` (per image, in probability units).
+
+    Example::
+
+        attribution = MedXGANLatentIntegratedGradients(classifier, generator, inverter, steps=50).explain(images)
+    """
+
+    name = "medxgan_lig"
 
     def __init__(
         self,
         classifier: nn.Module,
         generator: nn.Module,
-        encoder: nn.Module | None = None,
-        inversion_steps: int = 1000,
-        inversion_learning_rate: float = 1e-3,
-        pixel_weight: float = 10.0,
-        classifier_weight: float = 1.0,
-        counterfactual_weight: float = 0.0,
+        inverter: LatentInverter,
+        steps: int = 50,
+        variant: str = "exact",
+        target: int = 1,
+    ) -> None:
+        super().__init__(classifier, target)
+        self.generator = freeze(generator)
+        self.inverter = inverter
+        self.steps = steps
+        self.variant = variant
+
+    def attribute(self, images: torch.Tensor) -> torch.Tensor:
+        return self.raw_attribution(images).maps
+
+    def raw_attribution(self, images: torch.Tensor) -> Attribution:
+        z_a, z_p, _ = self.inverter(images)
+        attributions, gap = latent_path_integrated_gradients(
+            self.generator, self.classifier, z_a, z_p, self.steps, self.target, self.variant
+        )
+        with torch.no_grad():
+            counterfactual = floating(self.generator(z_a, torch.zeros_like(z_p)))
+            probability = class_probability(self.classifier, counterfactual, self.target)
+        return Attribution(attributions, counterfactual, probability, details={"completeness_gap": gap})
+
+
+class MedXGANIntegratedGradients(SaliencyExplainer):
+    """Exact image-space Integrated Gradients from each image's refined residual counterfactual to the image: the
+    paper's "medXGAN + IG" with the counterfactual as the IG baseline, and the project's default map.
+
+    The residual counterfactual is the real image minus the generator's pathology change, refined against the
+    classifier with ``counterfactual_steps`` steps (:class:`CounterfactualRefiner`; 0 keeps the unrefined
+    residual, the paper-like setting); the codes come from ``inverter``.
+
+    Example::
+
+        explainer = MedXGANIntegratedGradients(classifier, generator, inverter, counterfactual_steps=50)
+        attribution = explainer.explain(images)   # maps, residual counterfactual and its probability
+    """
+
+    name = "medxgan_ig"
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        generator: nn.Module,
+        inverter: LatentInverter,
         counterfactual_steps: int = 0,
         counterfactual_learning_rate: float = 0.02,
         counterfactual_sparsity: float = 100.0,
         ig_steps: int = 50,
-        ig_variant: str = "exact",
-        sweep_frames: int = 11,
         target: int = 1,
     ) -> None:
-        self.classifier = FrozenClassifier.wrap(classifier)
-        self.generator = freeze(generator)
-        self.inverter = LatentInverter(
-            self.generator,
-            self.classifier,
-            encoder,
-            steps=inversion_steps,
-            learning_rate=inversion_learning_rate,
-            pixel_weight=pixel_weight,
-            classifier_weight=classifier_weight,
-            counterfactual_weight=counterfactual_weight,
-            target=target,
-        )
+        super().__init__(classifier, target)
+        self.inverter = inverter
         self.refiner = CounterfactualRefiner(
-            self.generator,
+            generator,
             self.classifier,
             steps=counterfactual_steps,
             learning_rate=counterfactual_learning_rate,
             sparsity_weight=counterfactual_sparsity,
             target=target,
         )
-        if sweep_frames < 2:
-            raise ValueError(f"sweep_frames must be at least 2 (counterfactual and reconstruction), not {sweep_frames}")
-        self.ig_steps = ig_steps
-        self.ig_variant = ig_variant
         self.image_ig = IntegratedGradientsExplainer(self.classifier, steps=ig_steps, target=target)
-        self.sweep_frames = sweep_frames
-        self.target = target
 
-    def __call__(self, images: torch.Tensor) -> Explanation:
-        images = floating(convert_to_tensor(images, track_meta=False))
-        z_a, z_p, inversion_loss = self.inverter(images)
-        with torch.no_grad():
-            probability = class_probability(self.classifier, images, self.target)
-        latent_ig, gap = latent_path_integrated_gradients(
-            self.generator, self.classifier, z_a, z_p, self.ig_steps, self.target, self.ig_variant
-        )
-        alphas, frames, frame_probabilities = interpolation_sweep(
-            self.generator, self.classifier, z_a, z_p, self.sweep_frames, self.target
-        )
-        # the sweep starts at the counterfactual G(z_a, 0) and ends at the reconstruction G(z_a, z_p)
-        counterfactual, reconstruction = frames[:, 0], frames[:, -1]
-        counterfactual_probability, reconstruction_probability = frame_probabilities[:, 0], frame_probabilities[:, -1]
-        difference = (reconstruction - counterfactual).abs()
-        residual, residual_probability = self.refiner(images, z_a, z_p)
-        with torch.enable_grad():
-            image_ig = self.image_ig.attribute(images, baselines=residual)
-        return Explanation(
-            probability=probability,
-            reconstruction=reconstruction,
-            reconstruction_probability=reconstruction_probability,
-            counterfactual=counterfactual,
-            counterfactual_probability=counterfactual_probability,
-            residual_counterfactual=residual,
-            residual_counterfactual_probability=residual_probability,
-            difference=difference,
-            latent_ig=latent_ig,
-            completeness_gap=gap,
-            sweep_alphas=alphas,
-            sweep_frames=frames,
-            sweep_probabilities=frame_probabilities,
-            inversion_loss=inversion_loss,
-            z_a=z_a,
-            z_p=z_p,
-            maps={
-                "medxgan": normalize_saliency(difference),
-                "medxgan_lig": normalize_saliency(latent_ig),
-                "medxgan_ig": normalize_saliency(image_ig),
-            },
-        )
+    def attribute(self, images: torch.Tensor) -> torch.Tensor:
+        return self.raw_attribution(images).maps
+
+    def raw_attribution(self, images: torch.Tensor) -> Attribution:
+        images = floating(images.detach())
+        z_a, z_p, _ = self.inverter(images)
+        residual, probability = self.refiner(images, z_a, z_p)
+        return Attribution(self.image_ig.attribute(images, baselines=residual), residual, probability)

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import nibabel as nib
 import numpy as np
 
 from medxgan_monai.io.atomic import atomic_output
 
-__all__ = ["output_geometry", "write_nifti"]
+__all__ = ["SOURCE_AFFINE", "SOURCE_FORMAT", "SOURCE_SHAPE", "output_geometry", "write_nifti"]
 
 
-def output_geometry(source: str | os.PathLike, kind: str, loaded_affine=None) -> tuple[np.ndarray, tuple | None]:
-    """The affine and array shape that outputs derived from the image ``source`` are written with.
+#: metadata keys under which the loader (:class:`~medxgan_monai.transforms.LoadScan`) records a source's format
+#: ("nifti", "dicom" or "bitmap"), array shape as stored, and the affine its outputs are written with
+SOURCE_FORMAT, SOURCE_SHAPE, SOURCE_AFFINE = "source_format", "source_shape", "source_affine"
 
-    NIfTI (``kind == "nifti"``): the file's own affine and shape, exactly (singleton axes included). PNG/JPEG
-    (``"bitmap"``), which carry no geometry: the identity (one unit per pixel, i along a row, j down the columns) and
-    ``None`` (the shape of the array written). Otherwise (DICOM): ``loaded_affine``, the loader's original affine.
-    The affine is returned as read; callers check it is finite (:func:`write_nifti` refuses one that is not).
+
+def output_geometry(meta: Mapping) -> tuple[np.ndarray, tuple | None]:
+    """The affine and array shape that outputs derived from a loaded image are written with, from its metadata.
+
+    NIfTI sources: the file's own affine and shape, exactly (singleton axes included). PNG/JPEG, which carry no
+    geometry: the identity (one unit per pixel, i along a row, j down the columns) and ``None`` (the shape of the
+    array written). DICOM: the loader's original affine and ``None``. The affine is returned as recorded; callers
+    check it is finite (:func:`write_nifti` refuses one that is not). The source file is not opened again.
     """
-    if kind == "nifti":
-        header = nib.load(source)
-        return np.asarray(header.affine, dtype=np.float64), tuple(header.shape)
-    if kind == "bitmap":
-        return np.eye(4), None
-    return np.asarray(loaded_affine, dtype=np.float64), None
+    affine = np.asarray(meta[SOURCE_AFFINE], dtype=np.float64)
+    if str(meta[SOURCE_FORMAT]) == "nifti":
+        return affine, tuple(int(size) for size in np.asarray(meta[SOURCE_SHAPE]).reshape(-1))
+    return affine, None
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> None:

@@ -22,6 +22,7 @@ from PIL import Image, ImageMode
 from pydicom.pixels import apply_color_lut
 
 from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, redact_identifying_values
+from medxgan_monai.io.nifti import SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE
 
 __all__ = [
     "MAX_DECODED_BYTES",
@@ -171,6 +172,7 @@ class _HeaderSize:
     shape: tuple[int, ...]
     decoded_bytes: int
     layout: str  # for messages: the data type, samples or offset behind ``decoded_bytes``
+    affine: np.ndarray | None = None  # NIfTI: the affine nibabel gives the image (its header's best affine)
 
 
 def _nifti_header(path: str | os.PathLike):
@@ -208,7 +210,8 @@ def _header_size(path: str | os.PathLike, kind: str) -> _HeaderSize:
         dtype = header.get_data_dtype()
         offset = int(header.get_data_offset())
         data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        return _HeaderSize(shape, offset + data_bytes, f"{dtype.name} data at offset {offset}")
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+        return _HeaderSize(shape, offset + data_bytes, f"{dtype.name} data at offset {offset}", affine)
     if kind == "bitmap":
         try:
             with Image.open(path) as picture:
@@ -333,8 +336,23 @@ class LoadScan(LoadImage):
             # (raised below, outside this handler, so that it is not even the implicit context of a traceback)
             problem = redact_identifying_values(problem, _readable_header(filename))
         else:
-            return self._conform(image, filename)
+            return self._with_source_geometry(self._conform(image, filename), kind, header)
         raise ImageReadError(filename, problem)
+
+    @staticmethod
+    def _with_source_geometry(image: MetaTensor, kind: str, header: _HeaderSize) -> MetaTensor:
+        """Record, in the image's metadata, the geometry its outputs are written in (see
+        :func:`medxgan_monai.io.nifti.output_geometry`), so that writers never re-open the source."""
+        image.meta[SOURCE_FORMAT] = kind
+        image.meta[SOURCE_SHAPE] = np.asarray(header.shape, dtype=np.int64)
+        if kind == "nifti":
+            image.meta[SOURCE_AFFINE] = header.affine
+        elif kind == "bitmap":
+            # PNG/JPEG carry no geometry: one unit per pixel, i along a row and j down the columns
+            image.meta[SOURCE_AFFINE] = np.eye(4)
+        else:
+            image.meta[SOURCE_AFFINE] = np.asarray(image.meta[MetaKeys.ORIGINAL_AFFINE], dtype=np.float64)
+        return image
 
     def _conform(self, image: MetaTensor, filename) -> MetaTensor:
         if self.grayscale and image.shape[0] > 1:

@@ -1,0 +1,174 @@
+"""Explanation outputs, one writer per kind: NIfTI maps, NIfTI counterfactuals, the panel, the sweep GIF and the
+DICOM derived series.
+
+Each writer is called with one :class:`ExplainedImage` (everything explained about one source image, already
+brought back to the source grid, with the geometry the loader recorded) and an empty folder to write into; the
+inference bundle lists the writers it runs (``inference.json`` ``writers``). A new output kind is a new writer class
+here and one entry in that list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
+from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
+from medxgan_monai.io.nifti import write_nifti
+
+__all__ = [
+    "DicomDerivedWriter",
+    "ExplainedImage",
+    "ExplainedMethod",
+    "NiftiCounterfactualWriter",
+    "NiftiMapWriter",
+    "PanelWriter",
+    "SweepWriter",
+    "default_writers",
+]
+
+
+@dataclass
+class ExplainedMethod:
+    """One method's result for one image.
+
+    ``saliency`` is in the model's grid, (x, y) as MONAI holds arrays; ``saliency_in_source_grid`` in the source's;
+    ``counterfactual_name`` names the counterfactual's output (``<stem>_<name>.nii.gz``), ``None`` without one.
+    """
+
+    title: str
+    in_panel: bool
+    saliency: np.ndarray
+    saliency_in_source_grid: np.ndarray
+    counterfactual_name: str | None = None
+    counterfactual: np.ndarray | None = None
+    counterfactual_in_source_grid: np.ndarray | None = None
+    counterfactual_probability: float | None = None
+    sweep: tuple[np.ndarray, list[float], list[float]] | None = None  # frames (K, x, y), probabilities, alphas
+
+
+@dataclass
+class ExplainedImage:
+    """Everything explained about one source image, for the writers.
+
+    Args:
+        stem: the output name stem (safe and unique in the output folder).
+        source: the source file (read-only; never re-opened for geometry).
+        source_format: ``"nifti"``, ``"dicom"`` or ``"bitmap"``.
+        affine, shape: the geometry outputs are written in (:func:`~medxgan_monai.io.nifti.output_geometry`).
+        image: the model's input picture, (x, y) in [0, 1].
+        probability: the classifier's target-class probability.
+        methods: method name -> :class:`ExplainedMethod`, in the order the methods ran.
+    """
+
+    stem: str
+    source: str
+    source_format: str
+    affine: np.ndarray
+    shape: tuple | None
+    image: np.ndarray
+    probability: float
+    methods: dict[str, ExplainedMethod] = field(default_factory=dict)
+
+    def counterfactuals(self) -> dict[str, ExplainedMethod]:
+        """Per counterfactual output name, the first method that produced it."""
+        found: dict[str, ExplainedMethod] = {}
+        for result in self.methods.values():
+            if result.counterfactual_name is not None:
+                found.setdefault(result.counterfactual_name, result)
+        return found
+
+
+class NiftiMapWriter:
+    """``<stem>_<method>.nii.gz``: every method's map (float, [0, 1]) in the source grid and geometry."""
+
+    def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        for method, result in item.methods.items():
+            _write_in_source_geometry(item, result.saliency_in_source_grid, folder / f"{item.stem}_{method}.nii.gz")
+
+
+class NiftiCounterfactualWriter:
+    """``<stem>_<name>.nii.gz``: each counterfactual image (``counterfactual``: G(z_a, 0);
+    ``residual_counterfactual``: the refined residual one) in the source grid and geometry."""
+
+    def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        for name, result in item.counterfactuals().items():
+            _write_in_source_geometry(item, result.counterfactual_in_source_grid, folder / f"{item.stem}_{name}.nii.gz")
+
+
+def _write_in_source_geometry(item: ExplainedImage, array: np.ndarray, path: Path) -> None:
+    write_nifti(array.reshape(item.shape or array.shape), item.affine, path, overwrite=False)
+
+
+class PanelWriter:
+    """``<stem>_panel.png``: the image, the counterfactual of the first panel method that has one, and the maps of
+    the panel methods over the image, in the model's grid."""
+
+    def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        shown = {m: r for m, r in item.methods.items() if r.in_panel}
+        captions = {"image": f"image\np={item.probability:.2f}"}
+        counterfactual = np.zeros_like(item.image)
+        with_counterfactual = [r for r in shown.values() if r.counterfactual is not None]
+        if with_counterfactual:
+            result = with_counterfactual[0]
+            counterfactual = result.counterfactual
+            label = result.counterfactual_name.replace("_", " ")
+            captions["counterfactual"] = f"{label}\np={result.counterfactual_probability:.2f}"
+        # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
+        write_panel(
+            folder / f"{item.stem}_panel.png",
+            item.image.T,
+            counterfactual.T,
+            {m: r.saliency.T for m, r in shown.items()},
+            captions,
+            overwrite=False,
+        )
+
+
+class SweepWriter:
+    """``<stem>_sweep.gif``: the interpolation sweep from the counterfactual to the reconstruction, with each
+    frame's probability (from the first method that walks a latent path, ``medxgan``)."""
+
+    def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        sweeps = [r.sweep for r in item.methods.values() if r.sweep is not None]
+        if sweeps:
+            frames, probabilities, alphas = sweeps[0]
+            write_sweep_gif(folder / f"{item.stem}_sweep.gif", frames, probabilities, alphas, overwrite=False)
+
+
+class DicomDerivedWriter:
+    """For DICOM sources, new series of the source study: a Secondary Capture overlay (``<stem>_overlay_sc.dcm``) and
+    a Parametric Map (``<stem>_<method>_pm.dcm``) of ``method``'s map (the run's first map when it does not compute
+    ``method``).
+
+    The source is read for its header (the study, patient and frame of reference the new series reference) and its
+    pixels (the overlay's picture at full resolution, through the project's loader: rescaled, MONOCHROME1 inverted).
+    """
+
+    def __init__(self, method: str = "medxgan_ig") -> None:
+        self.method = method
+
+    def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        if item.source_format != "dicom" or not item.methods:
+            return
+        import pydicom
+
+        from medxgan_monai.transforms.io import load_scan
+
+        method = self.method if self.method in item.methods else next(iter(item.methods))
+        dataset = pydicom.dcmread(item.source, stop_before_pixels=True)
+        # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
+        saliency_rows = np.clip(item.methods[method].saliency_in_source_grid.T, 0, 1)
+        pixels = load_scan(item.source)[0].numpy().T
+        low, high = np.percentile(pixels, (0.5, 99.5))
+        picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
+        overlay = saliency_overlay(picture, saliency_rows)
+        write_overlay_secondary_capture(dataset, overlay, folder / f"{item.stem}_overlay_sc.dcm", overwrite=False)
+        write_saliency_parametric_map(dataset, saliency_rows, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
+
+
+def default_writers() -> list:
+    """Every output kind, as ``inference.json`` lists them."""
+    return [NiftiMapWriter(), NiftiCounterfactualWriter(), PanelWriter(), SweepWriter(), DicomDerivedWriter()]
