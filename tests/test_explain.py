@@ -335,3 +335,20 @@ def test_refinement_moves_a_saturated_positive_and_keeps_the_sparsest_valid_iter
     # image 0: valid at iterates 1 and 2, iterate 2 the sparser; image 1: never valid, so the last iterate
     assert best.counterfactual[:, 0].tolist() == [2.0, 3.0]
     assert best.probability.tolist() == pytest.approx([0.3, 0.6])
+
+
+def test_every_registered_setting_is_a_bundle_setting():
+    """Each method's and the inversion's settings in the registry can be set as ``--<setting>`` on the bundle:
+    ``inference.json`` has the top-level value and passes it in ``explainers#settings`` (a setting missing there
+    would be accepted on the command line and silently ignored)."""
+    import json
+    from pathlib import Path
+
+    from medxgan_monai.explain import INVERSION, METHODS
+
+    config = json.loads((Path(__file__).resolve().parents[1] / "bundle/configs/inference.json").read_text())
+    passed = config["explainers"]["settings"]
+    for method in (INVERSION, *METHODS.values()):
+        for setting in method.options:
+            assert passed.get(setting) == f"@{setting}" and setting in config, (method.name, setting)
+    assert set(passed) == {s for method in (INVERSION, *METHODS.values()) for s in method.options}

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or datalist JSON files")
     parser.add_argument("--output", required=True, help="output folder")
-    add_methods_argument(parser, None, "default: the bundle's methods, every method, medxgan_ig first")
+    add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: the shipped bundle)")

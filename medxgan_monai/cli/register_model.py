@@ -4,7 +4,7 @@ pyfunc model in the MLflow model registry.
 Usage::
 
     python scripts/register_model.py --name medxgan-explainer [--tracking-uri sqlite:///outputs/registry/mlruns.db]
-        [--methods medxgan medxgan_lig gradcam ig] [--classifier-ckpt C.pt --generator-ckpt G.pt --encoder-ckpt E.pt]
+        [--methods medxgan_ig medxgan gradcam ig] [--classifier-ckpt C.pt --generator-ckpt G.pt --encoder-ckpt E.pt]
         [--network-config outputs/gan/config_<run>.json]
 
 Then ``mlflow.pyfunc.load_model("models:/medxgan-explainer/<version>")``, or serve it with
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="medxgan-explainer", help="registered model name")
     default_uri = f"sqlite:///{Path('outputs/registry/mlruns.db').resolve()}"
     parser.add_argument("--tracking-uri", default=default_uri, help=f"MLflow tracking/registry URI ({default_uri})")
-    add_methods_argument(parser, None, "default: the bundle's methods, every method, medxgan_ig first")
+    add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     parser.add_argument("--classifier-ckpt", help="default: the bundle's models/model.pt")
     parser.add_argument("--generator-ckpt", help="default: the bundle's models/generator.pt")
