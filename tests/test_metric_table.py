@@ -168,3 +168,12 @@ def test_compare_inversion_counts_validity_by_the_evaluation_rule():
         float(counterfactual_validity(probabilities, counterfactual).nanmean())
     )
     assert math.isnan(validity_rate(torch.tensor([0.1, 0.3]), torch.tensor([0.0, 0.9]))), "no positive: undefined"
+
+
+def test_the_readme_evaluation_table_reads_the_metric_table():
+    """The README's evaluation table has the columns ``summary.md`` writes: the metric table's headings, in order."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = "| method | " + " | ".join(m.heading.replace("|", "\\|") for m in METRICS.values()) + " | s / image |"
+    assert header in readme.splitlines()
