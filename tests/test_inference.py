@@ -194,3 +194,48 @@ def test_report_times_only_this_runs_explanations_but_lists_every_row(tmp_path):
     report.write()
     assert [row["stem"] for row in _rows(tmp_path / "predictions.csv")] == ["a", "b"]
     assert {"seconds_ig", "seconds_gradient"} <= set(_rows(tmp_path / "predictions.csv")[0])
+
+
+def test_only_the_configured_writers_run_and_gradcam_alone_loads_no_generator(scans, weights, tmp_path, monkeypatch):
+    """``writers`` in the config chooses the output kinds; ``--methods gradcam`` loads neither generator nor encoder."""
+    import medxgan_monai.bundle
+
+    loaded = []
+    original = medxgan_monai.bundle.load_weights
+
+    def recording_load(module, path, *args, **kwargs):
+        loaded.append(path)
+        return original(module, path, *args, **kwargs)
+
+    monkeypatch.setattr(medxgan_monai.bundle, "load_weights", recording_load)  # what inference.json calls
+    out = tmp_path / "out"
+    writers = [{"_target_": "medxgan_monai.io.explanation_outputs.NiftiMapWriter"}]
+    workflow = _workflow([scans / "good" / "oblique.nii.gz"], out, weights, methods=["gradcam"], writers=writers)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert loaded == [], "no generator or encoder weights are loaded for gradcam alone"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "oblique_gradcam.nii.gz",
+        "predictions.csv",
+    ]
+    (row,) = _rows(out / "predictions.csv")
+    assert row["counterfactual_probability"] == row["residual_counterfactual_probability"] == ""
+
+
+def test_the_output_geometry_travels_with_the_image(scans, tmp_path):
+    """The loader records the affine and shape the outputs are written with; writers never re-open the source."""
+    import shutil
+
+    from medxgan_monai.io.nifti import output_geometry
+    from medxgan_monai.transforms import load_scan
+
+    source = tmp_path / "oblique.nii.gz"
+    shutil.copy(scans / "good" / "oblique.nii.gz", source)
+    expected = nib.load(source)
+    image = load_scan(source)
+    source.unlink()  # gone: the geometry must come from the metadata
+    affine, shape = output_geometry(image.meta)
+    assert np.array_equal(affine, expected.affine) and shape == expected.shape == (40, 56, 1)
+    affine, shape = output_geometry(load_scan(scans / "good" / "slice.dcm").meta)
+    assert shape is None and np.isfinite(affine).all()

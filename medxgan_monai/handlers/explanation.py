@@ -18,7 +18,12 @@ from medxgan_monai.explain.base import Attribution
 from medxgan_monai.explain.registry import METHODS, Explainers, counterfactual_names, counterfactuals_by_name
 from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.io.atomic import atomic_write_csv
-from medxgan_monai.io.explanation_outputs import ExplainedImage, ExplainedMethod, default_writers
+from medxgan_monai.io.explanation_outputs import (
+    ExplainedCounterfactual,
+    ExplainedImage,
+    ExplainedMethod,
+    default_writers,
+)
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import SOURCE_FORMAT, output_geometry
 from medxgan_monai.networks.classifier import class_probabilities
@@ -257,11 +262,9 @@ class ExplanationWriter:
         self, stem: str, image: MetaTensor, attributions: Mapping[str, Attribution], index: int, probability
     ) -> ExplainedImage:
         """Image ``index`` of the batch's ``attributions``, in both grids, with its source geometry."""
-        volumes = {}
-        for method, attribution in attributions.items():
-            volumes[method] = attribution.maps[index]
-            if attribution.counterfactual is not None:
-                volumes[f"{method}:counterfactual"] = attribution.counterfactual[index]
+        counterfactuals = counterfactuals_by_name(attributions)
+        volumes = {method: attribution.maps[index] for method, attribution in attributions.items()}
+        volumes.update({f"counterfactual:{n}": a.counterfactual[index] for n, a in counterfactuals.items()})
         in_source_grid = self._invert(image, volumes)
         affine, shape = output_geometry(image.meta)
         item = ExplainedImage(
@@ -273,18 +276,20 @@ class ExplanationWriter:
             image=image[0].detach().cpu().numpy(),
             probability=float(probability),
         )
+        for name, attribution in counterfactuals.items():
+            item.counterfactuals[name] = ExplainedCounterfactual(
+                image=attribution.counterfactual[index, 0].detach().cpu().numpy(),
+                in_source_grid=in_source_grid[f"counterfactual:{name}"],
+                probability=float(attribution.counterfactual_probability[index]),
+            )
         for method, attribution in attributions.items():
             result = ExplainedMethod(
                 title=METHODS[method].title,
                 in_panel=METHODS[method].panel,
                 saliency=attribution.maps[index, 0].detach().cpu().numpy(),
                 saliency_in_source_grid=in_source_grid[method],
+                counterfactual_name=METHODS[method].counterfactual if attribution.counterfactual is not None else None,
             )
-            if attribution.counterfactual is not None:
-                result.counterfactual_name = METHODS[method].counterfactual
-                result.counterfactual = attribution.counterfactual[index, 0].detach().cpu().numpy()
-                result.counterfactual_in_source_grid = in_source_grid[f"{method}:counterfactual"]
-                result.counterfactual_probability = float(attribution.counterfactual_probability[index])
             if attribution.sweep is not None:
                 sweep = attribution.sweep
                 result.sweep = (

@@ -20,6 +20,7 @@ from medxgan_monai.io.nifti import write_nifti
 
 __all__ = [
     "DicomDerivedWriter",
+    "ExplainedCounterfactual",
     "ExplainedImage",
     "ExplainedMethod",
     "NiftiCounterfactualWriter",
@@ -35,7 +36,7 @@ class ExplainedMethod:
     """One method's result for one image.
 
     ``saliency`` is in the model's grid, (x, y) as MONAI holds arrays; ``saliency_in_source_grid`` in the source's;
-    ``counterfactual_name`` names the counterfactual's output (``<stem>_<name>.nii.gz``), ``None`` without one.
+    ``counterfactual_name`` names its counterfactual in :attr:`ExplainedImage.counterfactuals`, ``None`` without one.
     """
 
     title: str
@@ -43,10 +44,16 @@ class ExplainedMethod:
     saliency: np.ndarray
     saliency_in_source_grid: np.ndarray
     counterfactual_name: str | None = None
-    counterfactual: np.ndarray | None = None
-    counterfactual_in_source_grid: np.ndarray | None = None
-    counterfactual_probability: float | None = None
     sweep: tuple[np.ndarray, list[float], list[float]] | None = None  # frames (K, x, y), probabilities, alphas
+
+
+@dataclass
+class ExplainedCounterfactual:
+    """A counterfactual image of one image: in the model's grid (x, y), in the source's, and its probability."""
+
+    image: np.ndarray
+    in_source_grid: np.ndarray
+    probability: float
 
 
 @dataclass
@@ -61,6 +68,8 @@ class ExplainedImage:
         image: the model's input picture, (x, y) in [0, 1].
         probability: the classifier's target-class probability.
         methods: method name -> :class:`ExplainedMethod`, in the order the methods ran.
+        counterfactuals: output name (``counterfactual``, ``residual_counterfactual``) ->
+            :class:`ExplainedCounterfactual`, one per name (of the first method giving it).
     """
 
     stem: str
@@ -71,14 +80,7 @@ class ExplainedImage:
     image: np.ndarray
     probability: float
     methods: dict[str, ExplainedMethod] = field(default_factory=dict)
-
-    def counterfactuals(self) -> dict[str, ExplainedMethod]:
-        """Per counterfactual output name, the first method that produced it."""
-        found: dict[str, ExplainedMethod] = {}
-        for result in self.methods.values():
-            if result.counterfactual_name is not None:
-                found.setdefault(result.counterfactual_name, result)
-        return found
+    counterfactuals: dict[str, ExplainedCounterfactual] = field(default_factory=dict)
 
 
 class NiftiMapWriter:
@@ -94,8 +96,8 @@ class NiftiCounterfactualWriter:
     ``residual_counterfactual``: the refined residual one) in the source grid and geometry."""
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
-        for name, result in item.counterfactuals().items():
-            _write_in_source_geometry(item, result.counterfactual_in_source_grid, folder / f"{item.stem}_{name}.nii.gz")
+        for name, counterfactual in item.counterfactuals.items():
+            _write_in_source_geometry(item, counterfactual.in_source_grid, folder / f"{item.stem}_{name}.nii.gz")
 
 
 def _write_in_source_geometry(item: ExplainedImage, array: np.ndarray, path: Path) -> None:
@@ -110,12 +112,12 @@ class PanelWriter:
         shown = {m: r for m, r in item.methods.items() if r.in_panel}
         captions = {"image": f"image\np={item.probability:.2f}"}
         counterfactual = np.zeros_like(item.image)
-        with_counterfactual = [r for r in shown.values() if r.counterfactual is not None]
-        if with_counterfactual:
-            result = with_counterfactual[0]
-            counterfactual = result.counterfactual
-            label = result.counterfactual_name.replace("_", " ")
-            captions["counterfactual"] = f"{label}\np={result.counterfactual_probability:.2f}"
+        names = [r.counterfactual_name for r in shown.values() if r.counterfactual_name in item.counterfactuals]
+        if names:
+            shown_counterfactual = item.counterfactuals[names[0]]
+            counterfactual = shown_counterfactual.image
+            label = names[0].replace("_", " ")
+            captions["counterfactual"] = f"{label}\np={shown_counterfactual.probability:.2f}"
         # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
         write_panel(
             folder / f"{item.stem}_panel.png",
