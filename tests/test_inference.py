@@ -239,3 +239,25 @@ def test_the_output_geometry_travels_with_the_image(scans, tmp_path):
     assert np.array_equal(affine, expected.affine) and shape == expected.shape == (40, 56, 1)
     affine, shape = output_geometry(load_scan(scans / "good" / "slice.dcm").meta)
     assert shape is None and np.isfinite(affine).all()
+
+
+def test_a_handler_listed_before_the_explanation_handler_fails_saying_so(tmp_path):
+    """The order of handlers is a checked contract: the writer and the scorer read the ExplanationHandler's results."""
+    from types import SimpleNamespace
+
+    from medxgan_monai.handlers import ExplanationScorer, ExplanationWriter, InferenceReport
+
+    report = InferenceReport(tmp_path / "out")
+    engine = SimpleNamespace(state=SimpleNamespace(output={}, batch={}, iteration=1))
+    for handler in (
+        ExplanationWriter(tmp_path / "out", preprocessing=None, report=report),
+        ExplanationScorer(linear_classifier(), report),
+    ):
+        with pytest.raises(RuntimeError, match="after the ExplanationHandler"):
+            handler(engine)
+
+
+def linear_classifier():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))

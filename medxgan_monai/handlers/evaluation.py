@@ -21,7 +21,7 @@ from torch import nn
 
 from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.handlers.explanation import ATTRIBUTIONS, FAILURE, SECONDS, InferenceReport
+from medxgan_monai.handlers.explanation import ATTRIBUTIONS, FAILURE, SECONDS, InferenceReport, explained_output
 from medxgan_monai.io.atomic import atomic_write_csv, atomic_write_text
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
 from medxgan_monai.metrics import (
@@ -103,7 +103,7 @@ class ExplanationScorer:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
+        batch, output = engine.state.batch, explained_output(engine, type(self).__name__)
         stems, sources = list(batch["stem"]), [str(s) for s in batch["source"]]
         if FAILURE in output:
             for stem, source in zip(stems, sources, strict=True):

@@ -29,7 +29,7 @@ from medxgan_monai.io.nifti import SOURCE_FORMAT, output_geometry
 from medxgan_monai.networks.classifier import class_probabilities
 
 __all__ = ["ATTRIBUTIONS", "FAILURE", "SECONDS", "ExplanationHandler", "ExplanationWriter", "InferenceFailed"]
-__all__ += ["InferenceReport"]
+__all__ += ["InferenceReport", "explained_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ SECONDS = "seconds"
 FAILURE = "explanation_failure"
 #: the predictions.csv columns of counterfactual probabilities, one per counterfactual the methods can produce
 COUNTERFACTUAL_COLUMNS = [f"{name}_probability" for name in counterfactual_names()]
+
+
+def explained_output(engine: Engine, consumer: str) -> dict:
+    """``engine.state.output`` after the :class:`ExplanationHandler` ran on it (it holds the attributions or the
+    reason explaining failed); a handler that reads the explanations calls this, so a handlers list that puts it
+    before the :class:`ExplanationHandler` fails at once, saying so, instead of writing empty results."""
+    output = engine.state.output
+    if ATTRIBUTIONS not in output and FAILURE not in output:
+        raise RuntimeError(f"{consumer} needs the ExplanationHandler's results: list it after the ExplanationHandler")
+    return output
 
 
 class InferenceFailed(RuntimeError):
@@ -233,7 +243,7 @@ class ExplanationWriter:
 
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        output = engine.state.output
+        output = explained_output(engine, type(self).__name__)
         images = decollate_batch({self.image_key: engine.state.batch[self.image_key]})
         images = [item[self.image_key] for item in images]
         stems = engine.state.batch.get("stem") or [
@@ -247,7 +257,7 @@ class ExplanationWriter:
                 continue
             try:
                 folder = self.ledger.staging(stem)
-                item = self.explained_image(stem, image, output.get(ATTRIBUTIONS, {}), index, probabilities[index])
+                item = self.explained_image(stem, image, output[ATTRIBUTIONS], index, probabilities[index])
                 for writer in self.writers:
                     writer(item, folder)
                 row = self.report.prediction_row(stem, source, output, index)
