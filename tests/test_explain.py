@@ -352,3 +352,6 @@ def test_every_registered_setting_is_a_bundle_setting():
         for setting in method.options:
             assert passed.get(setting) == f"@{setting}" and setting in config, (method.name, setting)
     assert set(passed) == {s for method in (INVERSION, *METHODS.values()) for s in method.options}
+    # the registry reports each setting's default, the explainer's own (the bundle's product defaults may differ)
+    assert METHODS["ig"].defaults() == {"ig_steps": 50}
+    assert INVERSION.defaults()["inversion_steps"] == 1000 and config["inversion_steps"] == 25

@@ -106,11 +106,11 @@ def _write_in_source_geometry(item: ExplainedImage, array: np.ndarray, path: Pat
 
 class PanelWriter:
     """``<stem>_panel.png``: the image, the counterfactual of the first panel method that has one, and the maps of
-    the panel methods over the image, in the model's grid."""
+    the panel methods over the image (captioned with the methods' titles), in the model's grid."""
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
         shown = {m: r for m, r in item.methods.items() if r.in_panel}
-        captions = {"image": f"image\np={item.probability:.2f}"}
+        captions = {"image": f"image\np={item.probability:.2f}"} | {m: r.title for m, r in shown.items()}
         counterfactual = np.zeros_like(item.image)
         names = [r.counterfactual_name for r in shown.values() if r.counterfactual_name in item.counterfactuals]
         if names:
