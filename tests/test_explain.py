@@ -355,3 +355,13 @@ def test_every_registered_setting_is_a_bundle_setting():
     # the registry reports each setting's default, the explainer's own (the bundle's product defaults may differ)
     assert METHODS["ig"].defaults() == {"ig_steps": 50}
     assert INVERSION.defaults()["inversion_steps"] == 1000 and config["inversion_steps"] == 25
+
+
+def test_an_explainer_implements_attribute_or_raw_attribution():
+    """Each default is written in terms of the other: a subclass implementing neither is refused when defined."""
+    from medxgan_monai.explain import SaliencyExplainer
+
+    with pytest.raises(TypeError, match="attribute"):
+
+        class Nothing(SaliencyExplainer):
+            pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -71,15 +70,15 @@ class Attribution:
         return self.maps.shape[0]
 
 
-class SaliencyExplainer(ABC):
+class SaliencyExplainer:
     """Base class: ``explainer(images) -> maps`` and ``explainer.explain(images) -> Attribution``, Captum-style, on
     a batch of preprocessed images.
 
-    Subclasses implement :meth:`attribute` (raw maps, any sign, shape (B, C, *spatial)); methods that also produce
-    a counterfactual or a sweep override :meth:`raw_attribution` instead. :meth:`explain` returns the
-    :class:`Attribution` with its maps after :func:`normalize_saliency`; calling the explainer returns just those
-    maps. The classifier is wrapped in :class:`FrozenClassifier` (eval mode, no weight gradients); gradients are
-    enabled inside the call even when the caller runs under ``torch.no_grad()``.
+    Subclasses implement :meth:`attribute` (raw maps, any sign, shape (B, C, *spatial)), or, for methods that also
+    produce a counterfactual or a sweep, :meth:`raw_attribution` (then :meth:`attribute` returns its maps).
+    :meth:`explain` returns the :class:`Attribution` with its maps after :func:`normalize_saliency`; calling the
+    explainer returns just those maps. The classifier is wrapped in :class:`FrozenClassifier` (eval mode, no weight
+    gradients); gradients are enabled inside the call even when the caller runs under ``torch.no_grad()``.
 
     Args:
         classifier: a network returning logits (B, 2) or (B, 1).
@@ -112,6 +111,13 @@ class SaliencyExplainer(ABC):
         """The :class:`Attribution` with raw maps; by default :meth:`attribute`'s maps and nothing else."""
         return Attribution(self.attribute(images))
 
-    @abstractmethod
     def attribute(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw attribution maps (B, C, *spatial) for ``images`` (B, C, *spatial)."""
+        """Raw attribution maps (B, C, *spatial) for ``images`` (B, C, *spatial); by default those of
+        :meth:`raw_attribution`."""
+        return self.raw_attribution(images).maps
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # each default is written in terms of the other: a subclass must implement one of them
+        if cls.attribute is SaliencyExplainer.attribute and cls.raw_attribution is SaliencyExplainer.raw_attribution:
+            raise TypeError(f"{cls.__name__} must implement attribute() or raw_attribution()")

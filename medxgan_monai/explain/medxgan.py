@@ -394,9 +394,6 @@ class MedXGANDifference(SaliencyExplainer):
         self.inverter = inverter
         self.sweep_frames = sweep_frames
 
-    def attribute(self, images: torch.Tensor) -> torch.Tensor:
-        return self.raw_attribution(images).maps
-
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         z_a, z_p, inversion_loss = self.inverter(images)
         alphas, frames, probabilities = interpolation_sweep(
@@ -440,9 +437,6 @@ class MedXGANLatentIntegratedGradients(SaliencyExplainer):
         self.inverter = inverter
         self.steps = steps
         self.variant = variant
-
-    def attribute(self, images: torch.Tensor) -> torch.Tensor:
-        return self.raw_attribution(images).maps
 
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         z_a, z_p, _ = self.inverter(images)
@@ -493,9 +487,6 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
             target=target,
         )
         self.image_ig = IntegratedGradientsExplainer(self.classifier, steps=ig_steps, target=target)
-
-    def attribute(self, images: torch.Tensor) -> torch.Tensor:
-        return self.raw_attribution(images).maps
 
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         images = floating(images.detach())
