@@ -134,7 +134,7 @@ def test_bad_datalist_fails_before_training_and_names_the_file(tiny_demo, tmp_pa
 
 
 def test_metadata_verifies_offline_against_the_repository_schema():
-    verify_metadata(meta_file=META, filepath=str(BUNDLE_ROOT / "schema" / "metadata_schema.json"))
+    verify_metadata(meta_file=META, filepath=str(BUNDLE_ROOT / "schema" / "meta_schema_20240725.json"))
 
 
 def test_network_matches_its_declared_inputs_and_outputs():
