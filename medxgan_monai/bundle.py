@@ -19,6 +19,7 @@ from medxgan_monai.io.weights import load_weights, save_state_dict  # the config
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "default_bundle_root",
     "config_value",
     "config_values",
     "default_tracking_uri",
@@ -166,6 +167,18 @@ def write_report(metrics: dict, path: str | os.PathLike) -> dict:
 
 #: the bundle shipped with the package (a source checkout or an editable install)
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+
+
+def default_bundle_root() -> str:
+    """The bundle folder a config runs with when no ``--bundle_root`` is given.
+
+    The current folder when it is a bundle (``configs/metadata.json`` there: run from inside the bundle folder, as
+    model-zoo bundles are), else ``bundle`` when that is one (the repository root), else :data:`DEFAULT_BUNDLE`.
+    """
+    for candidate in (Path("."), Path("bundle")):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return str(candidate)
+    return str(DEFAULT_BUNDLE)
 
 
 def unwrap_config_error(error: BaseException) -> BaseException:

@@ -108,3 +108,38 @@ def test_the_shipped_classifier_passes_the_network_checks_and_exports_to_torchsc
     with torch.no_grad():
         expected = network.eval()(images)
         assert torch.allclose(torch.jit.load(str(exported))(images), expected, atol=1e-4)
+
+
+def test_the_bundle_runs_from_its_own_folder_and_writes_under_the_working_folder(tmp_path, monkeypatch):
+    """As a zoo user runs a downloaded bundle: ``configs/inference.json`` from inside the bundle folder, no
+    ``--bundle_root``; the shipped weights are found there and outputs and MLflow land under the working folder."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    from conftest import brain_like
+
+    bundle = tmp_path / "medxgan_bundle"
+    for part in ("configs", "models", "docs"):
+        shutil.copytree(BUNDLE_ROOT / part, bundle / part)
+    shutil.copy(BUNDLE_ROOT / "LICENSE", bundle / "LICENSE")
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(brain_like((48, 40)), np.diag([0.8, 1.2, 1.0, 1.0])), scan)
+    monkeypatch.chdir(bundle)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workflow = ConfigWorkflow(
+        config_file="configs/inference.json",
+        meta_file="configs/metadata.json",
+        logging_file=False,
+        workflow_type="inference",
+        input=[str(scan)],
+        methods=["gradcam"],
+        device="cpu",
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    (run,) = (bundle / "outputs" / "inference").glob("inference_*")
+    assert (run / "scan_gradcam.nii.gz").is_file() and (run / "predictions.csv").is_file()
+    assert (bundle / "outputs" / "inference" / "mlruns.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["medxgan_bundle", "scan.nii.gz"], "nothing outside"
