@@ -166,7 +166,11 @@ def write_report(metrics: dict, path: str | os.PathLike) -> dict:
 
 
 #: the bundle shipped with the package (a source checkout or an editable install)
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+#: the bundle an installed wheel carries (``setup.py`` copies ``bundle/`` there), else the repository's ``bundle/``
+PACKAGED_BUNDLE = Path(__file__).resolve().parent / "bundle_data"
+DEFAULT_BUNDLE = (
+    PACKAGED_BUNDLE if (PACKAGED_BUNDLE / "configs").is_dir() else Path(__file__).resolve().parents[1] / "bundle"
+)
 
 
 def default_bundle_root() -> str:
