@@ -66,6 +66,7 @@ def test_metadata_lists_every_package_the_bundle_needs():
     "config_files, workflow_type",
     [
         (["inference.json"], "inference"),
+        (["inference.json", "evaluate.json"], "inference"),
         (["train_classifier.json"], "train"),
         (["train_classifier.json", "train_gan.json"], "train"),
     ],
