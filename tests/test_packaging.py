@@ -4,7 +4,7 @@ on a DICOM and a NIfTI, with no repository on the path.
 
 The fresh environment gets the wheel and its dependencies from pip (the package index and pip's cache, which the set-up
 of the test environment filled moments before; torch pinned to the running build, as ``scripts/setup.sh`` pins it, so
-that no CUDA build is pulled). About two minutes and 2.3 GB of disk, removed afterwards.
+that no CUDA build is pulled). A few minutes and about 2.3 GB of disk, removed afterwards.
 """
 
 from __future__ import annotations
