@@ -75,17 +75,13 @@ class Method:
 
     def defaults(self) -> dict[str, object]:
         """The explainer's default value of each option, by bundle setting."""
-        return _defaults(self.explainer, self.options)
+        parameters = inspect.signature(self.explainer).parameters
+        return {setting: parameters[argument].default for setting, argument in self.options.items()}
 
     def build(self, built: Mapping[str, object], settings: Mapping[str, object], target: int = 1) -> SaliencyExplainer:
         """The explainer on the ``built`` needs, with the ``settings`` it takes (others are ignored)."""
         chosen = {argument: settings[setting] for setting, argument in self.options.items() if setting in settings}
         return self.explainer(**{need: built[need] for need in self.needs}, **chosen, target=target)
-
-
-def _defaults(factory: Callable, options: Mapping[str, str]) -> dict[str, object]:
-    parameters = inspect.signature(factory).parameters
-    return {setting: parameters[argument].default for setting, argument in options.items()}
 
 
 #: the shared inversion (:class:`LatentInverter`): its settings, like a method's options
