@@ -241,6 +241,51 @@ class RandomizationTest:
             logger.exception("randomization test failed")
             self.failure = f"{type(error).__name__}: {error}"
 
+    def write(self, report: EvaluationReport) -> None:
+        """``randomization.csv`` (per method and stage: mean Spearman, bootstrap CI) and ``randomization.png``."""
+        if not self.correlations:
+            return
+        header = ["method", "stage", "layer", "mean_spearman", "ci_low", "ci_high", "n"]
+        rows = []
+        for method, values in self.correlations.items():
+            for stage, (layer, per_image) in enumerate(zip(self.layers, values.numpy(), strict=True), start=1):
+                mean, low, high = bootstrap_ci(per_image, report.bootstrap_samples, report.seed)
+                rows.append([method, stage, layer, *(_cell(v) for v in (mean, low, high)), len(per_image)])
+        report.write_csv("randomization.csv", header, rows)
+        correlations = {m: v.numpy() for m, v in self.correlations.items()}
+        write_randomization_curves(
+            report.output_dir / "randomization.png", self.layers, correlations, overwrite=report.overwrite
+        )
+
+    def markdown(self, report: EvaluationReport) -> list[str]:
+        if self.count <= 0:
+            return []
+        lines = ["## Randomization sanity test (Adebayo et al. 2018)", ""]
+        if self.failure:
+            return [*lines, f"The test failed: {self.failure}"]
+        if not self.correlations:
+            return [*lines, "Not run (no image was explained)."]
+        stages = sorted({0, len(self.layers) // 2, len(self.layers) - 1})
+        lines += [
+            f"Spearman correlation between each method's map on {len(self.images)} image(s) and its map after the "
+            "classifier's layers are re-initialized one group at a time, from the output back (cumulative). A map "
+            "that explains the model should decorrelate (towards 0); one that stays near 1 shows the image, "
+            "not the model.",
+            "",
+            "| method | " + " | ".join(f"after `{self.layers[s]}` ({s + 1}/{len(self.layers)})" for s in stages) + " |",
+            "|---" * (len(stages) + 1) + "|",
+        ]
+        for method, values in self.correlations.items():
+            means = values.mean(1).numpy()
+            lines.append(f"| {method} | " + " | ".join(f"{means[s]:.3f}" for s in stages) + " |")
+        return lines
+
+    def tracked_metrics(self, report: EvaluationReport) -> dict[str, float]:
+        """``<method>_randomization_final``: the mean correlation after every layer is re-initialized."""
+        return {
+            f"{method}_randomization_final": float(values[-1].mean()) for method, values in self.correlations.items()
+        }
+
 
 def _detected(rows: list[dict]) -> list[dict]:
     """The scored rows of images the classifier calls positive."""
@@ -275,18 +320,25 @@ class EvaluationReport:
 
     Files in ``output_dir``: ``metrics_per_image.csv`` (one row per image and method), ``metrics_summary.csv``
     (method, metric, mean, 95% bootstrap CI, n), ``metrics_summary_detected.csv`` (the same over the images the
-    classifier calls positive), ``summary.md`` (both as markdown tables, plus the randomization test),
-    ``metrics.png`` (bars with CIs), ``randomization.csv`` and ``randomization.png``, ``examples_<method>.png``
-    (best and worst cases), and the ``report``'s ``predictions.csv`` / ``errors.csv``. ``engine.state.metrics``
-    gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, for an MLflow handler attached after this
-    one.
+    classifier calls positive), ``summary.md`` (both as markdown tables, then each section's), ``metrics.png``
+    (bars with CIs), ``examples_<method>.png`` (best and worst cases), each section's files (the randomization test:
+    ``randomization.csv`` and ``randomization.png``), and the ``report``'s ``predictions.csv`` / ``errors.csv``.
+    ``engine.state.metrics`` gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, and each section's
+    tracked metrics, for an MLflow handler attached after this one.
+
+    A *section* is a further part of the report with its own files, e.g. :class:`RandomizationTest`. It has three
+    methods, each given this report (its ``output_dir``, ``scorer``, ``bootstrap_samples``, ``seed``, ``overwrite``
+    and :meth:`write_csv`): ``write(report)`` writes its files, ``markdown(report) -> list[str]`` its part of
+    ``summary.md``, ``tracked_metrics(report) -> dict[str, float]`` its metrics for MLflow. Sections run in order,
+    after the metric tables.
 
     Args:
         output_dir: destination folder.
         scorer: the :class:`ExplanationScorer` of the run.
         report: the run's :class:`~medxgan_monai.handlers.InferenceReport`.
-        randomization: the run's :class:`RandomizationTest`, if any.
+        randomization: the run's :class:`RandomizationTest`, if any (the first section).
         description: a line saying what was evaluated (datalist, section), for ``summary.md``.
+        sections: further sections, in report order.
     """
 
     def __init__(
@@ -299,9 +351,11 @@ class EvaluationReport:
         bootstrap_samples: int = 2000,
         seed: int = 0,
         overwrite: bool = False,
+        sections: Sequence = (),
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.scorer, self.report, self.randomization = scorer, report, randomization
+        self.scorer, self.report = scorer, report
+        self.sections = [*([randomization] if randomization is not None else []), *sections]
         self.description = description
         self.bootstrap_samples, self.seed = bootstrap_samples, seed
         self.overwrite = overwrite
@@ -318,13 +372,13 @@ class EvaluationReport:
         detected = _detected(rows)
         self.detected_summary = summarize(detected, [*metrics, "seconds"], "method", self.bootstrap_samples, self.seed)
         columns = [*IDENTITY_COLUMNS, *metrics]
-        self._csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
+        self.write_csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
         summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
         for name, summary in (
             ("metrics_summary.csv", self.summary),
             ("metrics_summary_detected.csv", self.detected_summary),
         ):
-            self._csv(name, summary_columns, [[_cell(r[c]) for c in summary_columns] for r in summary])
+            self.write_csv(name, summary_columns, [[_cell(r[c]) for c in summary_columns] for r in summary])
         if rows:
             bar_titles = {
                 name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
@@ -339,29 +393,16 @@ class EvaluationReport:
                     title = f"{method}: best (top) and worst (bottom) images by {ranking}; mask outlined in white"
                     columns = max(1, self.scorer.examples)
                     write_example_cases(path, best + worst, columns, title, overwrite=self.overwrite)
-        if self.randomization is not None and self.randomization.correlations:
-            self._write_randomization()
+        for section in self.sections:
+            section.write(self)
         atomic_write_text(self.output_dir / "summary.md", self.markdown(), overwrite=self.overwrite)
         if engine is not None:
             engine.state.metrics.update(self.tracked_metrics())
         self.report.write(engine)
 
-    def _csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    def write_csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+        """Write ``output_dir/name`` atomically (refusing an existing file unless ``overwrite``)."""
         atomic_write_csv(self.output_dir / name, header, rows, overwrite=self.overwrite, lineterminator="\n")
-
-    def _write_randomization(self) -> None:
-        test = self.randomization
-        header = ["method", "stage", "layer", "mean_spearman", "ci_low", "ci_high", "n"]
-        rows = []
-        for method, values in test.correlations.items():
-            for stage, (layer, per_image) in enumerate(zip(test.layers, values.numpy(), strict=True), start=1):
-                mean, low, high = bootstrap_ci(per_image, self.bootstrap_samples, self.seed)
-                rows.append([method, stage, layer, *(_cell(v) for v in (mean, low, high)), len(per_image)])
-        self._csv("randomization.csv", header, rows)
-        correlations = {m: v.numpy() for m, v in test.correlations.items()}
-        write_randomization_curves(
-            self.output_dir / "randomization.png", test.layers, correlations, overwrite=self.overwrite
-        )
 
     def tracked_metrics(self) -> dict[str, float]:
         """``<method>_<metric>`` means and CI bounds of the summary (finite values only)."""
@@ -371,10 +412,12 @@ class EvaluationReport:
                 continue
             name = f"{row['method']}_{row['metric']}"
             tracked.update({name: row["mean"], f"{name}_ci_low": row["ci_low"], f"{name}_ci_high": row["ci_high"]})
+        for section in self.sections:
+            tracked.update(section.tracked_metrics(self))
         return tracked
 
     def markdown(self) -> str:
-        """The summary as markdown: the metrics table (best mean per column in bold) and the randomization test."""
+        """The summary as markdown: the metrics tables (best mean per column in bold), then each section's part."""
         images = len({row["stem"] for row in self.scorer.rows})
         lines = [
             "# Explanation evaluation",
@@ -394,34 +437,12 @@ class EvaluationReport:
             "not point at it (metrics_summary_detected.csv).",
             "",
             *_summary_table(self.detected_summary, self.scorer.metrics),
-            "",
-            *self._randomization_markdown(),
         ]
+        for section in self.sections:
+            part = section.markdown(self)
+            if part:
+                lines += ["", *part]
         return "\n".join(lines) + "\n"
-
-    def _randomization_markdown(self) -> list[str]:
-        test = self.randomization
-        if test is None or test.count <= 0:
-            return []
-        lines = ["## Randomization sanity test (Adebayo et al. 2018)", ""]
-        if test.failure:
-            return [*lines, f"The test failed: {test.failure}"]
-        if not test.correlations:
-            return [*lines, "Not run (no image was explained)."]
-        stages = sorted({0, len(test.layers) // 2, len(test.layers) - 1})
-        lines += [
-            f"Spearman correlation between each method's map on {len(test.images)} image(s) and its map after the "
-            "classifier's layers are re-initialized one group at a time, from the output back (cumulative). A map "
-            "that explains the model should decorrelate (towards 0); one that stays near 1 shows the image, "
-            "not the model.",
-            "",
-            "| method | " + " | ".join(f"after `{test.layers[s]}` ({s + 1}/{len(test.layers)})" for s in stages) + " |",
-            "|---" * (len(stages) + 1) + "|",
-        ]
-        for method, values in test.correlations.items():
-            means = values.mean(1).numpy()
-            lines.append(f"| {method} | " + " | ".join(f"{means[s]:.3f}" for s in stages) + " |")
-        return lines
 
 
 def _cell(value) -> str:
