@@ -6,7 +6,7 @@ from medxgan_monai.metrics.counterfactual import counterfactual_validity
 from medxgan_monai.metrics.faithfulness import PerturbationCurves, deletion_insertion
 from medxgan_monai.metrics.localization import otsu_iou, pixel_auroc, pointing_game, relevance_mass, top_k_iou
 from medxgan_monai.metrics.sanity import cascading_randomization, randomization_layers, rank_correlation
-from medxgan_monai.metrics.statistics import bootstrap_ci, summarize
+from medxgan_monai.metrics.statistics import bootstrap_ci, paired_bootstrap, paired_comparisons, summarize
 from medxgan_monai.metrics.table import METRICS, NEEDS, ExplanationMetric, MetricInputs, metric_table, score_maps
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "deletion_insertion",
     "metric_table",
     "otsu_iou",
+    "paired_bootstrap",
+    "paired_comparisons",
     "pixel_auroc",
     "pointing_game",
     "randomization_layers",
