@@ -81,9 +81,13 @@ def test_every_metric_for_every_method_with_report_mlflow_and_bad_entries(tiny_d
             assert validity in ("0", "1")
         else:
             assert validity == "", "validity applies to medXGAN counterfactuals of images called positive"
+        if row["method"] in ("ig", "medxgan_ig", "medxgan_lig"):
+            assert 0 <= float(row["completeness_gap"]) < 1, "IG-type maps report their completeness gap"
+        else:
+            assert row["completeness_gap"] == ""
 
     summary = _rows(out / "metrics_summary.csv")
-    assert {(r["method"], r["metric"]) for r in summary} == {(m, k) for m in METHODS for k in [*METRICS, "seconds"]}
+    assert {(r["method"], r["metric"]) for r in summary} == {(m, k) for m in METHODS for k in [*METRICS, "completeness_gap", "seconds"]}
     for row in summary:
         if row["n"] != "0":
             assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])

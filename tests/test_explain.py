@@ -253,6 +253,25 @@ def test_image_ig_from_the_residual_counterfactual_adds_up(networks):
     with torch.no_grad():
         expected = class_probability(classifier, images) - raw.counterfactual_probability
     assert torch.allclose(raw.maps.flatten(1).sum(1), expected, atol=1e-3)
+    # the reported completeness gap is the measured one (the evaluation writes it per image)
+    measured = (raw.maps.flatten(1).sum(1) - expected).abs()
+    assert torch.allclose(raw.details["completeness_gap"], measured, atol=1e-5)
+
+
+def test_ig_reports_its_completeness_gap_which_shrinks_with_steps(networks):
+    from medxgan_monai.explain import IntegratedGradientsExplainer, class_probability
+
+    classifier, _, _, images = networks
+    gaps = {}
+    for steps in (2, 64):
+        attribution = IntegratedGradientsExplainer(classifier, steps=steps).explain(images)
+        gaps[steps] = attribution.details["completeness_gap"]
+        raw = IntegratedGradientsExplainer(classifier, steps=steps).attribute(images)
+        with torch.no_grad():
+            change = class_probability(classifier, images) - class_probability(classifier, torch.zeros_like(images))
+        assert torch.allclose(gaps[steps], (raw.flatten(1).sum(1) - change).abs(), atol=1e-5)
+    assert gaps[2].shape == (images.shape[0],)
+    assert gaps[64].mean() < gaps[2].mean()
 
 
 class BrightnessClassifier(torch.nn.Module):

@@ -10,7 +10,7 @@ import torch
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity, VanillaGrad
 from torch import nn
 
-from medxgan_monai.explain.base import SaliencyExplainer, class_probability
+from medxgan_monai.explain.base import Attribution, SaliencyExplainer, class_probability
 from medxgan_monai.networks.classifier import class_probabilities, floating
 
 __all__ = [
@@ -160,10 +160,13 @@ class IntegratedGradientsExplainer(SaliencyExplainer):
 
     The baseline is a constant image of value ``baseline`` (default 0: black, the background of images scaled to
     [0, 1]); attributions sum to p(x) - p(baseline) up to the Riemann error of ``steps`` Gauss-Legendre points.
+    That error, ``|sum(attributions) - (p(x) - p(baseline))|`` per image in probability units (Captum's convergence
+    delta), is the ``completeness_gap`` detail of :meth:`explain`.
 
     Example::
 
         maps = IntegratedGradientsExplainer(classifier, steps=50)(images)
+        IntegratedGradientsExplainer(classifier, steps=50).explain(images).details["completeness_gap"]   # (B,)
     """
 
     name = "ig"
@@ -179,14 +182,17 @@ class IntegratedGradientsExplainer(SaliencyExplainer):
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
 
-    def attribute(self, images: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
-        """IG maps of ``images`` from ``baselines`` (images of the same shape; default: the constant baseline)."""
-        return self.integrated_gradients.attribute(
+    def raw_attribution(self, images: torch.Tensor, baselines: torch.Tensor | None = None) -> Attribution:
+        """IG maps of ``images`` from ``baselines`` (images of the same shape; default: the constant baseline), with
+        their ``completeness_gap``."""
+        attributions, delta = self.integrated_gradients.attribute(
             floating(images.detach()),
             baselines=self.baseline if baselines is None else floating(baselines.detach()),
             n_steps=self.steps,
             internal_batch_size=self.internal_batch_size,
+            return_convergence_delta=True,
         )
+        return Attribution(attributions, details={"completeness_gap": delta.detach().abs().view(-1)})
 
 
 class OcclusionExplainer(SaliencyExplainer):

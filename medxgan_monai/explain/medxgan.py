@@ -492,4 +492,5 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
         images = floating(images.detach())
         z_a, z_p, _ = self.inverter(images)
         residual, probability = self.refiner(images, z_a, z_p)
-        return Attribution(self.image_ig.attribute(images, baselines=residual), residual, probability)
+        integrated = self.image_ig.raw_attribution(images, baselines=residual)
+        return Attribution(integrated.maps, residual, probability, details=integrated.details)

@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 
 IDENTITY_COLUMNS = ("stem", "source", "label", "probability", "method", "seconds")
+#: per-image values an explainer reports about its own maps (``Attribution.details``), written beside the metrics:
+#: ``completeness_gap`` is |sum of the attributions - (p(x) - p(baseline))| of the Integrated-Gradients-type maps
+#: (``ig``, ``medxgan_ig``, ``medxgan_lig``), in probability units; NaN for the other methods
+DETAIL_COLUMNS = ("completeness_gap",)
 
 
 @dataclass
@@ -141,6 +145,11 @@ class ExplanationScorer:
                 metrics=self.metrics,
             )
             seconds = output[SECONDS].get(method, float("nan"))
+            details = {
+                name: attribution.details[name].detach().cpu().view(-1)
+                for name in DETAIL_COLUMNS
+                if name in attribution.details
+            }
             for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
                 row = {
                     "stem": stem,
@@ -151,6 +160,9 @@ class ExplanationScorer:
                     "seconds": float(seconds),
                 }
                 row.update({name: float(values[index]) for name, values in scores.items()})
+                row.update(
+                    {name: float(details[name][index]) if name in details else math.nan for name in DETAIL_COLUMNS}
+                )
                 rows.append(row)
             self._keep_examples(method, images, masks, maps, rows[-len(stems) :])
         return rows
@@ -368,10 +380,11 @@ class EvaluationReport:
     def write(self, engine: Engine | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows, metrics = self.scorer.rows, self.scorer.metrics
-        self.summary = summarize(rows, [*metrics, "seconds"], "method", self.bootstrap_samples, self.seed)
+        summarized = [*metrics, *DETAIL_COLUMNS, "seconds"]
+        self.summary = summarize(rows, summarized, "method", self.bootstrap_samples, self.seed)
         detected = _detected(rows)
-        self.detected_summary = summarize(detected, [*metrics, "seconds"], "method", self.bootstrap_samples, self.seed)
-        columns = [*IDENTITY_COLUMNS, *metrics]
+        self.detected_summary = summarize(detected, summarized, "method", self.bootstrap_samples, self.seed)
+        columns = [*IDENTITY_COLUMNS, *metrics, *DETAIL_COLUMNS]
         self.write_csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
         summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
         for name, summary in (
