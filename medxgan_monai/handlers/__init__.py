@@ -1,5 +1,6 @@
 """Ignite handlers used by the bundle configs."""
 
+from medxgan_monai.handlers.comparisons import PairedComparisons
 from medxgan_monai.handlers.confusion import ConfusionMatrixSaver
 from medxgan_monai.handlers.evaluation import EvaluationReport, ExplanationScorer, RandomizationTest
 from medxgan_monai.handlers.explanation import ExplanationHandler, ExplanationWriter, InferenceFailed, InferenceReport
@@ -16,6 +17,7 @@ __all__ = [
     "InferenceFailed",
     "InferenceReport",
     "MedXGANValidator",
+    "PairedComparisons",
     "RandomizationTest",
     "SampleGridSaver",
     "StateDictExporter",
