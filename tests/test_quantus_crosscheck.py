@@ -4,9 +4,10 @@ of maps and masks.
 The set: 16 signed 32x32 maps (12 seeded Gaussian noise maps, 4 structured: a noisy blob inside the mask, one beside
 it, a ramp, a blob on the mask's edge) and seeded masks (rectangles and a disk, 4 to 80 pixels). Our side scores
 ``normalize_saliency(raw)`` (abs, then / max per image); Quantus is called on the raw maps with the same convention
-spelt out: ``abs=True, normalise=True, normalise_func=normalise_by_max``. None of these maps has a tie at its maximum
-or at the k-th largest value, where the definitions differ (see each test). Quantus refuses a batch whose
-attributions are all equal (all zero or all one) outright; it scores a single constant map inside a batch.
+spelt out: ``abs=True, normalise=True, normalise_func=normalise_by_max`` over each image's axes (Quantus' default
+divides by the whole batch's maximum). None of these maps has a tie at its maximum or at the k-th largest value,
+where the definitions differ (see each test). Quantus refuses a batch whose attributions are all equal (all zero or
+all one) outright; it scores a single constant map inside a batch.
 """
 
 from __future__ import annotations
@@ -27,8 +28,15 @@ from medxgan_monai.explain.base import normalize_saliency
 from medxgan_monai.metrics import cascading_randomization, pointing_game, relevance_mass, top_k_iou
 
 SIZE = 32
-#: our maps' convention (abs, then divided by the image's maximum), as Quantus settings
-OUR_CONVENTION = {"abs": True, "normalise": True, "normalise_func": normalise_by_max, "disable_warnings": True}
+#: our maps' convention (abs, then divided by each image's maximum) as Quantus settings; without ``normalise_axes``
+#: Quantus' ``normalise_by_max`` divides by the maximum of the whole batch
+OUR_CONVENTION = {
+    "abs": True,
+    "normalise": True,
+    "normalise_func": normalise_by_max,
+    "normalise_func_kwargs": {"normalise_axes": (1, 2, 3)},
+    "disable_warnings": True,
+}
 #: float32 sums in a different order: the only expected difference where the definitions agree
 FLOAT_TOLERANCE = 1e-6
 
