@@ -2,7 +2,7 @@
 of maps and masks.
 
 The set: 16 signed 32x32 maps (12 seeded Gaussian noise maps, 4 structured: a noisy blob inside the mask, one beside
-it, a ramp, a blob on the mask's edge) and seeded masks (rectangles and a disk, 4 to 80 pixels). Our side scores
+it, a ramp, a blob on the mask's edge) and seeded masks (rectangles and a disk, 4 to 81 pixels). Our side scores
 ``normalize_saliency(raw)`` (abs, then / max per image); Quantus is called on the raw maps with the same convention
 spelt out: ``abs=True, normalise=True, normalise_func=normalise_by_max`` over each image's axes (Quantus' default
 divides by the whole batch's maximum). None of these maps has a tie at its maximum or at the k-th largest value,
@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -53,7 +54,10 @@ def _fixed_set() -> tuple[np.ndarray, np.ndarray]:
     rows, columns = np.mgrid[:SIZE, :SIZE]
     masks[15, 0] = (rows - 16) ** 2 + (columns - 16) ** 2 <= 25  # a disk
     centre = masks[12, 0].nonzero()
-    blob = lambda r, c, width: np.exp(-((rows - r) ** 2 + (columns - c) ** 2) / (2 * width**2))  # noqa: E731
+
+    def blob(row, column, width):
+        return np.exp(-((rows - row) ** 2 + (columns - column) ** 2) / (2 * width**2))
+
     noise = rng.normal(0, 0.01, size=(4, SIZE, SIZE))
     maps[12, 0] = blob(centre[0].mean(), centre[1].mean(), 3) + noise[0]  # inside the mask
     maps[13, 0] = -blob(28, 3, 4) + noise[1]  # beside it, negative (abs decides)
@@ -66,7 +70,9 @@ def _fixed_set() -> tuple[np.ndarray, np.ndarray]:
 def _quantus(metric, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     inputs = np.random.default_rng(0).random(maps.shape).astype(np.float32)  # unused by these metrics, but required
     labels = np.ones(len(maps), dtype=int)
-    return np.asarray(metric(model=None, x_batch=inputs, y_batch=labels, a_batch=maps, s_batch=masks), dtype=float)
+    return np.asarray(
+        metric(model=None, x_batch=inputs, y_batch=labels, a_batch=maps.copy(), s_batch=masks), dtype=float
+    )
 
 
 def _ours(metric, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -147,6 +153,18 @@ class _Linear(_SameDrawOnReset, nn.Linear):
     pass
 
 
+def _tiny_network() -> nn.Sequential:
+    """Two convolutions and a linear layer on 16x16 images, with seeded "trained" weights unlike a reset's draw."""
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        _Conv(1, 4, 3, padding=1), nn.ReLU(), _Conv(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), _Linear(4 * 256, 2)
+    ).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0, 0.3)
+    return network
+
+
 def _input_gradient(model: nn.Module, inputs, targets=None, **kwargs) -> np.ndarray:
     """The signed input gradient of class 1, for both tests (Quantus' ``explain_func`` signature)."""
     images = torch.as_tensor(inputs).clone().requires_grad_(True)
@@ -167,13 +185,7 @@ def test_cascading_randomization_agrees_with_mprt():
     re-initializes it in place and restores it; (4) maps: ours are the explainer's (abs / max), Quantus applies
     ``abs`` and ``normalise_func`` itself (Spearman is unchanged by the positive scaling, not by ``abs``); (5) a
     constant map: ours correlates 0, Quantus' SciPy gives NaN."""
-    torch.manual_seed(0)
-    network = nn.Sequential(
-        _Conv(1, 4, 3, padding=1), nn.ReLU(), _Conv(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), _Linear(4 * 256, 2)
-    ).eval()
-    with torch.no_grad():
-        for parameter in network.parameters():  # "trained" weights, unlike the reset's draw
-            parameter.normal_(0, 0.3)
+    network = _tiny_network()
     images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     layers = [name for name, module in network.named_modules() if hasattr(module, "reset_parameters")][::-1]
 
@@ -191,3 +203,31 @@ def test_cascading_randomization_agrees_with_mprt():
     np.testing.assert_allclose(ours["gradient"].numpy(), [theirs[name] for name in layers], rtol=0, atol=1e-6)
     assert ours["gradient"][-1].abs().mean() < 0.5, "the test decorrelates the maps"
     assert all(torch.equal(trained[name], value) for name, value in network.state_dict().items()), "restored"
+
+
+def test_sparseness_and_entropy_agree():
+    """Ours (``metrics/complexity.py``: ``sparseness``, the Gini index of |a|, and ``entropy``, the Shannon entropy of
+    |a| / sum |a|) and ``quantus.Sparseness`` / ``quantus.Complexity``. Quantus adds 1e-7 to every value before the
+    Gini index, which scales it by S / (S + N 1e-7) (S = sum of the normalised map, N pixels; here below 1e-6
+    relative), and 1e-12 inside the entropy's log; with float32 sums the tolerance is 1e-5 (both). An all-zero map:
+    ours NaN (no distribution); Quantus NaN too when it normalises per image (0 / 0), else 0 Gini (after its offset, a
+    constant map)."""
+    from medxgan_monai.metrics.complexity import entropy, sparseness
+
+    maps, _ = _fixed_set()
+    labels, inputs = np.ones(len(maps), dtype=int), np.zeros_like(maps)
+    ours = sparseness(normalize_saliency(torch.from_numpy(maps))).numpy()
+    theirs = quantus.Sparseness(**OUR_CONVENTION)(model=None, x_batch=inputs, y_batch=labels, a_batch=maps.copy())
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+    assert ours.max() - ours.min() > 0.3, "the set spans diffuse and concentrated maps"
+    ours = entropy(normalize_saliency(torch.from_numpy(maps))).numpy()
+    theirs = quantus.Complexity(**OUR_CONVENTION)(model=None, x_batch=inputs, y_batch=labels, a_batch=maps.copy())
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+    with_zero = maps[:2].copy()
+    with_zero[0] = 0
+    assert np.isnan(sparseness(torch.from_numpy(with_zero))[0])
+    data = {"model": None, "x_batch": inputs[:2], "y_batch": labels[:2]}
+    assert np.isnan(quantus.Sparseness(**OUR_CONVENTION)(**data, a_batch=with_zero.copy())[0])
+    unnormalised = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)(**data, a_batch=with_zero)
+    assert unnormalised[0] == pytest.approx(0, abs=1e-6)
