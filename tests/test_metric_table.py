@@ -16,6 +16,7 @@ import medxgan_monai.metrics.table as table_module
 from benchmarks.compare_inversion import validity_rate
 from medxgan_monai.explain import Attribution
 from medxgan_monai.handlers import EvaluationReport, ExplanationScorer, InferenceReport
+from medxgan_monai.handlers.evaluation import IDENTITY_COLUMNS
 from medxgan_monai.handlers.explanation import ATTRIBUTIONS, SECONDS
 from medxgan_monai.metrics import (
     METRICS,
@@ -23,14 +24,18 @@ from medxgan_monai.metrics import (
     ExplanationMetric,
     counterfactual_validity,
     deletion_insertion,
+    entropy,
     metric_table,
     otsu_iou,
     pixel_auroc,
     pointing_game,
     relevance_mass,
+    road,
     score_maps,
+    sparseness,
     top_k_iou,
 )
+from medxgan_monai.metrics.table import _in_subset
 
 SIZE = 16
 LOCALIZATION = {
@@ -54,25 +59,39 @@ def _batch(count: int = 4):
     return images, maps, masks, classifier
 
 
-def test_table_lists_each_metric_once_in_report_order_with_direction_and_needs():
-    assert list(METRICS) == [
-        "pointing_game",
-        "relevance_mass",
-        "top_k_iou",
-        "pixel_auroc",
-        "otsu_iou",
+GROUPS = {
+    "localization": ["pointing_game", "relevance_mass", "top_k_iou", "pixel_auroc", "otsu_iou"],
+    "faithfulness": [
         "deletion_auc",
         "insertion_auc",
-        "counterfactual_validity",
-    ]
+        "deletion_mean_auc",
+        "deletion_blur_auc",
+        "road_morf_auc",
+        "road_lerf_auc",
+    ],
+    "counterfactual": ["counterfactual_validity"],
+    "complexity": ["sparseness", "entropy"],
+}
+
+
+def test_table_lists_each_metric_once_in_report_order_with_direction_needs_and_group():
+    assert list(METRICS) == [name for names in GROUPS.values() for name in names]
+    assert {group: [n for n, m in METRICS.items() if m.group == group] for group in GROUPS} == GROUPS
     assert all(name == metric.name for name, metric in METRICS.items())
     assert [m.title for m in METRICS.values()][:3] == ["pointing game", "relevance mass", "top-|GT| IoU"]
-    assert [name for name, m in METRICS.items() if not m.higher_is_better] == ["deletion_auc"]
+    assert [name for name, m in METRICS.items() if not m.higher_is_better] == [
+        "deletion_auc",
+        "deletion_mean_auc",
+        "deletion_blur_auc",
+        "road_morf_auc",
+        "entropy",
+    ]
     assert METRICS["deletion_auc"].heading == "deletion AUC ↓" and METRICS["otsu_iou"].heading == "Otsu IoU ↑"
     assert {name: set(m.needs) for name, m in METRICS.items() if m.needs != {"mask"}} == {
-        "deletion_auc": {"classifier"},
-        "insertion_auc": {"classifier"},
+        **{name: {"classifier"} for name in GROUPS["faithfulness"]},
         "counterfactual_validity": {"counterfactual"},
+        "sparseness": set(),
+        "entropy": set(),
     }
     assert all(m.needs <= NEEDS for m in METRICS.values())
     with pytest.raises(TypeError):
@@ -81,19 +100,24 @@ def test_table_lists_each_metric_once_in_report_order_with_direction_and_needs()
         metric_table(METRICS["otsu_iou"], METRICS["otsu_iou"])
     with pytest.raises(ValueError, match="known needs"):
         ExplanationMetric("x", "x", True, {"segmentation"}, lambda inputs: inputs.maps)
+    assert ExplanationMetric("x", "x", True, set(), lambda inputs: inputs.maps).group == "other"
 
 
 def test_score_maps_equals_the_metric_functions_and_is_nan_where_a_need_is_missing(monkeypatch):
-    images, maps, masks, classifier = _batch()
-    probabilities = torch.tensor([0.9, 0.2, 0.8, 0.6])
-    counterfactual = torch.tensor([0.1, 0.1, 0.7, 0.3])
+    images, maps, masks, classifier = _batch(8)
+    probabilities = torch.tensor([0.9, 0.2, 0.8, 0.6, 0.9, 0.7, 0.8, 0.6])
+    counterfactual = torch.tensor([0.1, 0.1, 0.7, 0.3, 0.2, 0.6, 0.1, 0.1])
     calls = []
 
-    def counted_deletion_insertion(*args, **kwargs):
-        calls.append(args)
-        return deletion_insertion(*args, **kwargs)
+    def counted(function):
+        def call(*args, **kwargs):
+            calls.append((function.__name__, args[5] if len(args) > 5 else None))
+            return function(*args, **kwargs)
 
-    monkeypatch.setattr(table_module, "deletion_insertion", counted_deletion_insertion)
+        return call
+
+    monkeypatch.setattr(table_module, "deletion_insertion", counted(deletion_insertion))
+    monkeypatch.setattr(table_module, "road", counted(road))
     everything = score_maps(
         maps,
         masks=masks,
@@ -103,7 +127,13 @@ def test_score_maps_equals_the_metric_functions_and_is_nan_where_a_need_is_missi
         counterfactual_probability=counterfactual,
         perturbation_steps=5,
     )
-    assert list(everything) == list(METRICS) and len(calls) == 1, "deletion and insertion come from one call"
+    assert list(everything) == list(METRICS)
+    assert calls == [
+        ("deletion_insertion", "zero"),
+        ("deletion_insertion", "mean"),
+        ("deletion_insertion", "blur"),
+        ("road", None),
+    ], "each curve once: insertion with the zero fill, ROAD's MoRF with its LeRF"
     for name, function in LOCALIZATION.items():
         assert torch.equal(everything[name], function(maps, masks)), name
     curves = deletion_insertion(classifier, images, maps, 1, 5)
@@ -111,13 +141,29 @@ def test_score_maps_equals_the_metric_functions_and_is_nan_where_a_need_is_missi
     assert torch.equal(everything["insertion_auc"], curves.insertion_auc)
     expected = counterfactual_validity(probabilities, counterfactual)
     torch.testing.assert_close(everything["counterfactual_validity"], expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(everything["sparseness"], sparseness(maps)) and torch.equal(everything["entropy"], entropy(maps))
+
+    # the costly curves score the subset chosen by each image's pixels, NaN elsewhere
+    subset = torch.tensor([_in_subset(image) for image in images])
+    assert 0 < subset.sum() < len(images), "this batch has images in and out of the subset"
+    for fill in ("mean", "blur"):
+        on_subset = deletion_insertion(classifier, images[subset], maps[subset], 1, 5, fill, insertion=False)
+        torch.testing.assert_close(everything[f"deletion_{fill}_auc"][subset], on_subset.deletion_auc)
+        assert everything[f"deletion_{fill}_auc"][~subset].isnan().all()
+    road_curves = road(classifier, images[subset], maps[subset])
+    torch.testing.assert_close(everything["road_morf_auc"][subset], road_curves.morf_auc)
+    torch.testing.assert_close(everything["road_lerf_auc"][subset], road_curves.lerf_auc)
+    assert everything["road_lerf_auc"][~subset].isnan().all()
+    alone = score_maps(maps[subset][:1], images=images[subset][:1], classifier=classifier, perturbation_steps=5)
+    torch.testing.assert_close(alone["road_morf_auc"], road_curves.morf_auc[:1]), "the same image in another batch"
 
     calls.clear()
     masks_only = score_maps(maps, masks=masks, probabilities=probabilities)  # no classifier, no counterfactual
     assert not calls, "no curves without a classifier"
-    for name in ("deletion_auc", "insertion_auc", "counterfactual_validity"):
-        assert masks_only[name].shape == (4,) and masks_only[name].isnan().all(), name
+    for name in (*GROUPS["faithfulness"], "counterfactual_validity"):
+        assert masks_only[name].shape == (8,) and masks_only[name].isnan().all(), name
     assert torch.equal(masks_only["relevance_mass"], relevance_mass(maps, masks))
+    assert torch.equal(masks_only["sparseness"], sparseness(maps)), "complexity needs the maps only"
     without_masks = score_maps(maps, images=images, classifier=classifier, perturbation_steps=5)
     assert all(without_masks[name].isnan().all() for name in LOCALIZATION)
     assert torch.equal(without_masks["deletion_auc"], curves.deletion_auc)
@@ -152,11 +198,22 @@ def test_a_metric_added_to_a_copied_table_is_scored_and_reported(tmp_path):
 
     with open(tmp_path / "out" / "metrics_per_image.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert list(rows[0])[-len(metrics) :] == list(metrics), "the copied table's columns, the new one last"
+    metric_columns = list(rows[0])[len(IDENTITY_COLUMNS) : len(IDENTITY_COLUMNS) + len(metrics)]
+    assert metric_columns == list(metrics), "the copied table's columns, the new one last"
     expected = _top_decile_mass(SimpleNamespace(maps=maps))
     assert [float(row["top_decile_mass"]) for row in rows] == pytest.approx(expected.tolist(), rel=1e-5)
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "top-10% mass ↑" in summary and "| s / image |" in summary
+    # one table per group (over all images, then over the detected ones), seconds in the first table only
+    headings = [line for line in summary.splitlines() if line.startswith("###")]
+    assert [h.split(" (")[0] for h in headings] == [
+        f"{level} {group}"
+        for level in ("###", "####")
+        for group in ("Localization", "Faithfulness", "Counterfactual", "Complexity", "Other")
+    ]
+    tables = [line for line in summary.splitlines() if line.startswith("| method |")]
+    assert len(tables) == 10 and [t.endswith("| s / image |") for t in tables] == [True, *[False] * 4] * 2
+    assert tables[4] == "| method | top-10% mass ↑ |", "a metric without a group lands in 'other'"
+    assert "### Localization (n = 4 images per method and metric)" in summary
 
 
 def test_compare_inversion_counts_validity_by_the_evaluation_rule():
@@ -170,10 +227,14 @@ def test_compare_inversion_counts_validity_by_the_evaluation_rule():
     assert math.isnan(validity_rate(torch.tensor([0.1, 0.3]), torch.tensor([0.0, 0.9]))), "no positive: undefined"
 
 
-def test_the_readme_evaluation_table_reads_the_metric_table():
-    """The README's evaluation table has the columns ``summary.md`` writes: the metric table's headings, in order."""
+def test_the_readme_evaluation_tables_read_the_metric_table():
+    """The README's evaluation tables have the columns ``summary.md`` writes: one table per metric group with the
+    group's headings in table order, seconds per image in the first."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    header = "| method | " + " | ".join(m.heading.replace("|", "\\|") for m in METRICS.values()) + " | s / image |"
-    assert header in readme.splitlines()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    groups = list(dict.fromkeys(m.group for m in METRICS.values()))
+    for position, group in enumerate(groups):
+        headings = [m.heading.replace("|", "\\|") for m in METRICS.values() if m.group == group]
+        header = "| method | " + " | ".join(headings + (["s / image"] if position == 0 else [])) + " |"
+        assert header in readme, f"README.md lacks the {group} table's header: {header}"

@@ -304,12 +304,21 @@ def _detected(rows: list[dict]) -> list[dict]:
     return [row for row in rows if float(row["probability"]) >= 0.5]
 
 
-def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]) -> list[str]:
-    """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold."""
+def _metric_groups(metrics: Mapping[str, ExplanationMetric]) -> dict[str, dict[str, ExplanationMetric]]:
+    """The metrics by :attr:`~medxgan_monai.metrics.ExplanationMetric.group`, groups in order of first appearance."""
+    groups: dict[str, dict[str, ExplanationMetric]] = {}
+    for name, metric in metrics.items():
+        groups.setdefault(metric.group, {})[name] = metric
+    return groups
+
+
+def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric], seconds: bool = True) -> list[str]:
+    """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold, and the
+    seconds per image as the last column if ``seconds``."""
     methods = list(dict.fromkeys(row["method"] for row in summary))
     cells = {(row["method"], row["metric"]): row for row in summary}
-    header = [m.heading for m in metrics.values()]
-    lines = ["| method | " + " | ".join(header) + " | s / image |", "|---" * (len(metrics) + 2) + "|"]
+    header = [m.heading for m in metrics.values()] + (["s / image"] if seconds else [])
+    lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     best = {}
     for metric, definition in metrics.items():
         means = [cells[(m, metric)]["mean"] for m in methods if cells[(m, metric)]["n"]]
@@ -321,9 +330,30 @@ def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]
             cell = cells[(method, metric)]
             text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
             row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
-        seconds = cells[(method, "seconds")]
-        row.append("-" if seconds["n"] == 0 else f"{seconds['mean']:.3f}")
+        if seconds:
+            cell = cells[(method, "seconds")]
+            row.append("-" if cell["n"] == 0 else f"{cell['mean']:.3f}")
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _summary_tables(summary: list[dict], metrics: Mapping[str, ExplanationMetric], level: str = "###") -> list[str]:
+    """One :func:`_summary_table` per metric group, each under a ``level`` heading naming the group and the range of
+    images its means are over (n: the costly metrics score a subset, some apply to some methods or images only);
+    seconds per image in the first table only."""
+    lines: list[str] = []
+    for position, (group, members) in enumerate(_metric_groups(metrics).items()):
+        counts = [row["n"] for row in summary if row["metric"] in members and row["n"]]
+        span = (
+            "" if not counts else f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+        )
+        scored = f" (n = {span} images per method and metric)" if span else ""
+        lines += [
+            *([""] if position else []),
+            f"{level} {group.capitalize()}{scored}",
+            "",
+            *_summary_table(summary, members, seconds=position == 0),
+        ]
     return lines
 
 
@@ -332,9 +362,10 @@ class EvaluationReport:
 
     Files in ``output_dir``: ``metrics_per_image.csv`` (one row per image and method), ``metrics_summary.csv``
     (method, metric, mean, 95% bootstrap CI, n), ``metrics_summary_detected.csv`` (the same over the images the
-    classifier calls positive), ``summary.md`` (both as markdown tables, then each section's), ``metrics.png``
-    (bars with CIs), ``examples_<method>.png`` (best and worst cases), each section's files (the randomization test:
-    ``randomization.csv`` and ``randomization.png``), and the ``report``'s ``predictions.csv`` / ``errors.csv``.
+    classifier calls positive), ``summary.md`` (both as markdown tables, one per metric group, then each section's),
+    ``metrics.png`` (bars with CIs), ``examples_<method>.png`` (best and worst cases), each section's files (the
+    randomization test: ``randomization.csv`` and ``randomization.png``), and the ``report``'s ``predictions.csv`` /
+    ``errors.csv``.
     ``engine.state.metrics`` gains ``<method>_<metric>`` (mean) with ``_ci_low`` / ``_ci_high``, and each section's
     tracked metrics, for an MLflow handler attached after this one.
 
@@ -430,7 +461,8 @@ class EvaluationReport:
         return tracked
 
     def markdown(self) -> str:
-        """The summary as markdown: the metrics tables (best mean per column in bold), then each section's part."""
+        """The summary as markdown: one metrics table per metric group (best mean per column in bold), over all
+        scored images, then over those the classifier detects; then each section's part."""
         images = len({row["stem"] for row in self.scorer.rows})
         lines = [
             "# Explanation evaluation",
@@ -440,7 +472,7 @@ class EvaluationReport:
             "Mean [95% bootstrap CI] over images; arrows give the better direction; the best mean per column is bold.",
             "",
         ]
-        lines += _summary_table(self.summary, self.scorer.metrics)
+        lines += _summary_tables(self.summary, self.scorer.metrics)
         detected = len({row["stem"] for row in _detected(self.scorer.rows)})
         lines += [
             "",
@@ -449,7 +481,7 @@ class EvaluationReport:
             f"{detected} of the {images} image(s): where the classifier misses a lesion, a faithful explanation need "
             "not point at it (metrics_summary_detected.csv).",
             "",
-            *_summary_table(self.detected_summary, self.scorer.metrics),
+            *_summary_tables(self.detected_summary, self.scorer.metrics, level="####"),
         ]
         for section in self.sections:
             part = section.markdown(self)

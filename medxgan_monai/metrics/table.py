@@ -2,7 +2,9 @@
 
 Evaluation (``ExplanationScorer``, ``EvaluationReport``), the ablation table and the README tables read
 :data:`METRICS`; :func:`score_maps` scores one method's maps of a batch with every metric whose needs are given and
-NaN for the others. A new metric is a function in ``metrics/`` plus one :class:`ExplanationMetric` entry here.
+NaN for the others. A new metric is a function in ``metrics/`` plus one :class:`ExplanationMetric` entry here. Each
+metric belongs to a *group* (localization, faithfulness, counterfactual, complexity); ``summary.md`` writes one table
+per group, in the order the groups first appear here.
 
 Needs:
 
@@ -14,16 +16,18 @@ Needs:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 
 import torch
 from torch import nn
 
+from medxgan_monai.metrics.complexity import entropy, sparseness
 from medxgan_monai.metrics.counterfactual import counterfactual_validity
-from medxgan_monai.metrics.faithfulness import PerturbationCurves, deletion_insertion
+from medxgan_monai.metrics.faithfulness import PerturbationCurves, ROADCurves, deletion_insertion, road
 from medxgan_monai.metrics.localization import otsu_iou, pixel_auroc, pointing_game, relevance_mass, top_k_iou
 
 __all__ = ["METRICS", "NEEDS", "ExplanationMetric", "MetricInputs", "metric_table", "score_maps"]
@@ -36,7 +40,8 @@ NEEDS = frozenset({"mask", "classifier", "counterfactual"})
 class MetricInputs:
     """Everything a metric may read about one method's maps of a batch; absent inputs are ``None``.
 
-    The deletion and insertion curves are computed once, on first use, and shared by the metrics that read them.
+    Every perturbation curve is computed once, on first use, and shared by the metrics that read it: deletion with
+    each fill (:meth:`deletion_curves`; the zero fill's call also computes insertion) and ROAD (:attr:`road_curves`).
     """
 
     maps: torch.Tensor
@@ -47,6 +52,7 @@ class MetricInputs:
     counterfactual_probability: torch.Tensor | None = None
     target: int = 1
     perturbation_steps: int = 20
+    _curves_by_fill: dict[str, PerturbationCurves] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def available(self) -> frozenset[str]:
@@ -58,9 +64,49 @@ class MetricInputs:
         }
         return frozenset(need for need, present in given.items() if present)
 
-    @cached_property
+    @property
     def perturbation_curves(self) -> PerturbationCurves:
-        return deletion_insertion(self.classifier, self.images, self.maps, self.target, self.perturbation_steps)
+        """Zero-fill deletion and insertion (RISE)."""
+        return self.deletion_curves("zero")
+
+    def deletion_curves(self, fill: str) -> PerturbationCurves:
+        """Deletion curves with ``fill`` (one of :data:`~medxgan_monai.metrics.faithfulness.FILLS`), computed once;
+        the zero fill's also carry insertion (the one insertion curve)."""
+        if fill not in self._curves_by_fill:
+            self._curves_by_fill[fill] = deletion_insertion(
+                self.classifier,
+                self.images,
+                self.maps,
+                self.target,
+                self.perturbation_steps,
+                fill,
+                insertion=fill == "zero",
+            )
+        return self._curves_by_fill[fill]
+
+    @cached_property
+    def road_curves(self) -> ROADCurves:
+        return road(self.classifier, self.images, self.maps, self.target)
+
+    @cached_property
+    def subset(self) -> tuple[torch.Tensor, MetricInputs]:
+        """The batch's images in the costly metrics' subset (:data:`SUBSET_EVERY`) and these inputs restricted to
+        them, shared (with their curves) by every metric computed on the subset."""
+        selected = torch.tensor([_in_subset(image) for image in self.images.detach().cpu()], dtype=torch.bool)
+        indices = selected.nonzero().flatten()
+
+        def rows(values: torch.Tensor | None) -> torch.Tensor | None:
+            return None if values is None else values[indices.to(values.device)]
+
+        restricted = replace(
+            self,
+            maps=rows(self.maps),
+            masks=rows(self.masks),
+            images=rows(self.images),
+            probabilities=rows(self.probabilities),
+            counterfactual_probability=rows(self.counterfactual_probability),
+        )
+        return indices, restricted
 
 
 @dataclass(frozen=True)
@@ -73,6 +119,7 @@ class ExplanationMetric:
         higher_is_better: its direction.
         needs: a subset of :data:`NEEDS`; without one of them the metric is NaN for every image.
         compute: ``compute(inputs: MetricInputs) -> (B,)`` tensor, NaN for images it does not apply to.
+        group: the kind of metric; ``summary.md`` has one table per group.
     """
 
     name: str
@@ -80,6 +127,7 @@ class ExplanationMetric:
     higher_is_better: bool
     needs: frozenset[str]
     compute: Callable[[MetricInputs], torch.Tensor] = field(compare=False)
+    group: str = "other"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needs", frozenset(self.needs))
@@ -110,30 +158,106 @@ def _against_masks(localization: Callable[[torch.Tensor, torch.Tensor], torch.Te
     return compute
 
 
-def _deletion_auc(inputs: MetricInputs) -> torch.Tensor:
-    return inputs.perturbation_curves.deletion_auc
+def _deletion_auc(fill: str):
+    """``compute`` of the deletion AUC with ``fill``."""
+
+    def compute(inputs: MetricInputs) -> torch.Tensor:
+        return inputs.deletion_curves(fill).deletion_auc
+
+    return compute
 
 
 def _insertion_auc(inputs: MetricInputs) -> torch.Tensor:
     return inputs.perturbation_curves.insertion_auc
 
 
+def _road_morf_auc(inputs: MetricInputs) -> torch.Tensor:
+    return inputs.road_curves.morf_auc
+
+
+def _road_lerf_auc(inputs: MetricInputs) -> torch.Tensor:
+    return inputs.road_curves.lerf_auc
+
+
+def _of_maps(complexity: Callable[[torch.Tensor], torch.Tensor]):
+    """``compute`` of a score of the maps alone."""
+
+    def compute(inputs: MetricInputs) -> torch.Tensor:
+        return complexity(inputs.maps.cpu())
+
+    return compute
+
+
+#: the costly perturbation metrics (deletion with mean and blur fill, ROAD) score about one image in this many
+SUBSET_EVERY = 4
+
+
+def _in_subset(image: torch.Tensor) -> bool:
+    """Whether an image is in the costly metrics' subset: chosen by a checksum of its pixels, so the same images
+    for every method, batch and run, without knowing their position in the datalist."""
+    return zlib.crc32(image.contiguous().float().numpy().tobytes()) % SUBSET_EVERY == 0
+
+
+def _on_subset(compute: Callable[[MetricInputs], torch.Tensor]):
+    """``compute`` on the images of the subset only (:attr:`MetricInputs.subset`), NaN for the others."""
+
+    def on_subset(inputs: MetricInputs) -> torch.Tensor:
+        indices, restricted = inputs.subset
+        values = torch.full((inputs.maps.shape[0],), float("nan"))
+        if len(indices):
+            values[indices] = compute(restricted).float().cpu()
+        return values
+
+    return on_subset
+
+
 def _counterfactual_validity(inputs: MetricInputs) -> torch.Tensor:
     return counterfactual_validity(inputs.probabilities, inputs.counterfactual_probability)
 
 
-#: every per-image metric of an evaluation, in report order
+#: every per-image metric of an evaluation, in report order (grouped: one summary table per group)
 METRICS = metric_table(
-    ExplanationMetric("pointing_game", "pointing game", True, {"mask"}, _against_masks(pointing_game)),
-    ExplanationMetric("relevance_mass", "relevance mass", True, {"mask"}, _against_masks(relevance_mass)),
-    ExplanationMetric("top_k_iou", "top-|GT| IoU", True, {"mask"}, _against_masks(top_k_iou)),
-    ExplanationMetric("pixel_auroc", "pixel AUROC", True, {"mask"}, _against_masks(pixel_auroc)),
-    ExplanationMetric("otsu_iou", "Otsu IoU", True, {"mask"}, _against_masks(otsu_iou)),
-    ExplanationMetric("deletion_auc", "deletion AUC", False, {"classifier"}, _deletion_auc),
-    ExplanationMetric("insertion_auc", "insertion AUC", True, {"classifier"}, _insertion_auc),
+    ExplanationMetric("pointing_game", "pointing game", True, {"mask"}, _against_masks(pointing_game), "localization"),
     ExplanationMetric(
-        "counterfactual_validity", "counterfactual validity", True, {"counterfactual"}, _counterfactual_validity
+        "relevance_mass", "relevance mass", True, {"mask"}, _against_masks(relevance_mass), "localization"
     ),
+    ExplanationMetric("top_k_iou", "top-|GT| IoU", True, {"mask"}, _against_masks(top_k_iou), "localization"),
+    ExplanationMetric("pixel_auroc", "pixel AUROC", True, {"mask"}, _against_masks(pixel_auroc), "localization"),
+    ExplanationMetric("otsu_iou", "Otsu IoU", True, {"mask"}, _against_masks(otsu_iou), "localization"),
+    ExplanationMetric("deletion_auc", "deletion AUC", False, {"classifier"}, _deletion_auc("zero"), "faithfulness"),
+    ExplanationMetric("insertion_auc", "insertion AUC", True, {"classifier"}, _insertion_auc, "faithfulness"),
+    ExplanationMetric(
+        "deletion_mean_auc",
+        "deletion AUC (mean fill)",
+        False,
+        {"classifier"},
+        _on_subset(_deletion_auc("mean")),
+        "faithfulness",
+    ),
+    ExplanationMetric(
+        "deletion_blur_auc",
+        "deletion AUC (blur fill)",
+        False,
+        {"classifier"},
+        _on_subset(_deletion_auc("blur")),
+        "faithfulness",
+    ),
+    ExplanationMetric(
+        "road_morf_auc", "ROAD MoRF AUC", False, {"classifier"}, _on_subset(_road_morf_auc), "faithfulness"
+    ),
+    ExplanationMetric(
+        "road_lerf_auc", "ROAD LeRF AUC", True, {"classifier"}, _on_subset(_road_lerf_auc), "faithfulness"
+    ),
+    ExplanationMetric(
+        "counterfactual_validity",
+        "counterfactual validity",
+        True,
+        {"counterfactual"},
+        _counterfactual_validity,
+        "counterfactual",
+    ),
+    ExplanationMetric("sparseness", "sparseness (Gini)", True, set(), _of_maps(sparseness), "complexity"),
+    ExplanationMetric("entropy", "entropy", False, set(), _of_maps(entropy), "complexity"),
 )
 
 
@@ -152,7 +276,8 @@ def score_maps(
     """Score one method's ``maps`` (B, 1, *spatial) of a batch with every metric of ``metrics``.
 
     Returns name -> (B,) per-image values, in table order; a metric whose needs are not all given is NaN for every
-    image. The deletion and insertion curves run once (``perturbation_steps`` steps, ``target`` class).
+    image. Each perturbation curve runs once (deletion per fill and insertion: ``perturbation_steps`` steps; ROAD:
+    :data:`~medxgan_monai.metrics.faithfulness.ROAD_PERCENTAGES`; ``target`` class).
 
     Example::
 
