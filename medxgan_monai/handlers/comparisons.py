@@ -35,7 +35,8 @@ class PairedComparisons:
     other method (:func:`~medxgan_monai.metrics.paired_comparisons`), read from the report's scorer when it writes.
 
     Files: ``metrics_paired.csv`` (reference, method, metric, is_best_baseline, mean_difference, ci_low, ci_high, n,
-    verdict); in ``summary.md``: the reference minus the best baseline per metric, then every baseline; tracked
+    verdict); in ``summary.md``: the reference minus the best baseline per metric, then every baseline (one
+    table per metric group); tracked
     metrics: ``paired_<metric>_vs_best_diff`` with ``_ci_low`` / ``_ci_high``. The intervals use the report's
     ``bootstrap_samples`` and ``seed``.
 
@@ -93,21 +94,27 @@ class PairedComparisons:
                     f"| {heading} | {comparison['method']} | {_interval(comparison)} | {comparison['n']} "
                     f"| {comparison['verdict']} |"
                 )
-        compared = [m for m in metrics if any(c["metric"] == m for c in self.comparisons)]
         cells = {(c["method"], c["metric"]): c for c in self.comparisons}
-        lines += [
-            "",
-            f"Every method: {self.reference} minus the method (a blank cell: no image scored by both).",
-            "",
-            "| method | " + " | ".join(metrics[m].heading for m in compared) + " |",
-            "|---" * (len(compared) + 1) + "|",
-        ]
-        for method in dict.fromkeys(c["method"] for c in self.comparisons):
-            row = [method]
-            for metric in compared:
-                cell = cells.get((method, metric))
-                row.append("" if cell is None else _interval(cell) + _MARKS.get(cell["verdict"], ""))
-            lines.append("| " + " | ".join(row) + " |")
+        methods = list(dict.fromkeys(c["method"] for c in self.comparisons))
+        groups: dict[str, list[str]] = {}  # one table per metric group, as the summary tables
+        for metric, definition in metrics.items():
+            if any((method, metric) in cells for method in methods):
+                groups.setdefault(definition.group, []).append(metric)
+        lines += ["", f"Every method: {self.reference} minus the method (a blank cell: no image scored by both)."]
+        for group, compared in groups.items():
+            lines += [
+                "",
+                f"**{group}**",
+                "",
+                "| method | " + " | ".join(metrics[m].heading for m in compared) + " |",
+                "|---" * (len(compared) + 1) + "|",
+            ]
+            for method in methods:
+                row = [method]
+                for metric in compared:
+                    cell = cells.get((method, metric))
+                    row.append("" if cell is None else _interval(cell) + _MARKS.get(cell["verdict"], ""))
+                lines.append("| " + " | ".join(row) + " |")
         return lines
 
     def tracked_metrics(self, report: EvaluationReport) -> dict[str, float]:
