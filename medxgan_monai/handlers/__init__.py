@@ -5,6 +5,7 @@ from medxgan_monai.handlers.confusion import ConfusionMatrixSaver
 from medxgan_monai.handlers.evaluation import EvaluationReport, ExplanationScorer, RandomizationTest
 from medxgan_monai.handlers.explanation import ExplanationHandler, ExplanationWriter, InferenceFailed, InferenceReport
 from medxgan_monai.handlers.medxgan_validation import MedXGANValidator
+from medxgan_monai.handlers.robustness import RobustnessTest
 from medxgan_monai.handlers.sample_grid import SampleGridSaver, sample_grid
 from medxgan_monai.handlers.state_dict_saver import StateDictExporter
 
@@ -19,6 +20,7 @@ __all__ = [
     "MedXGANValidator",
     "PairedComparisons",
     "RandomizationTest",
+    "RobustnessTest",
     "SampleGridSaver",
     "StateDictExporter",
     "sample_grid",

@@ -1,4 +1,5 @@
-"""Charts of an evaluation: metric bars with confidence intervals, randomization curves, best and worst cases.
+"""Charts of an evaluation: metric bars with confidence intervals, randomization and robustness curves, best and
+worst cases.
 
 Drawn with matplotlib's non-interactive Agg backend and written atomically as PNG.
 """
@@ -15,7 +16,13 @@ import numpy as np
 from medxgan_monai.io.atomic import atomic_output
 from medxgan_monai.io.figures import saliency_overlay
 
-__all__ = ["ExampleCase", "write_example_cases", "write_metric_bars", "write_randomization_curves"]
+__all__ = [
+    "ExampleCase",
+    "write_example_cases",
+    "write_metric_bars",
+    "write_randomization_curves",
+    "write_robustness_curves",
+]
 
 
 def _pyplot():
@@ -103,6 +110,82 @@ def write_randomization_curves(
     axis.set_ylim(min(-0.2, lowest - 0.05), 1.05)
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
+    _save(figure, path, overwrite)
+
+
+def write_robustness_curves(
+    path: str | os.PathLike,
+    summary: Sequence[Mapping],
+    kinds: Mapping[str, str],
+    measures: Mapping[str, str],
+    reference_kind: str | None = None,
+    harder_when_smaller: Sequence[str] = (),
+    overwrite: bool = False,
+) -> None:
+    """One panel per perturbation kind and measure: each method's mean with its 95% CI (error bars) against the
+    perturbation size; where ``reference_kind`` rows hold the measure (the unperturbed maps), a dotted line in the
+    method's colour marks that reference.
+
+    Args:
+        summary: rows ``{"method", "kind", "size", "measure", "mean", "ci_low", "ci_high"}``.
+        kinds: perturbation kind -> x-axis label, one row of panels each, in display order.
+        measures: measure -> panel title, in display order (a kind gets a panel for each measure it has rows of).
+        harder_when_smaller: kinds whose perturbation grows as the size falls (an SNR): their axis is reversed, so
+            every panel has the strongest perturbation on the right.
+    """
+    plt = _pyplot()
+    methods = list(dict.fromkeys(row["method"] for row in summary))
+    colours = dict(zip(methods, plt.get_cmap("tab10")(np.arange(len(methods)) % 10), strict=True))
+    panels = [
+        (kind, measure)
+        for kind in kinds
+        for measure in measures
+        if any(row["kind"] == kind and row["measure"] == measure for row in summary)
+    ]
+    rows_of = {kind: [panel for panel in panels if panel[0] == kind] for kind in kinds}
+    columns = max([1, *(len(p) for p in rows_of.values())])
+    shown = [kind for kind in kinds if rows_of[kind]] or list(kinds)[:1]
+    figure, axes = plt.subplots(len(shown), columns, figsize=(3.4 * columns, 2.9 * len(shown)), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for row_axes, kind in zip(axes, shown, strict=True):
+        for axis, (_, measure) in zip(row_axes, rows_of[kind], strict=False):
+            axis.axis("on")
+            for method in methods:
+                points = sorted(
+                    (float(r["size"]), float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+                    for r in summary
+                    if r["method"] == method and r["kind"] == kind and r["measure"] == measure
+                )
+                if not points:
+                    continue
+                sizes, means, low, high = (np.array(values) for values in zip(*points, strict=True))
+                errors = np.nan_to_num(np.stack([means - low, high - means]))
+                axis.errorbar(
+                    sizes, means, yerr=errors, marker="o", markersize=3, capsize=2, label=method, color=colours[method]
+                )
+                reference = [
+                    float(r["mean"])
+                    for r in summary
+                    if r["method"] == method and r["kind"] == reference_kind and r["measure"] == measure
+                ]
+                if reference and math.isfinite(reference[0]):
+                    axis.axhline(reference[0], color=colours[method], linestyle=":", linewidth=0.8)
+            if kind in harder_when_smaller:
+                axis.invert_xaxis()
+            axis.set_xlabel(kinds[kind], fontsize=8)
+            axis.set_title(f"{kind}: {measures[measure]}", fontsize=9)
+            axis.tick_params(labelsize=7)
+    handles, labels = next(
+        (axis.get_legend_handles_labels() for axis in axes.ravel() if axis.get_legend_handles_labels()[0]), ([], [])
+    )
+    if handles:
+        figure.legend(
+            handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 8), bbox_to_anchor=(0.5, -0.02)
+        )
+    if reference_kind is not None:
+        figure.suptitle(f"dotted: the {reference_kind} maps' value", fontsize=8)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     _save(figure, path, overwrite)
 
 

@@ -1,0 +1,294 @@
+"""The evaluation report's robustness section: how much every method's map changes under small input perturbations.
+
+medXGAN's paper claims that combining medXGAN with Integrated Gradients makes explanations "more robust to noise"
+(Dravid et al. 2022). :class:`RobustnessTest` measures it for every evaluated method on the first images of the run
+(:func:`~medxgan_monai.metrics.robustness.robustness_test`: max-sensitivity under uniform noise, stability and
+localization under Gaussian noise at given SNRs and under small rigid shifts). It is an Ignite handler (collects
+images and masks, runs at the end) and a section of :class:`~medxgan_monai.handlers.EvaluationReport`
+(``evaluate.json`` lists it in ``evaluation_report#sections``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from monai.utils import CommonKeys
+
+from medxgan_monai.explain.registry import Explainers
+from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.handlers.evaluation import _cell
+from medxgan_monai.handlers.explanation import FAILURE
+from medxgan_monai.io.charts import write_robustness_curves
+from medxgan_monai.metrics.robustness import CLEAN, MEASURES, PERTURBATIONS, robustness_test
+from medxgan_monai.metrics.statistics import bootstrap_ci
+
+if TYPE_CHECKING:
+    from medxgan_monai.handlers.evaluation import EvaluationReport
+
+__all__ = ["RobustnessTest"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("method", "kind", "size", "measure", "mean", "ci_low", "ci_high", "n")
+#: the measure each perturbation kind is compared by in the summary's table and sentences
+HEADLINE = {"uniform": "max_sensitivity", "gaussian": "spearman", "shift": "spearman"}
+#: how a size shows in headings and tracked metric names
+UNITS = {"uniform": "r={:g}", "gaussian": "{:g}dB", "shift": "{:g}px"}
+
+
+class RobustnessTest:
+    """Robustness of every method's maps on the first ``images`` images the evaluator explains, run when the
+    evaluation ends (:func:`~medxgan_monai.metrics.robustness.robustness_test` on the run's ``Explainers``).
+
+    Collects each explained batch's images (the evaluator's output), masks (``batch[mask_key]``, binarized at 0.5)
+    and stems until it has ``images``; ``images=0`` turns it off. After the run, :attr:`rows` holds one row per
+    method, perturbation, size and image; if the test fails, :attr:`failure` says why (the evaluation's other
+    results are kept).
+
+    As a report section it writes ``robustness_per_image.csv`` (method, kind, size, image, one column per measure),
+    ``robustness.csv`` (method, kind, size, measure, mean, 95% bootstrap CI, n, with the report's
+    ``bootstrap_samples`` and ``seed``), ``robustness.png`` (each measure against the perturbation size, one line per
+    method), its part of ``summary.md`` and the tracked metrics ``<method>_robustness_<kind>_<size>_<measure>``.
+
+    Args:
+        explainers: the run's :class:`~medxgan_monai.explain.Explainers` (every method it runs is tested; each
+            perturbation is one call for all methods, so the medXGAN maps share one inversion).
+        images: how many images to test.
+        radii: uniform-noise radii of the max-sensitivity (images in [0, 1]).
+        snr_db: signal-to-noise ratios (dB) of the Gaussian noise.
+        shifts: rigid shifts in pixels along every axis.
+        samples: uniform draws per radius (the max-sensitivity is the largest change over them).
+        seed: seed of every draw.
+    """
+
+    def __init__(
+        self,
+        explainers: Explainers,
+        images: int = 8,
+        radii: Sequence[float] = (0.02, 0.1),
+        snr_db: Sequence[float] = (20.0, 10.0),
+        shifts: Sequence[int] = (2, 4, 8),
+        samples: int = 3,
+        seed: int = 0,
+        image_key: str = CommonKeys.IMAGE,
+        mask_key: str = "mask",
+    ) -> None:
+        if samples < 1:
+            raise ValueError(f"robustness samples must be at least 1, got {samples}")
+        self.explainers = explainers
+        self.count = images
+        self.radii = [float(r) for r in radii]
+        self.snr_db = [float(s) for s in snr_db]
+        self.shifts = [int(s) for s in shifts]
+        self.samples, self.seed = samples, seed
+        self.image_key, self.mask_key = image_key, mask_key
+        self.images: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.stems: list[str] = []
+        self.rows: list[dict] = []
+        self.summary: list[dict] = []
+        self.failure: str | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def collect(self, engine: Engine) -> None:
+        output, batch = engine.state.output, engine.state.batch
+        wanted = self.count - len(self.images)
+        if FAILURE in output or wanted <= 0:
+            return
+        images = torch.as_tensor(output[self.image_key]).detach()[:wanted]
+        masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()[:wanted]
+        stems = [str(s) for s in batch["stem"]] if "stem" in batch else []
+        self.stems.extend(stems[:wanted] or [str(len(self.images) + i) for i in range(len(images))])
+        self.images.extend(images)
+        self.masks.extend(masks)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if self.count <= 0 or not self.images:
+            return
+        start = time.perf_counter()
+        try:
+            rows = robustness_test(
+                self.explainers.maps,
+                torch.stack(self.images),
+                torch.stack(self.masks),
+                self.radii,
+                self.snr_db,
+                self.shifts,
+                self.samples,
+                self.seed,
+            )
+        except Exception as error:  # the robustness test must not cost the evaluation's other results
+            logger.exception("robustness test failed")
+            self.failure = f"{type(error).__name__}: {error}"
+            return
+        self.rows = [{**row, "image": self.stems[row["image"]]} for row in rows]
+        logger.info("robustness test: %d image(s) in %.1f s", len(self.images), time.perf_counter() - start)
+
+    def _summarize(self, report: EvaluationReport) -> list[dict]:
+        groups: dict[tuple, list[dict]] = {}
+        for row in self.rows:
+            groups.setdefault((row["method"], row["kind"], row["size"]), []).append(row)
+        summary = []
+        for (method, kind, size), members in groups.items():
+            for measure in MEASURES:
+                values = [m[measure] for m in members if measure in m]
+                if not values:
+                    continue
+                finite = sum(math.isfinite(v) for v in values)
+                if finite:
+                    mean, low, high = bootstrap_ci(values, report.bootstrap_samples, report.seed)
+                else:
+                    mean = low = high = math.nan
+                summary.append(
+                    {
+                        "method": method,
+                        "kind": kind,
+                        "size": size,
+                        "measure": measure,
+                        "mean": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n": finite,
+                    }
+                )
+        return summary
+
+    def write(self, report: EvaluationReport) -> None:
+        """``robustness_per_image.csv``, ``robustness.csv`` and ``robustness.png`` (nothing when not run)."""
+        if not self.rows:
+            return
+        self.summary = self._summarize(report)
+        header = ["method", "kind", "size", "image", *MEASURES]
+        report.write_csv(
+            "robustness_per_image.csv",
+            header,
+            [[_cell(row.get(column, math.nan)) for column in header] for row in self.rows],
+        )
+        report.write_csv(
+            "robustness.csv", SUMMARY_COLUMNS, [[_cell(row[c]) for c in SUMMARY_COLUMNS] for row in self.summary]
+        )
+        write_robustness_curves(
+            report.output_dir / "robustness.png",
+            self.summary,
+            PERTURBATIONS,
+            {
+                name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
+                for name, m in MEASURES.items()
+            },
+            reference_kind=CLEAN,
+            harder_when_smaller=("gaussian",),
+            overwrite=report.overwrite,
+        )
+
+    def _cells(self) -> dict[tuple, dict]:
+        return {(r["method"], r["kind"], r["size"], r["measure"]): r for r in self.summary}
+
+    def _columns(self) -> list[tuple[str, float]]:
+        sizes = {"uniform": self.radii, "gaussian": self.snr_db, "shift": [float(s) for s in self.shifts]}
+        return [(kind, size) for kind in PERTURBATIONS for size in sizes[kind]]
+
+    def markdown(self, report: EvaluationReport) -> list[str]:
+        if self.count <= 0:
+            return []
+        lines = ["## Robustness to input perturbations", ""]
+        if self.failure:
+            return [*lines, f"The test failed: {self.failure}"]
+        if not self.rows:
+            return [*lines, "Not run (no image was explained)."]
+        if not self.summary:
+            self.summary = self._summarize(report)
+        cells, columns = self._cells(), self._columns()
+        methods = list(dict.fromkeys(row["method"] for row in self.rows))
+        hardest = {
+            kind: (min if kind == "gaussian" else max)(s for k, s in columns if k == kind) for kind, _ in columns
+        }
+        lines += [
+            f"Every method's map on the first {len(self.stems)} image(s), images in [0, 1]; mean [95% bootstrap CI] "
+            "over images (robustness.csv, per image: robustness_per_image.csv; robustness.png). "
+            f"**Max-sensitivity** (Yeh et al. 2019): the largest ||map(x + d) - map(x)|| / ||map(x)|| (Frobenius) over "
+            f"{self.samples} draw(s) of d ~ U[-r, r] per pixel, lower is more stable. **Gaussian noise** at an SNR "
+            "(sigma = std(x) / 10^(SNR/20)) and **shift** by s pixels along every axis (zero fill, the map shifted "
+            "back, the pixels inside both frames): Spearman correlation with the clean map, higher is more stable.",
+            "",
+            "| method | "
+            + " | ".join(
+                f"{_heading(HEADLINE[kind])} {UNITS[kind].format(size)} "
+                f"{'↑' if MEASURES[HEADLINE[kind]].higher_is_better else '↓'}"
+                for kind, size in columns
+            )
+            + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        for method in methods:
+            row = [method]
+            for kind, size in columns:
+                cell = cells.get((method, kind, size, HEADLINE[kind]))
+                row.append(_interval(cell))
+            lines.append("| " + " | ".join(row) + " |")
+        for kind in dict.fromkeys(kind for kind, _ in columns):
+            lines += ["", self._sentence(kind, hardest[kind], methods, cells)]
+        localized = [(CLEAN, 0.0), *((kind, hardest[kind]) for kind in ("gaussian", "shift") if kind in hardest)]
+        lines += [
+            "",
+            "Localization against the mask (means; the shifted mask for shifts) of the clean maps and at the "
+            "strongest noise and shift:",
+            "",
+            "| method | "
+            + " | ".join(
+                f"{_heading(m)} {'clean' if kind == CLEAN else UNITS[kind].format(size)}"
+                for m in ("pointing_game", "relevance_mass", "top_k_iou")
+                for kind, size in localized
+            )
+            + " |",
+            "|---" * (3 * len(localized) + 1) + "|",
+        ]
+        for method in methods:
+            values = []
+            for measure in ("pointing_game", "relevance_mass", "top_k_iou"):
+                for kind, size in localized:
+                    cell = cells.get((method, kind, size, measure))
+                    values.append("-" if cell is None or not cell["n"] else f"{cell['mean']:.3f}")
+            lines.append(f"| {method} | " + " | ".join(values) + " |")
+        return lines
+
+    @staticmethod
+    def _sentence(kind: str, size: float, methods: list[str], cells: dict) -> str:
+        measure = MEASURES[HEADLINE[kind]]
+        scored = [(m, cells[(m, kind, size, measure.name)]) for m in methods if (m, kind, size, measure.name) in cells]
+        scored = [(m, c) for m, c in scored if c["n"]]
+        label = {"uniform": "Uniform noise", "gaussian": "Gaussian noise", "shift": "Shifts"}[kind]
+        if not scored:
+            return f"{label}: no finite value."
+        ranked = sorted(scored, key=lambda item: item[1]["mean"], reverse=measure.higher_is_better)
+        (best, top), (worst, bottom) = ranked[0], ranked[-1]
+        return (
+            f"{label} at {UNITS[kind].format(size)}: the most stable map by {measure.title} is {best} "
+            f"({_interval(top)}), the least {worst} ({_interval(bottom)})."
+        )
+
+    def tracked_metrics(self, report: EvaluationReport) -> dict[str, float]:
+        """``<method>_robustness_<kind>_<size>_<measure>``: every mean of :attr:`summary` (finite ones)."""
+        return {
+            f"{r['method']}_robustness_{r['kind']}_{r['size']:g}_{r['measure']}": r["mean"]
+            for r in self.summary
+            if r["n"]
+        }
+
+
+def _heading(measure: str) -> str:
+    """A measure's title for a markdown table cell (a ``|`` would split the cell)."""
+    return MEASURES[measure].title.replace("|", "\\|")
+
+
+def _interval(cell: dict | None) -> str:
+    if cell is None or not cell["n"]:
+        return "-"
+    return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
