@@ -231,3 +231,39 @@ def test_sparseness_and_entropy_agree():
     assert np.isnan(quantus.Sparseness(**OUR_CONVENTION)(**data, a_batch=with_zero.copy())[0])
     unnormalised = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)(**data, a_batch=with_zero)
     assert unnormalised[0] == pytest.approx(0, abs=1e-6)
+
+
+def test_max_sensitivity_agrees_on_the_same_perturbations():
+    """Ours (``metrics/robustness.py`` ``max_sensitivity``: the largest ||Phi(x + delta) - Phi(x)||_F / ||Phi(x)||_F
+    over ``samples`` draws of delta ~ U[-r, r] per pixel, maps abs / max per image) and ``quantus.MaxSensitivity``
+    (the same ratio with its default ``difference`` and ``fro_norm``) on the same draws: our function's perturbed
+    images are recorded and handed to Quantus as its ``perturb_func``'s output, in order. Agreement within 1e-5
+    (float32 maps). With their own draws (ours a seeded torch generator, Quantus NumPy's global one) both are
+    lower bounds of the maximum over the ball from a few samples and are not compared numerically. Quantus can drop
+    draws that change the prediction (``return_nan_when_prediction_changes``, off here, as ours never does), and
+    clips nothing, as ours."""
+    from medxgan_monai.metrics.robustness import max_sensitivity
+
+    network = _tiny_network()
+    images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    explained: list[np.ndarray] = []
+
+    def explain(batch):
+        explained.append(batch.detach().numpy().copy())
+        return {"gradient": normalize_saliency(torch.from_numpy(_input_gradient(network, batch)))}
+
+    samples, radius = 5, 0.2
+    ours = max_sensitivity(explain, images, radius, samples=samples, seed=0)["gradient"].numpy()
+    clean, perturbed = explained[0], iter(explained[1:])
+    assert len(explained) == samples + 1 and np.array_equal(clean, images.numpy())
+
+    def same_draws(arr, indices=None, **kwargs):
+        return next(perturbed).reshape(arr.shape)
+
+    metric = quantus.MaxSensitivity(nr_samples=samples, perturb_func=same_draws, lower_bound=radius, **OUR_CONVENTION)
+    theirs = metric(
+        model=network, x_batch=clean, y_batch=np.ones(6, dtype=int), a_batch=None,
+        explain_func=_input_gradient, device="cpu",
+    )  # fmt: skip
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+    assert ours.min() > 0, "the maps move under the perturbations"
