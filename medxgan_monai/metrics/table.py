@@ -279,7 +279,9 @@ def score_maps(
 
     Returns name -> (B,) per-image values, in table order; a metric whose needs are not all given is NaN for every
     image. Each perturbation curve runs once (deletion per fill and insertion: ``perturbation_steps`` steps; ROAD:
-    :data:`~medxgan_monai.metrics.faithfulness.ROAD_PERCENTAGES`; ``target`` class).
+    :data:`~medxgan_monai.metrics.faithfulness.ROAD_PERCENTAGES`; ``target`` class). The costly ones (deletion with
+    mean and blur fill, ROAD) score only the images of a fixed subset, about one in :data:`SUBSET_EVERY` chosen by a
+    hash of the image's pixels, and are NaN for the others.
 
     Example::
 
