@@ -25,7 +25,7 @@ from medxgan_monai.handlers.evaluation import _cell
 from medxgan_monai.handlers.explanation import FAILURE
 from medxgan_monai.io.charts import write_robustness_curves
 from medxgan_monai.metrics.robustness import CLEAN, MEASURES, PERTURBATIONS, robustness_test
-from medxgan_monai.metrics.statistics import bootstrap_ci
+from medxgan_monai.metrics.statistics import summarize
 
 if TYPE_CHECKING:
     from medxgan_monai.handlers.evaluation import EvaluationReport
@@ -105,8 +105,10 @@ class RobustnessTest:
             return
         images = torch.as_tensor(output[self.image_key]).detach()[:wanted]
         masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()[:wanted]
-        stems = [str(s) for s in batch["stem"]] if "stem" in batch else []
-        self.stems.extend(stems[:wanted] or [str(len(self.images) + i) for i in range(len(images))])
+        count = len(images)
+        # rows name images by stem (as metrics_per_image.csv does); by position when the batch has none
+        stems = batch["stem"][:count] if "stem" in batch else range(len(self.stems), len(self.stems) + count)
+        self.stems.extend(str(stem) for stem in stems)
         self.images.extend(images)
         self.masks.extend(masks)
 
@@ -133,33 +135,25 @@ class RobustnessTest:
         logger.info("robustness test: %d image(s) in %.1f s", len(self.images), time.perf_counter() - start)
 
     def _summarize(self, report: EvaluationReport) -> list[dict]:
-        groups: dict[tuple, list[dict]] = {}
+        """Per method, kind, size and the measures its rows hold: mean, bootstrap CI and n (:func:`summarize`)."""
+        measured: dict[tuple, set[str]] = {}
+        keyed = []
         for row in self.rows:
-            groups.setdefault((row["method"], row["kind"], row["size"]), []).append(row)
-        summary = []
-        for (method, kind, size), members in groups.items():
-            for measure in MEASURES:
-                values = [m[measure] for m in members if measure in m]
-                if not values:
-                    continue
-                finite = sum(math.isfinite(v) for v in values)
-                if finite:
-                    mean, low, high = bootstrap_ci(values, report.bootstrap_samples, report.seed)
-                else:
-                    mean = low = high = math.nan
-                summary.append(
-                    {
-                        "method": method,
-                        "kind": kind,
-                        "size": size,
-                        "measure": measure,
-                        "mean": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                        "n": finite,
-                    }
-                )
-        return summary
+            group = (row["method"], row["kind"], row["size"])
+            measured.setdefault(group, set()).update(m for m in MEASURES if m in row)
+            keyed.append({**row, "group": group})
+        summary = summarize(keyed, list(MEASURES), "group", report.bootstrap_samples, report.seed)
+        return [
+            {
+                "method": r["group"][0],
+                "kind": r["group"][1],
+                "size": r["group"][2],
+                "measure": r["metric"],
+                **{k: r[k] for k in ("mean", "ci_low", "ci_high", "n")},
+            }
+            for r in summary
+            if r["metric"] in measured[r["group"]]
+        ]
 
     def write(self, report: EvaluationReport) -> None:
         """``robustness_per_image.csv``, ``robustness.csv`` and ``robustness.png`` (nothing when not run)."""
