@@ -87,7 +87,9 @@ def test_every_metric_for_every_method_with_report_mlflow_and_bad_entries(tiny_d
             assert row["completeness_gap"] == ""
 
     summary = _rows(out / "metrics_summary.csv")
-    assert {(r["method"], r["metric"]) for r in summary} == {(m, k) for m in METHODS for k in [*METRICS, "completeness_gap", "seconds"]}
+    assert {(r["method"], r["metric"]) for r in summary} == {
+        (m, k) for m in METHODS for k in [*METRICS, "completeness_gap", "seconds"]
+    }
     for row in summary:
         if row["n"] != "0":
             assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
@@ -101,6 +103,9 @@ def test_every_metric_for_every_method_with_report_mlflow_and_bad_entries(tiny_d
                 assert float(row["mean"]) == pytest.approx(expected, abs=1e-5)
     markdown = (out / "summary.md").read_text()
     assert all(f"| {method} |" in markdown for method in METHODS) and "Randomization sanity test" in markdown
+    completeness = markdown.split("### Completeness of the Integrated Gradients maps")[1].split("#")[0]
+    reported = {line.split(" | ")[0].strip("| ") for line in completeness.splitlines() if line.startswith("| ")}
+    assert reported == {"method", "ig", "medxgan_ig", "medxgan_lig"}, "the IG-type maps, and only they"
     assert f"{len(detected)} of the " in markdown and "Positives the classifier detects" in markdown
     for name in ("metrics.png", "randomization.png", *(f"examples_{m}.png" for m in METHODS)):
         assert (out / name).stat().st_size > 1000, name

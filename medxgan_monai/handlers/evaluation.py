@@ -357,6 +357,28 @@ def _summary_tables(summary: list[dict], metrics: Mapping[str, ExplanationMetric
     return lines
 
 
+def _completeness_table(summary: list[dict], rows: list[dict]) -> list[str]:
+    """Markdown lines on the completeness gap of the methods that report one (the IG-type maps); none if none do."""
+    reported = [row for row in summary if row["metric"] == "completeness_gap" and row["n"]]
+    if not reported:
+        return []
+    lines = [
+        "### Completeness of the Integrated Gradients maps",
+        "",
+        "|sum of the attributions - (P(x) - P(baseline))| per image, in probability units: the error of the path "
+        "integral's quadrature (0 for exact IG; more steps make it smaller).",
+        "",
+        "| method | mean gap [95% CI] | largest gap | n |",
+        "|---|---|---|---|",
+    ]
+    for row in reported:
+        gaps = [r["completeness_gap"] for r in rows if r["method"] == row["method"]]
+        largest = max(gap for gap in gaps if math.isfinite(gap))
+        interval = f"{row['mean']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+        lines.append(f"| {row['method']} | {interval} | {largest:.4f} | {row['n']} |")
+    return lines
+
+
 class EvaluationReport:
     """Write an evaluation's results when the evaluator's epoch ends, and put the summary into its metrics.
 
@@ -473,6 +495,8 @@ class EvaluationReport:
             "",
         ]
         lines += _summary_tables(self.summary, self.scorer.metrics)
+        completeness = _completeness_table(self.summary, self.scorer.rows)
+        lines += ["", *completeness] if completeness else []
         detected = len({row["stem"] for row in _detected(self.scorer.rows)})
         lines += [
             "",
