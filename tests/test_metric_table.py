@@ -156,6 +156,16 @@ def test_score_maps_equals_the_metric_functions_and_is_nan_where_a_need_is_missi
     assert everything["road_lerf_auc"][~subset].isnan().all()
     alone = score_maps(maps[subset][:1], images=images[subset][:1], classifier=classifier, perturbation_steps=5)
     torch.testing.assert_close(alone["road_morf_auc"], road_curves.morf_auc[:1]), "the same image in another batch"
+    # with names (the evaluation passes the stems), the name chooses, whatever the pixels' last bits are
+    names = [f"case_{index:03d}" for index in range(len(images))]
+    by_name = torch.tensor([_in_subset(name) for name in names])
+    assert 0 < by_name.sum() < len(images) and not torch.equal(by_name, subset), "names pick another subset here"
+    named = score_maps(maps, images=images, classifier=classifier, perturbation_steps=5, names=names)
+    assert torch.equal(named["road_morf_auc"].isfinite(), by_name)
+    rounded = score_maps(maps, images=images + 1e-6, classifier=classifier, perturbation_steps=5, names=names)
+    assert torch.equal(rounded["road_morf_auc"].isfinite(), by_name), "a rounding difference keeps the subset"
+    with pytest.raises(ValueError, match="3 names for 8 maps"):
+        score_maps(maps, images=images, classifier=classifier, names=names[:3])
 
     calls.clear()
     masks_only = score_maps(maps, masks=masks, probabilities=probabilities)  # no classifier, no counterfactual

@@ -143,6 +143,7 @@ class ExplanationScorer:
                 target=self.target,
                 perturbation_steps=self.perturbation_steps,
                 metrics=self.metrics,
+                names=stems,
             )
             seconds = output[SECONDS].get(method, float("nan"))
             details = {

@@ -17,7 +17,7 @@ Needs:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
@@ -52,6 +52,7 @@ class MetricInputs:
     counterfactual_probability: torch.Tensor | None = None
     target: int = 1
     perturbation_steps: int = 20
+    names: Sequence[str] | None = None
     _curves_by_fill: dict[str, PerturbationCurves] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -92,7 +93,10 @@ class MetricInputs:
     def subset(self) -> tuple[torch.Tensor, MetricInputs]:
         """The batch's images in the costly metrics' subset (:data:`SUBSET_EVERY`) and these inputs restricted to
         them, shared (with their curves) by every metric computed on the subset."""
-        selected = torch.tensor([_in_subset(image) for image in self.images.detach().cpu()], dtype=torch.bool)
+        if self.names is not None:
+            selected = torch.tensor([_in_subset(name) for name in self.names], dtype=torch.bool)
+        else:
+            selected = torch.tensor([_in_subset(image) for image in self.images.detach().cpu()], dtype=torch.bool)
         indices = selected.nonzero().flatten()
 
         def rows(values: torch.Tensor | None) -> torch.Tensor | None:
@@ -105,6 +109,7 @@ class MetricInputs:
             images=rows(self.images),
             probabilities=rows(self.probabilities),
             counterfactual_probability=rows(self.counterfactual_probability),
+            names=None if self.names is None else [self.names[i] for i in indices.tolist()],
         )
         return indices, restricted
 
@@ -192,11 +197,16 @@ def _of_maps(complexity: Callable[[torch.Tensor], torch.Tensor]):
 SUBSET_EVERY = 4
 
 
-def _in_subset(image: torch.Tensor) -> bool:
-    """Whether an image is in the costly metrics' subset: chosen by a hash of its pixels (BLAKE2b, uniform where a
-    CRC's low bits need not be), so the same images for every method, batch and run, without knowing their position
-    in the datalist. 63 of the demo benchmark's 250 test positives."""
-    digest = hashlib.blake2b(image.detach().cpu().contiguous().float().numpy().tobytes(), digest_size=8).digest()
+def _in_subset(image: torch.Tensor | str) -> bool:
+    """Whether an image is in the costly metrics' subset: chosen by a hash (BLAKE2b, uniform where a CRC's low bits
+    need not be) of its name when the caller has one (the evaluation passes each image's stem, which no float
+    rounding of another CPU can change), else of its pixels; so the same images for every method, batch and run,
+    without knowing their position in the datalist."""
+    if isinstance(image, str):
+        content = image.encode("utf-8")
+    else:
+        content = image.detach().cpu().contiguous().float().numpy().tobytes()
+    digest = hashlib.blake2b(content, digest_size=8).digest()
     return int.from_bytes(digest, "little") % SUBSET_EVERY == 0
 
 
@@ -274,6 +284,7 @@ def score_maps(
     target: int = 1,
     perturbation_steps: int = 20,
     metrics: Mapping[str, ExplanationMetric] = METRICS,
+    names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score one method's ``maps`` (B, 1, *spatial) of a batch with every metric of ``metrics``.
 
@@ -281,7 +292,7 @@ def score_maps(
     image. Each perturbation curve runs once (deletion per fill and insertion: ``perturbation_steps`` steps; ROAD:
     :data:`~medxgan_monai.metrics.faithfulness.ROAD_PERCENTAGES`; ``target`` class). The costly ones (deletion with
     mean and blur fill, ROAD) score only the images of a fixed subset, about one in :data:`SUBSET_EVERY` chosen by a
-    hash of the image's pixels, and are NaN for the others.
+    hash of each image's name in ``names`` (B,) (else of its pixels), and are NaN for the others.
 
     Example::
 
@@ -289,8 +300,18 @@ def score_maps(
         scores["pointing_game"], scores["deletion_auc"]                 # (B,) each
         scores["counterfactual_validity"]                               # NaN: no counterfactual given
     """
+    if names is not None and len(names) != maps.shape[0]:
+        raise ValueError(f"{len(names)} names for {maps.shape[0]} maps")
     inputs = MetricInputs(
-        maps.detach(), masks, images, classifier, probabilities, counterfactual_probability, target, perturbation_steps
+        maps.detach(),
+        masks,
+        images,
+        classifier,
+        probabilities,
+        counterfactual_probability,
+        target,
+        perturbation_steps,
+        None if names is None else list(names),
     )
     available = inputs.available
     not_applicable = torch.full((maps.shape[0],), float("nan"))
