@@ -183,6 +183,13 @@ def test_the_section_writes_its_files_and_markdown_and_refuses_to_overwrite(tmp_
     markdown = (tmp_path / "summary.md").read_text()
     assert "## Robustness to input perturbations" in markdown and "| input | " in markdown
     assert "Shifts at 2px: the most stable map by Spearman with clean map is input" in markdown
+    # the paired comparison: the reference (the first method here; medxgan_ig in the bundle) minus each other method
+    paired = {(r["kind"], r["measure"]): r for r in _read(tmp_path / "robustness_paired.csv")}
+    sensitivity = paired[("uniform", "max_sensitivity")]
+    assert sensitivity["reference"] == "fixed" and sensitivity["method"] == "input" and sensitivity["n"] == "2"
+    assert float(sensitivity["ci_high"]) < 0 and sensitivity["verdict"] == "reference better", "0 minus a positive"
+    assert ("clean", "relevance_mass") in paired and ("gaussian", "spearman") in paired
+    assert "Paired: per image, fixed's value minus the other method's" in markdown and "(more robust)" in markdown
     tracked = report.tracked_metrics()
     assert tracked["fixed_robustness_uniform_0.05_max_sensitivity"] == 0
     assert tracked["input_robustness_shift_2_spearman"] == pytest.approx(1)

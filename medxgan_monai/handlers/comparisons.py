@@ -17,12 +17,21 @@ from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE, 
 if TYPE_CHECKING:
     from medxgan_monai.handlers.evaluation import EvaluationReport
 
-__all__ = ["DEFAULT_REFERENCE", "PairedComparisons"]
+__all__ = ["DEFAULT_REFERENCE", "PairedComparisons", "reference_method"]
 
 logger = logging.getLogger(__name__)
 
 #: the reference when none is named and it was evaluated: the bundle's default map
 DEFAULT_REFERENCE = "medxgan_ig"
+
+
+def reference_method(requested: str | None, methods: Sequence[str]) -> str | None:
+    """The method a paired comparison compares with the others: ``requested`` if named, else
+    :data:`DEFAULT_REFERENCE` when it was evaluated, else the first of ``methods`` (None without methods)."""
+    if requested is not None:
+        return requested
+    return DEFAULT_REFERENCE if DEFAULT_REFERENCE in methods else next(iter(methods), None)
+
 
 COLUMNS = ("reference", "method", "metric", "is_best_baseline", "mean_difference", "ci_low", "ci_high", "n", "verdict")
 
@@ -60,10 +69,7 @@ class PairedComparisons:
         rows, metrics = report.scorer.rows, report.scorer.metrics
         methods = list(dict.fromkeys(row["method"] for row in rows))
         self.comparisons, self.failure = [], None
-        if self.requested_reference is not None:
-            self.reference = self.requested_reference
-        else:
-            self.reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in methods else next(iter(methods), None)
+        self.reference = reference_method(self.requested_reference, methods)
         if self.reference is not None and self.reference not in methods:
             self.failure = f"the reference method {self.reference!r} has no scores (scored: {', '.join(methods)})"
             logger.warning("paired comparisons not computed: %s", self.failure)

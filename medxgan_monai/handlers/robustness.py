@@ -21,11 +21,12 @@ from monai.utils import CommonKeys
 
 from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
+from medxgan_monai.handlers.comparisons import reference_method
 from medxgan_monai.handlers.evaluation import _cell
 from medxgan_monai.handlers.explanation import FAILURE
 from medxgan_monai.io.charts import write_robustness_curves
 from medxgan_monai.metrics.robustness import CLEAN, MEASURES, PERTURBATIONS, robustness_test
-from medxgan_monai.metrics.statistics import summarize
+from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE, paired_comparisons, summarize
 
 if TYPE_CHECKING:
     from medxgan_monai.handlers.evaluation import EvaluationReport
@@ -35,6 +36,18 @@ __all__ = ["RobustnessTest"]
 logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ("method", "kind", "size", "measure", "mean", "ci_low", "ci_high", "n")
+PAIRED_COLUMNS = (
+    "reference",
+    "method",
+    "kind",
+    "size",
+    "measure",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "n",
+    "verdict",
+)
 #: the measure each perturbation kind is compared by in the summary's table and sentences
 HEADLINE = {"uniform": "max_sensitivity", "gaussian": "spearman", "shift": "spearman"}
 #: how a size shows in headings and tracked metric names
@@ -53,7 +66,10 @@ class RobustnessTest:
     As a report section it writes ``robustness_per_image.csv`` (method, kind, size, image, one column per measure),
     ``robustness.csv`` (method, kind, size, measure, mean, 95% bootstrap CI, n, with the report's
     ``bootstrap_samples`` and ``seed``), ``robustness.png`` (each measure against the perturbation size, one line per
-    method), its part of ``summary.md`` and the tracked metrics ``<method>_robustness_<kind>_<size>_<measure>``.
+    method), ``robustness_paired.csv`` (per perturbation, size and measure, the paired bootstrap of the reference
+    method minus every other method over the tested images, with a verdict, as ``metrics_paired.csv``: this is the
+    test of the paper's claim that medXGAN + IG is more robust than IG and than the medXGAN map alone), its part of
+    ``summary.md`` and the tracked metrics ``<method>_robustness_<kind>_<size>_<measure>``.
 
     Args:
         explainers: the run's :class:`~medxgan_monai.explain.Explainers` (every method it runs is tested; each
@@ -64,6 +80,8 @@ class RobustnessTest:
         shifts: rigid shifts in pixels along every axis.
         samples: uniform draws per radius (the max-sensitivity is the largest change over them).
         seed: seed of every draw.
+        reference: the method the paired comparisons compare with every other one (default: ``medxgan_ig`` when
+            evaluated, else the first method; :func:`~medxgan_monai.handlers.comparisons.reference_method`).
     """
 
     def __init__(
@@ -77,6 +95,7 @@ class RobustnessTest:
         seed: int = 0,
         image_key: str = CommonKeys.IMAGE,
         mask_key: str = "mask",
+        reference: str | None = None,
     ) -> None:
         if samples < 1:
             raise ValueError(f"robustness samples must be at least 1, got {samples}")
@@ -92,6 +111,8 @@ class RobustnessTest:
         self.stems: list[str] = []
         self.rows: list[dict] = []
         self.summary: list[dict] = []
+        self.requested_reference = reference
+        self.comparisons: list[dict] = []
         self.failure: str | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -169,6 +190,12 @@ class RobustnessTest:
         report.write_csv(
             "robustness.csv", SUMMARY_COLUMNS, [[_cell(row[c]) for c in SUMMARY_COLUMNS] for row in self.summary]
         )
+        self.comparisons = self._compare(report)
+        report.write_csv(
+            "robustness_paired.csv",
+            PAIRED_COLUMNS,
+            [[_cell(c[k]) for k in PAIRED_COLUMNS] for c in self.comparisons],
+        )
         write_robustness_curves(
             report.output_dir / "robustness.png",
             self.summary,
@@ -181,6 +208,49 @@ class RobustnessTest:
             harder_when_smaller=("gaussian",),
             overwrite=report.overwrite,
         )
+
+    def _compare(self, report: EvaluationReport) -> list[dict]:
+        """The reference minus every other method, per perturbation, size and measure (paired over images)."""
+        methods = list(dict.fromkeys(row["method"] for row in self.rows))
+        reference = reference_method(self.requested_reference, methods)
+        if reference not in methods or len(methods) < 2:
+            return []
+        comparisons = []
+        for kind, size in dict.fromkeys((row["kind"], row["size"]) for row in self.rows):
+            rows = [{**row, "stem": row["image"]} for row in self.rows if (row["kind"], row["size"]) == (kind, size)]
+            measured = {name: m for name, m in MEASURES.items() if any(name in row for row in rows)}
+            for comparison in paired_comparisons(rows, measured, reference, report.bootstrap_samples, report.seed):
+                comparison = {**comparison, "kind": kind, "size": size, "measure": comparison["metric"]}
+                comparisons.append(comparison)
+        return comparisons
+
+    def _paired_markdown(self, columns: list[tuple[str, float]]) -> list[str]:
+        """The reference minus each method on every perturbation's headline measure (paired CIs, verdicts)."""
+        if not self.comparisons:
+            return []
+        reference = self.comparisons[0]["reference"]
+        cells = {(c["method"], c["kind"], c["size"], c["measure"]): c for c in self.comparisons}
+        marks = {REFERENCE_BETTER: " (more robust)", REFERENCE_WORSE: " (less robust)"}
+        lines = [
+            f"Paired: per image, {reference}'s value minus the other method's (mean [95% bootstrap CI of the pairs]; "
+            f"'more robust' / 'less robust' where the interval excludes 0; robustness_paired.csv has every measure):",
+            "",
+            "| method | "
+            + " | ".join(f"{_heading(HEADLINE[kind])} {UNITS[kind].format(size)}" for kind, size in columns)
+            + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        for method in dict.fromkeys(c["method"] for c in self.comparisons):
+            row = [method]
+            for kind, size in columns:
+                cell = cells.get((method, kind, size, HEADLINE[kind]))
+                if cell is None:
+                    row.append("-")
+                    continue
+                difference = f"{cell['mean_difference']:+.3f} [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}]"
+                row.append(difference + marks.get(cell["verdict"], ""))
+            lines.append("| " + " | ".join(row) + " |")
+        return lines
 
     def _cells(self) -> dict[tuple, dict]:
         return {(r["method"], r["kind"], r["size"], r["measure"]): r for r in self.summary}
@@ -229,6 +299,8 @@ class RobustnessTest:
             lines.append("| " + " | ".join(row) + " |")
         for kind in dict.fromkeys(kind for kind, _ in columns):
             lines += ["", self._sentence(kind, hardest[kind], methods, cells)]
+        paired = self._paired_markdown(columns)
+        lines += ["", *paired] if paired else []
         localized = [(CLEAN, 0.0), *((kind, hardest[kind]) for kind in ("gaussian", "shift") if kind in hardest)]
         lines += [
             "",
