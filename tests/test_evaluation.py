@@ -103,6 +103,7 @@ def test_every_metric_for_every_method_with_report_mlflow_and_bad_entries(tiny_d
                 assert float(row["mean"]) == pytest.approx(expected, abs=1e-5)
     markdown = (out / "summary.md").read_text()
     assert all(f"| {method} |" in markdown for method in METHODS) and "Randomization sanity test" in markdown
+    assert "top-|GT|" not in markdown and "top-\\|GT\\| IoU" in markdown, "a | in a heading would split its cell"
     completeness = markdown.split("### Completeness of the Integrated Gradients maps")[1].split("#")[0]
     reported = {line.split(" | ")[0].strip("| ") for line in completeness.splitlines() if line.startswith("| ")}
     assert reported == {"method", "ig", "medxgan_ig", "medxgan_lig"}, "the IG-type maps, and only they"

@@ -87,6 +87,7 @@ def test_table_lists_each_metric_once_in_report_order_with_direction_needs_and_g
         "entropy",
     ]
     assert METRICS["deletion_auc"].heading == "deletion AUC ↓" and METRICS["otsu_iou"].heading == "Otsu IoU ↑"
+    assert METRICS["top_k_iou"].markdown_heading == "top-\\|GT\\| IoU ↑"
     assert {name: set(m.needs) for name, m in METRICS.items() if m.needs != {"mask"}} == {
         **{name: {"classifier"} for name in GROUPS["faithfulness"]},
         "counterfactual_validity": {"counterfactual"},
@@ -245,6 +246,6 @@ def test_the_readme_evaluation_tables_read_the_metric_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
     groups = list(dict.fromkeys(m.group for m in METRICS.values()))
     for position, group in enumerate(groups):
-        headings = [m.heading.replace("|", "\\|") for m in METRICS.values() if m.group == group]
+        headings = [m.markdown_heading for m in METRICS.values() if m.group == group]
         header = "| method | " + " | ".join(headings + (["s / image"] if position == 0 else [])) + " |"
         assert header in readme, f"README.md lacks the {group} table's header: {header}"

@@ -95,7 +95,7 @@ class PairedComparisons:
         ]
         for comparison in self.comparisons:
             if comparison["is_best_baseline"]:
-                heading = metrics[comparison["metric"]].heading
+                heading = metrics[comparison["metric"]].markdown_heading
                 lines.append(
                     f"| {heading} | {comparison['method']} | {_interval(comparison)} | {comparison['n']} "
                     f"| {comparison['verdict']} |"
@@ -112,7 +112,7 @@ class PairedComparisons:
                 "",
                 f"**{group}**",
                 "",
-                "| method | " + " | ".join(metrics[m].heading for m in compared) + " |",
+                "| method | " + " | ".join(metrics[m].markdown_heading for m in compared) + " |",
                 "|---" * (len(compared) + 1) + "|",
             ]
             for method in methods:

@@ -318,7 +318,7 @@ def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]
     seconds per image as the last column if ``seconds``."""
     methods = list(dict.fromkeys(row["method"] for row in summary))
     cells = {(row["method"], row["metric"]): row for row in summary}
-    header = [m.heading for m in metrics.values()] + (["s / image"] if seconds else [])
+    header = [m.markdown_heading for m in metrics.values()] + (["s / image"] if seconds else [])
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     best = {}
     for metric, definition in metrics.items():

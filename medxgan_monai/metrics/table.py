@@ -144,6 +144,11 @@ class ExplanationMetric:
         """Its table heading: the title and an arrow pointing the better way."""
         return f"{self.title} {'↑' if self.higher_is_better else '↓'}"
 
+    @property
+    def markdown_heading(self) -> str:
+        """:attr:`heading` for a markdown table cell (``|`` escaped: ``top-|GT| IoU`` would split the cell)."""
+        return self.heading.replace("|", "\\|")
+
 
 def metric_table(*metrics: ExplanationMetric) -> Mapping[str, ExplanationMetric]:
     """A read-only, ordered name -> metric table; names must be unique."""
