@@ -71,3 +71,24 @@ def brain_like(shape, seed: int = 0):
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
     return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)
+
+
+def evaluation_workflow(datalist: Path, output_dir: Path, weights: dict, **overrides):
+    """The evaluation bundle (``inference.json`` + ``evaluate.json``) on the tiny networks of :data:`TINY_BUNDLE`
+    with ``weights``, initialized; MLflow in ``output_dir``'s parent folder (``mlruns.db``)."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = BUNDLE_ROOT / "configs"
+    workflow = ConfigWorkflow(
+        config_file=[str(configs / "inference.json"), str(configs / "evaluate.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE_ROOT),
+        datalist=str(datalist),
+        output_dir=str(output_dir),
+        tracking_uri=f"sqlite:///{Path(output_dir).parent / 'mlruns.db'}",
+        **{**TINY_BUNDLE, **weights, **overrides},
+    )
+    workflow.initialize()
+    return workflow

@@ -10,32 +10,18 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE, save_tiny_weights
+from conftest import evaluation_workflow, save_tiny_weights
 from mlflow.tracking import MlflowClient
-from monai.bundle import ConfigWorkflow
 
 from medxgan_monai.handlers import InferenceFailed
 from medxgan_monai.handlers.evaluation import METRICS
 
-CONFIGS = BUNDLE_ROOT / "configs"
 METHODS = ["medxgan_ig", "medxgan", "medxgan_lig", "gradcam", "ig", "gradient", "occlusion", "latentshift"]
 QUICK = {"perturbation_steps": 4, "randomization_images": 2, "bootstrap_samples": 200, "example_cases": 2}
 
 
-def _evaluate(datalist, output_dir, weights, **extra) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE_ROOT),
-        datalist=str(datalist),
-        output_dir=str(output_dir),
-        tracking_uri=f"sqlite:///{output_dir.parent / 'mlruns.db'}",
-        **{**TINY_BUNDLE, **weights, **QUICK, **extra},
-    )
-    workflow.initialize()
-    return workflow
+def _evaluate(datalist, output_dir, weights, **extra):
+    return evaluation_workflow(datalist, output_dir, weights, **{**QUICK, **extra})
 
 
 def _rows(path) -> list[dict]:

@@ -9,8 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE
-from monai.bundle import ConfigWorkflow
+from conftest import evaluation_workflow
 
 from medxgan_monai.handlers import EvaluationReport, InferenceReport, PairedComparisons
 from medxgan_monai.metrics import METRICS, bootstrap_ci, paired_bootstrap, paired_comparisons
@@ -173,16 +172,10 @@ def test_the_reference_defaults_to_the_first_method_and_a_missing_one_is_reporte
 
 def test_the_evaluation_bundle_writes_metrics_paired_csv(tiny_demo, weights, tmp_path):
     out = tmp_path / "out"
-    workflow = ConfigWorkflow(
-        config_file=[str(BUNDLE_ROOT / "configs" / "inference.json"), str(BUNDLE_ROOT / "configs" / "evaluate.json")],
-        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE_ROOT),
-        datalist=str(tiny_demo / "datalist.json"),
-        output_dir=str(out),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-        **{**TINY_BUNDLE, **weights},
+    workflow = evaluation_workflow(
+        tiny_demo / "datalist.json",
+        out,
+        weights,
         methods=["gradient", "ig"],
         max_items=3,
         perturbation_steps=4,
@@ -190,7 +183,6 @@ def test_the_evaluation_bundle_writes_metrics_paired_csv(tiny_demo, weights, tmp
         bootstrap_samples=200,
         example_cases=1,
     )
-    workflow.initialize()
     workflow.run()
     stems = {row["stem"] for row in _read(out / "metrics_per_image.csv")}
     paired = _read(out / "metrics_paired.csv")

@@ -10,9 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import BUNDLE_ROOT, TINY_BUNDLE
+from conftest import evaluation_workflow
 from mlflow.tracking import MlflowClient
-from monai.bundle import ConfigWorkflow
 
 from medxgan_monai.handlers import EvaluationReport, ExplanationScorer, InferenceReport, RobustnessTest
 from medxgan_monai.metrics.robustness import (
@@ -209,16 +208,10 @@ def test_a_failing_explainer_does_not_stop_the_report(tmp_path):
 
 def test_the_evaluation_bundle_runs_it_and_zero_images_turn_it_off(tiny_demo, weights, tmp_path):
     def evaluate(out, images):
-        workflow = ConfigWorkflow(
-            config_file=[str(BUNDLE_ROOT / "configs" / n) for n in ("inference.json", "evaluate.json")],
-            meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
-            logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
-            workflow_type="infer",
-            bundle_root=str(BUNDLE_ROOT),
-            datalist=str(tiny_demo / "datalist.json"),
-            output_dir=str(out),
-            tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-            **{**TINY_BUNDLE, **weights},
+        workflow = evaluation_workflow(
+            tiny_demo / "datalist.json",
+            out,
+            weights,
             methods=["gradient", "gradcam"],
             max_items=3,
             perturbation_steps=4,
@@ -228,7 +221,6 @@ def test_the_evaluation_bundle_runs_it_and_zero_images_turn_it_off(tiny_demo, we
             bootstrap_samples=100,
             example_cases=1,
         )
-        workflow.initialize()
         workflow.run()
 
     evaluate(tmp_path / "on", 2)
