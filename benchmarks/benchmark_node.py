@@ -5,7 +5,8 @@ For each source size, a throwaway Orthanc holds N synthetic MR slices of one stu
 in and out) and stores a Secondary Capture and a Parametric Map per instance back in Orthanc. Measured: wall time
 from the routing request until every result is in Orthanc, and per instance the node's latency from the moment the
 instance was spooled until its results were accepted by Orthanc. The baseline, in the same run, is the inference
-bundle on the same files without networking (``medxgan-explain``); the ratio is the node's overhead.
+bundle on the same files without networking (``run_inference``), with the node's PyTorch threads
+(``default_torch_threads``); the ratio is the node's overhead.
 
 Usage::
 
@@ -50,14 +51,17 @@ def _write_study(folder: Path, size: int, count: int) -> list[Path]:
 
 def measure(size: int, count: int, overrides: dict, workdir: Path) -> dict:
     import pydicom
+    import torch
 
     from medxgan_monai.bundle import run_inference
     from medxgan_monai.node import DicomNode, DimseSender, ExplanationProcessor, OrthancServer, Spool
     from medxgan_monai.node.orthanc import free_port
+    from medxgan_monai.node.processor import default_torch_threads
 
     folder = workdir / f"sources_{size}"
     folder.mkdir()
     sources = _write_study(folder, size, count)
+    torch.set_num_threads(default_torch_threads())  # the baseline explains with the node's threads
     start = time.perf_counter()
     run_inference({**overrides, "input": [str(p) for p in sources], "output_dir": str(workdir / f"direct_{size}")})
     direct = time.perf_counter() - start
@@ -117,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medxgan_node_bench_") as scratch:
         for size in args.sizes:
             rows.append(measure(size, args.instances, overrides, Path(scratch)))
-    print(f"DICOM node on loopback, methods {','.join(args.methods)}, device {args.device}, {args.instances} instances")
+    from medxgan_monai.node.processor import default_torch_threads
+
+    print(
+        f"DICOM node on loopback, methods {','.join(args.methods)}, device {args.device}, {args.instances} instances, "
+        f"{default_torch_threads()} PyTorch thread(s) in both"
+    )
     print(
         "| source size | direct bundle s | through node s | node / direct | instances / s "
         "| latency mean s | latency max s |"

@@ -217,12 +217,18 @@ def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUND
 
     Every override value (and ``bundle_root``) is data (:func:`config_value`): a path such as ``$HOME_scan.nii.gz``
     or ``scan#2.dcm`` is that file, never a config expression, reference or macro. Keys are config ids
-    (``network_def#block_config`` sets one argument of the network).
+    (``network_def#block_config`` sets one argument of the network). To run the bundle again and again on new
+    inputs with the same networks, use :class:`InferencePipeline`, which loads the weights once.
 
     Example::
 
         report = run_inference({"input": ["scan.dcm"], "output_dir": "out/", "methods": ["medxgan"]})
     """
+    return _run_inference_workflow(overrides, bundle_root)[0]
+
+
+def _run_inference_workflow(overrides: dict, bundle_root: str | os.PathLike):
+    """:func:`run_inference`, also returning the workflow's parser (whose built components can be reused)."""
     from monai.bundle import ConfigWorkflow
 
     from medxgan_monai.handlers.explanation import InferenceFailed
@@ -246,4 +252,47 @@ def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUND
             raise failure from None  # its own traceback is kept; MONAI's wrapper adds nothing
     finally:
         workflow.finalize()
-    return workflow.parser.get_parsed_content("report")
+    return workflow.parser.get_parsed_content("report"), workflow.parser
+
+
+class InferencePipeline:
+    """The inference bundle kept warm: :meth:`run` explains new inputs with the same ``overrides``, and the networks
+    (the classifier with its weights, and the explainers with the generator and encoder they loaded) are built by the
+    first run that builds them and handed to every later run, so a service such as the DICOM node parses the config
+    per batch (milliseconds) but reads the weights once. Everything else (dataset, writers, ledger, report, MLflow run)
+    is built per run from its inputs, as :func:`run_inference` does.
+
+    Args:
+        overrides: the bundle overrides every run shares (``methods``, weights, ``device``, settings): the reused
+            networks were built with them, so they are fixed for the pipeline's life.
+        bundle_root: the bundle folder.
+
+    Example::
+
+        pipeline = InferencePipeline({"methods": ["medxgan_ig"]})
+        pipeline.run({"input": ["a.dcm"], "output_dir": "out/"})    # loads the weights
+        pipeline.run({"input": ["b.dcm"], "output_dir": "out/"})    # reuses them
+    """
+
+    #: the config ids whose built objects later runs reuse: everything that holds network weights
+    REUSED = ("classifier_net", "explainers")
+
+    def __init__(self, overrides: dict | None = None, bundle_root: str | os.PathLike = DEFAULT_BUNDLE) -> None:
+        self.overrides = dict(overrides or {})
+        if reused := set(self.REUSED) & set(self.overrides):
+            raise ValueError(f"{sorted(reused)} are built by the pipeline and cannot be overridden")
+        self.bundle_root = bundle_root
+        self.built: dict[str, Any] = {}
+
+    def run(self, overrides: dict):
+        """Run the bundle on ``overrides`` (e.g. ``input`` and ``output_dir``) over the pipeline's own; returns the
+        run's :class:`~medxgan_monai.handlers.InferenceReport`. Raises as :func:`run_inference` does."""
+        if changed := set(overrides) & set(self.overrides):
+            raise ValueError(f"{sorted(changed)} are fixed for this pipeline (its networks were built with them)")
+        report, parser = _run_inference_workflow({**self.overrides, **overrides, **self.built}, self.bundle_root)
+        if not self.built:
+            try:
+                self.built = {name: parser.get_parsed_content(name) for name in self.REUSED}
+            except Exception:  # e.g. weights that do not load: the next run builds (and reports) them again
+                logger.exception("the inference networks could not be kept for the next run")
+        return report

@@ -261,3 +261,36 @@ def linear_classifier():
     import torch
 
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def test_a_warm_pipeline_reads_the_weights_once_and_explains_every_run(scans, weights, tmp_path, monkeypatch):
+    """The DICOM node's pipeline: the networks and their weights are built by the first run and reused by the next;
+    each run still writes its own outputs and report."""
+    import torch
+
+    from medxgan_monai.bundle import InferencePipeline
+
+    loaded = []
+    original = torch.load
+
+    def recording_load(path, *args, **kwargs):
+        loaded.append(os.path.basename(str(path)))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    fixed = {**TINY_BUNDLE, **weights, "methods": ["medxgan_ig", "gradient"]}
+    fixed["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    pipeline = InferencePipeline(fixed, BUNDLE_ROOT)
+    first = pipeline.run({"input": [str(scans / "good" / "plain.nii")], "output_dir": str(tmp_path / "a")})
+    weight_files = sorted(loaded)
+    assert len(weight_files) == 3, "classifier, generator and encoder"
+    second = pipeline.run({"input": [str(scans / "good" / "slice.dcm")], "output_dir": str(tmp_path / "b")})
+    assert sorted(loaded) == weight_files, "the second run reads no weights"
+    assert not first.problems and not second.problems
+    assert (tmp_path / "a" / "plain_medxgan_ig.nii.gz").exists() and (tmp_path / "b" / "slice_gradient.nii.gz").exists()
+    (row,) = _rows(tmp_path / "b" / "predictions.csv")
+    assert row["stem"] == "slice" and 0 <= float(row["probability"]) <= 1
+    with pytest.raises(ValueError, match="fixed for this pipeline"):
+        pipeline.run({"methods": ["gradcam"], "input": [str(scans / "good" / "plain.nii")]})
+    with pytest.raises(ValueError, match="built by the pipeline"):
+        InferencePipeline({"explainers": None})

@@ -3,6 +3,7 @@ DIMSE (C-STORE both ways) and DICOMweb (WADO-RS in, STOW-RS out)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -196,3 +197,25 @@ def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["serve", "--spool", str(tmp_path), "--destination", "ORTHANC-without-address"])
     assert exit_status.value.code == 2 and "AE_TITLE@HOST:PORT" in capsys.readouterr().err
+
+
+def test_the_node_keeps_one_warm_pipeline_and_explains_with_its_threads(study, weights, tmp_path, monkeypatch):
+    import torch
+
+    from medxgan_monai.node.processor import default_torch_threads
+
+    assert default_torch_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    sink = Collector()
+    processor = _processor(tmp_path / "spool", sink, weights, batch_size=1, torch_threads=1)
+    for path in study[:2]:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 2 and processor.statistics.explained == 2
+    built = dict(processor.pipeline.built)
+    assert set(built) == {"classifier_net", "explainers"}, "the first batch's networks are kept"
+    processor.accept(pydicom.dcmread(study[2]))
+    processor.process_pending()
+    assert all(processor.pipeline.built[name] is built[name] for name in built), "later batches reuse them"
+    assert threads == [1, 1, 1], "each batch explains with the node's threads"
+    assert len(sink.sent) == 6

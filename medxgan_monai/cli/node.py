@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     common.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     common.add_argument("--batch-size", type=int, default=16, help="instances explained per bundle run")
+    common.add_argument(
+        "--torch-threads", type=int, default=None, help="PyTorch threads while explaining (default: cores - 1, >= 1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", parents=[common], help="run a C-STORE SCP that explains what it receives")
     serve.add_argument("--ae-title", default="MEDXGAN")
@@ -136,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         parameters.update(url=args.url)
         sink = StowSender(client)
     processor = ExplanationProcessor(
-        spool, sink, overrides, args.bundle, args.modality, args.batch_size, tracking_uri, parameters=parameters
+        spool,
+        sink,
+        overrides,
+        args.bundle,
+        args.modality,
+        args.batch_size,
+        tracking_uri,
+        parameters=parameters,
+        torch_threads=args.torch_threads,
     )
     if args.command == "serve":
         DicomNode(

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from pydicom.dataset import Dataset
 
-from medxgan_monai.bundle import DEFAULT_BUNDLE, run_inference
+from medxgan_monai.bundle import DEFAULT_BUNDLE, InferencePipeline
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.node.spool import Spool, instance_problem, valid_instance_uid
 
@@ -56,6 +57,15 @@ class NodeStatistics:
         return counts
 
 
+def default_torch_threads() -> int:
+    """Intra-op threads for the node's explanations: one core fewer than the process may use (at least 1), so the
+    node's receiving and sending threads, and a PACS on the same machine, keep a core. On 2 cores, PyTorch's default
+    of 2 threads made the node explain 2.5x slower per image than the bundle alone while Orthanc and the DIMSE
+    server ran beside it (``scripts/benchmark_node.py``)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available - 1)
+
+
 class ExplanationProcessor:
     """Accept DICOM instances into a :class:`Spool`, explain the queue in batches with the inference bundle, and
     deliver each instance's Secondary Capture and Parametric Map to a :class:`ResultSink`.
@@ -77,6 +87,7 @@ class ExplanationProcessor:
         modalities: modalities accepted (``None``: any).
         batch_size: instances explained per bundle run.
         tracking_uri: MLflow tracking URI of the node's runs (``None``: no tracking).
+        torch_threads: PyTorch intra-op threads while explaining (default :func:`default_torch_threads`).
 
     Example::
 
@@ -96,8 +107,10 @@ class ExplanationProcessor:
         tracking_uri: str | None = None,
         experiment_name: str = "medxgan_node",
         parameters: dict | None = None,
+        torch_threads: int | None = None,
     ) -> None:
         self.spool, self.sink = spool, sink
+        self.torch_threads = torch_threads or default_torch_threads()
         self.overrides = dict(overrides or {})
         self.bundle_root = bundle_root
         self.modalities = tuple(modalities) if modalities else None
@@ -105,6 +118,12 @@ class ExplanationProcessor:
         self.statistics = NodeStatistics()
         self._lock = threading.Lock()
         self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
+        fixed = dict(self.overrides)
+        if self._tracking is not None:
+            fixed.setdefault("tracking_uri", self._tracking.uri)
+            fixed.setdefault("experiment_name", f"{self._tracking.experiment_name}_batches")
+        # one warm pipeline for the node's life: the config is parsed per batch, the weights are read once
+        self.pipeline = InferencePipeline(fixed, bundle_root)
 
     def accept(self, dataset: Dataset) -> str | None:
         """Queue ``dataset`` if it fits; returns the reason when it was skipped (``None`` when queued).
@@ -139,16 +158,9 @@ class ExplanationProcessor:
     def _process(self, batch: list[Path]) -> None:
         received_at = {path.name: path.stat().st_mtime for path in batch}
         start = time.perf_counter()
-        overrides = {
-            **self.overrides,
-            "input": [str(path) for path in batch],
-            "output_dir": str(self.spool.results),
-        }
-        if self._tracking is not None:
-            overrides.setdefault("tracking_uri", self._tracking.uri)
-            overrides.setdefault("experiment_name", f"{self._tracking.experiment_name}_batches")
+        torch.set_num_threads(self.torch_threads)  # in the thread that explains
         try:
-            report = run_inference(overrides, self.bundle_root)
+            report = self.pipeline.run({"input": [str(path) for path in batch], "output_dir": str(self.spool.results)})
             problems = {Path(p.path).name: p.problem for p in report.problems}
         except Exception as error:  # the node must outlive any failure of one batch
             logger.exception("explaining a batch of %d instance(s) failed", len(batch))
