@@ -17,7 +17,7 @@ from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE, 
 if TYPE_CHECKING:
     from medxgan_monai.handlers.evaluation import EvaluationReport
 
-__all__ = ["DEFAULT_REFERENCE", "PairedComparisons", "reference_method"]
+__all__ = ["DEFAULT_REFERENCE", "PairedComparisons", "difference_interval", "reference_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class PairedComparisons:
             if comparison["is_best_baseline"]:
                 heading = metrics[comparison["metric"]].markdown_heading
                 lines.append(
-                    f"| {heading} | {comparison['method']} | {_interval(comparison)} | {comparison['n']} "
+                    f"| {heading} | {comparison['method']} | {difference_interval(comparison)} | {comparison['n']} "
                     f"| {comparison['verdict']} |"
                 )
         cells = {(c["method"], c["metric"]): c for c in self.comparisons}
@@ -119,7 +119,7 @@ class PairedComparisons:
                 row = [method]
                 for metric in compared:
                     cell = cells.get((method, metric))
-                    row.append("" if cell is None else _interval(cell) + _MARKS.get(cell["verdict"], ""))
+                    row.append("" if cell is None else difference_interval(cell) + _MARKS.get(cell["verdict"], ""))
                 lines.append("| " + " | ".join(row) + " |")
         return lines
 
@@ -134,5 +134,6 @@ class PairedComparisons:
         return tracked
 
 
-def _interval(comparison: dict) -> str:
+def difference_interval(comparison: dict) -> str:
+    """A paired comparison as ``+difference [+low, +high]`` for markdown."""
     return f"{comparison['mean_difference']:+.3f} [{comparison['ci_low']:+.3f}, {comparison['ci_high']:+.3f}]"

@@ -329,7 +329,7 @@ def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]
         row = [method]
         for metric in metrics:
             cell = cells[(method, metric)]
-            text = "-" if cell["n"] == 0 else f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+            text = summary_interval(cell)
             row.append(f"**{text}**" if cell["n"] and cell["mean"] == best.get(metric) else text)
         if seconds:
             cell = cells[(method, "seconds")]
@@ -513,6 +513,14 @@ class EvaluationReport:
             if part:
                 lines += ["", *part]
         return "\n".join(lines) + "\n"
+
+
+def summary_interval(cell: Mapping | None) -> str:
+    """A summary cell (``mean``, ``ci_low``, ``ci_high``, ``n``) as ``mean [low, high]`` for markdown; ``-`` when no
+    image was scored."""
+    if cell is None or not cell["n"]:
+        return "-"
+    return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
 
 
 def _cell(value) -> str:

@@ -21,8 +21,8 @@ from monai.utils import CommonKeys
 
 from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.handlers.comparisons import reference_method
-from medxgan_monai.handlers.evaluation import _cell
+from medxgan_monai.handlers.comparisons import difference_interval, reference_method
+from medxgan_monai.handlers.evaluation import _cell, summary_interval
 from medxgan_monai.handlers.explanation import FAILURE
 from medxgan_monai.io.charts import write_robustness_curves
 from medxgan_monai.metrics.robustness import CLEAN, MEASURES, PERTURBATIONS, robustness_test
@@ -247,8 +247,7 @@ class RobustnessTest:
                 if cell is None:
                     row.append("-")
                     continue
-                difference = f"{cell['mean_difference']:+.3f} [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}]"
-                row.append(difference + marks.get(cell["verdict"], ""))
+                row.append(difference_interval(cell) + marks.get(cell["verdict"], ""))
             lines.append("| " + " | ".join(row) + " |")
         return lines
 
@@ -295,7 +294,7 @@ class RobustnessTest:
             row = [method]
             for kind, size in columns:
                 cell = cells.get((method, kind, size, HEADLINE[kind]))
-                row.append(_interval(cell))
+                row.append(summary_interval(cell))
             lines.append("| " + " | ".join(row) + " |")
         for kind in dict.fromkeys(kind for kind, _ in columns):
             lines += ["", self._sentence(kind, hardest[kind], methods, cells)]
@@ -337,7 +336,7 @@ class RobustnessTest:
         (best, top), (worst, bottom) = ranked[0], ranked[-1]
         return (
             f"{label} at {UNITS[kind].format(size)}: the most stable map by {measure.title} is {best} "
-            f"({_interval(top)}), the least {worst} ({_interval(bottom)})."
+            f"({summary_interval(top)}), the least {worst} ({summary_interval(bottom)})."
         )
 
     def tracked_metrics(self, report: EvaluationReport) -> dict[str, float]:
@@ -352,9 +351,3 @@ class RobustnessTest:
 def _heading(measure: str) -> str:
     """A measure's title for a markdown table cell (a ``|`` would split the cell)."""
     return MEASURES[measure].title.replace("|", "\\|")
-
-
-def _interval(cell: dict | None) -> str:
-    if cell is None or not cell["n"]:
-        return "-"
-    return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
