@@ -12,7 +12,8 @@ term, as if it ran alone), and ``medxgan_paper`` (the paper's recipe: 1000-step 
 
 Usage::
 
-    python scripts/benchmark_explain.py [--sizes 64 128 256] [--methods ...] [--images 4] [--device cpu]
+    python scripts/benchmark_explain.py [--sizes 64 128 256] [--batch-sizes 1 8] [--methods ...] [--images 4]
+        [--device cpu]
 """
 
 from __future__ import annotations
@@ -58,25 +59,32 @@ def build_explainer(method: str, networks: dict, paper_steps: int = 1000):
     return Explainers([method], classifier, generator, encoder, bundle_settings())
 
 
-def measure(size: int, method: str, images: int, device: str, paper_steps: int = 1000) -> dict:
-    """Explain ``images`` random images one at a time (after one warm-up call); return ms per image and peak memory."""
+def measure(size: int, method: str, images: int, device: str, paper_steps: int = 1000, batch_size: int = 1) -> dict:
+    """Explain ``images`` random images in calls of ``batch_size`` images (after one warm-up call of the same size);
+    return ms per image, images per second and peak memory."""
     import torch
 
     explainers = build_explainer(method, networks_for_size(size, device), paper_steps)
-    inputs = torch.rand(images + 1, 1, size, size, device=device)
+    calls = max(1, -(-images // batch_size))
+    inputs = torch.rand(calls + 1, batch_size, 1, size, size, device=device)
     reset_peak_memory(device)
     with torch.no_grad():  # as in the evaluator
-        explainers.explain(inputs[:1])
+        explainers.explain(inputs[0])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        for index in range(1, images + 1):
-            explainers.explain(inputs[index : index + 1])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        for call in range(1, calls + 1):
+            explainers.explain(inputs[call])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    timed = calls * batch_size
     return {
         "size": size,
         "method": method,
-        "ms_per_image": 1000 * elapsed / images,
+        "batch_size": batch_size,
+        "ms_per_image": 1000 * elapsed / timed,
+        "images_per_second": timed / elapsed,
         "peak_memory_mb": peak_memory_mb(device),
     }
 
@@ -85,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--methods", nargs="+", choices=benchmark_methods(), default=benchmark_methods())
-    parser.add_argument("--images", type=int, default=4, help="images timed per method (after one warm-up)")
+    parser.add_argument("--images", type=int, default=4, help="images timed per method (after one warm-up call)")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1], help="images per explain call (each measured on its own)"
+    )
     parser.add_argument("--paper-images", type=int, default=1, help="images timed for medxgan_paper (it is slow)")
     parser.add_argument("--paper-steps", type=int, default=1000, help="inversion steps of medxgan_paper")
     parser.add_argument("--device", default="cpu")
@@ -96,26 +107,28 @@ def main(argv: list[str] | None = None) -> int:
         images = args.paper_images if method == PAPER else args.images
         import json
 
-        print(json.dumps(measure(size, method, images, args.device, args.paper_steps)))
+        print(json.dumps(measure(size, method, images, args.device, args.paper_steps, args.batch_sizes[0])))
         return 0
     methods = [YARDSTICK] + [m for m in args.methods if m != YARDSTICK]
-    print(f"explanation cost per image on {args.device} (untrained networks, one image per call)")
-    print("| size | method | ms / image | x IG-50 | peak memory (MB) | memory x IG-50 |")
-    print("|---|---|---|---|---|---|")
+    print(f"explanation cost per image on {args.device} (untrained networks; x IG-50: at the same size and batch)")
+    print("| size | batch | method | ms / image | images / s | x IG-50 | peak memory (MB) | memory x IG-50 |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        rows = []
-        for method in methods:
-            arguments = ["--single", str(size), method, "--images", str(args.images), "--device", args.device]
-            arguments += ["--paper-images", str(args.paper_images), "--paper-steps", str(args.paper_steps)]
-            rows.append(run_isolated("benchmarks.benchmark_explain", arguments))
-        base = rows[0]
-        for row in rows:
-            print(
-                f"| {size} | {row['method']} | {row['ms_per_image']:.1f} | "
-                f"{row['ms_per_image'] / base['ms_per_image']:.2f}x | {row['peak_memory_mb']:.0f} | "
-                f"{row['peak_memory_mb'] / base['peak_memory_mb']:.2f}x |",
-                flush=True,
-            )
+        for batch_size in args.batch_sizes:
+            rows = []
+            for method in methods:
+                arguments = ["--single", str(size), method, "--images", str(args.images), "--device", args.device]
+                arguments += ["--paper-images", str(args.paper_images), "--paper-steps", str(args.paper_steps)]
+                arguments += ["--batch-sizes", str(1 if method == PAPER else batch_size)]
+                rows.append(run_isolated("benchmarks.benchmark_explain", arguments))
+            base = rows[0]
+            for row in rows:
+                print(
+                    f"| {size} | {row['batch_size']} | {row['method']} | {row['ms_per_image']:.1f} | "
+                    f"{row['images_per_second']:.1f} | {row['ms_per_image'] / base['ms_per_image']:.2f}x | "
+                    f"{row['peak_memory_mb']:.0f} | {row['peak_memory_mb'] / base['peak_memory_mb']:.2f}x |",
+                    flush=True,
+                )
     return 0
 
 

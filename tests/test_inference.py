@@ -294,3 +294,18 @@ def test_a_warm_pipeline_reads_the_weights_once_and_explains_every_run(scans, we
         pipeline.run({"methods": ["gradcam"], "input": [str(scans / "good" / "plain.nii")]})
     with pytest.raises(ValueError, match="built by the pipeline"):
         InferencePipeline({"explainers": None})
+
+
+def test_inference_batches_grow_so_that_the_first_image_is_not_kept_waiting():
+    from medxgan_monai.bundle import inference_config
+    from medxgan_monai.data import GrowingBatchSampler
+
+    assert [len(batch) for batch in GrowingBatchSampler(20, 8)] == [1, 2, 4, 8, 5]
+    assert [index for batch in GrowingBatchSampler(20, 8) for index in batch] == list(range(20))
+    assert [len(batch) for batch in GrowingBatchSampler(3, 1)] == [1, 1, 1]
+    assert len(GrowingBatchSampler(0, 8)) == 0 and len(GrowingBatchSampler(5, 8, first_batch_size=4)) == 2
+    with pytest.raises(ValueError, match="batch sizes"):
+        GrowingBatchSampler(5, 0)
+    config = inference_config(BUNDLE_ROOT)
+    assert config["batch_size"] == 8
+    assert config["dataloader"]["batch_sampler"]["_target_"].endswith("GrowingBatchSampler")
