@@ -9,7 +9,7 @@
 # wheels here first (pure Python), then carry .whl and run this script there:
 #   echo /.whl/ >> .git/info/exclude && bash scripts/gpu_check.sh --download-wheels
 #   device run (carry .whl): bash scripts/gpu_check.sh
-# DEVICE=cpu bash scripts/gpu_check.sh runs the same tables on the CPU (a smoke test of the script).
+# DEVICE=cpu SIZES=64 BATCHES="1 2" IMAGES=2 ITERATIONS=2 bash scripts/gpu_check.sh: small tables on the CPU (a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(monai==1.6.1 captum==0.9.0 pytorch-ignite==0.5.5 nibabel==5.4.2 pydicom==3.0.2)
@@ -25,6 +25,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}
+read -r -a SIZES <<< "${SIZES:-64 128 256}"
+read -r -a BATCHES <<< "${BATCHES:-1 64}"
+IMAGES=${IMAGES:-64}
 RESULTS=${OUT:-outputs/gpu_check}
 mkdir -p "$RESULTS"
 "$PYTHON" - "$DEVICE" <<'PY' | tee "$RESULTS/device.txt"
@@ -36,6 +39,7 @@ if device.startswith("cuda"):
 else:
     print(f"device: cpu ({torch.get_num_threads()} threads), torch {torch.__version__}")
 PY
-"$PYTHON" scripts/benchmark_explain.py --device "$DEVICE" --sizes 64 128 256 --batch-sizes 1 64 --images 64 \
+"$PYTHON" scripts/benchmark_explain.py --device "$DEVICE" --sizes "${SIZES[@]}" --batch-sizes "${BATCHES[@]}" \
+    --images "$IMAGES" \
     --methods ig medxgan_ig gradient gradcam occlusion | tee "$RESULTS/explain.md"
-"$PYTHON" scripts/benchmark_training.py --device "$DEVICE" | tee "$RESULTS/training.md"
+"$PYTHON" scripts/benchmark_training.py --device "$DEVICE" --iterations "${ITERATIONS:-20}" | tee "$RESULTS/training.md"

@@ -32,6 +32,7 @@ TINY_BUNDLE = {
     "counterfactual_steps": 2,
     "latent_ig_steps": 4,
     "ig_steps": 4,
+    "medxgan_ig_steps": 4,
     "sweep_frames": 3,
     "device": "cpu",
 }

@@ -47,6 +47,7 @@ SMALL_SETTINGS = {
     "inversion_steps": 4,
     "counterfactual_steps": 6,
     "ig_steps": 4,
+    "medxgan_ig_steps": 4,
     "latent_ig_steps": 4,
     "sweep_frames": 3,
     "occlusion_mask_size": 8,
@@ -327,7 +328,7 @@ def test_refined_residual_counterfactual_moves_towards_negative_alone_and_in_a_b
 
 def test_refinement_moves_a_saturated_positive_and_keeps_the_sparsest_valid_iterate(networks):
     _, generator, encoder, images = networks
-    from medxgan_monai.explain.medxgan import _SparsestValid
+    from medxgan_monai.explain.medxgan import RefinementStep, _SparsestValid
 
     class Saturated(BrightnessClassifier):
         def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -350,7 +351,7 @@ def test_refinement_moves_a_saturated_positive_and_keeps_the_sparsest_valid_iter
         [[0.1, 0.1], [0.2, 0.2], [0.1, 0.3], [0.05, 0.05]],
         strict=True,
     ):
-        best.update(frame, torch.tensor(probability), torch.tensor(sparsity))
+        best.update(RefinementStep(None, frame, torch.tensor(probability), torch.tensor(sparsity)))
     # image 0: valid at iterates 1 and 2, iterate 2 the sparser; image 1: never valid, so the last iterate
     assert best.counterfactual[:, 0].tolist() == [2.0, 3.0]
     assert best.probability.tolist() == pytest.approx([0.3, 0.6])
@@ -372,8 +373,9 @@ def test_every_registered_setting_is_a_bundle_setting():
             assert passed.get(setting) == f"@{setting}" and setting in config, (method.name, setting)
     assert set(passed) == {s for method in (INVERSION, *METHODS.values()) for s in method.options}
     # the registry reports each setting's default, the explainer's own (the bundle's product defaults may differ)
-    assert METHODS["ig"].defaults() == {"ig_steps": 50}
-    assert INVERSION.defaults()["inversion_steps"] == 1000 and config["inversion_steps"] == 25
+    assert METHODS["ig"].defaults() == {"ig_steps": 50} and config["ig_steps"] == 50  # the IG-50 yardstick
+    assert METHODS["medxgan_ig"].defaults()["medxgan_ig_steps"] == 50 and config["medxgan_ig_steps"] == 16
+    assert INVERSION.defaults()["inversion_steps"] == 1000 and config["inversion_steps"] == 0
 
 
 def test_an_explainer_implements_attribute_or_raw_attribution():

@@ -191,3 +191,29 @@ def test_the_evaluation_bundle_writes_metrics_paired_csv(tiny_demo, weights, tmp
     assert all(int(r["n"]) == len(stems) for r in paired if r["metric"] in ("pointing_game", "deletion_auc"))
     assert all(0 < int(r["n"]) <= len(stems) for r in paired), "metrics of a subset pair over that subset"
     assert "## Paired comparisons: gradient against each method" in (out / "summary.md").read_text()
+
+
+def test_two_runs_are_compared_image_by_image(tmp_path, capsys):
+    """``scripts/compare_runs.py``: run B minus run A per image (pairs by stem, in any row order), verdicts in each
+    metric's better direction, and the seconds ratio."""
+    from benchmarks.compare_runs import main
+
+    columns = ["stem", "method", "seconds", "pointing_game", "deletion_auc"]
+    runs = {
+        "a": [("img0", 1.0, 1, 0.5), ("img1", 1.0, 0, 0.5), ("img2", 1.0, 0, 0.5), ("img3", 1.0, 1, 0.5)],
+        "b": [("img3", 0.5, 1, 0.3), ("img2", 0.5, 1, 0.3), ("img1", 0.5, 1, 0.3), ("img0", 0.5, 1, 0.3)],
+    }
+    for name, rows in runs.items():
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "metrics_per_image.csv", "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(columns)
+            writer.writerows([(stem, "medxgan_ig", *values) for stem, *values in rows])
+            writer.writerow(("img0", "ig", 9.0, 0, 0.9))  # another method's row is ignored
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    table = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
+    assert "+0.500" in table["pointing game"] and table["pointing game"].endswith("| 4 | undecided |")
+    assert "-0.200 [-0.200, -0.200]" in table["deletion AUC"] and table["deletion AUC"].endswith("B better |")
+    assert "0.50x" in table["seconds per image"]
+    with pytest.raises(ValueError, match="no rows of method"):
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--method", "gradcam"])

@@ -36,12 +36,10 @@ def test_counterfactuals_of_detected_positives_lose_the_lesion(shipped):
         config.get_parsed_content("generator"),
         config.get_parsed_content("encoder"),
         {
-            "inversion_steps": 25,
-            "inversion_learning_rate": 1e-2,
-            "counterfactual_weight": 1.0,
+            "inversion_steps": 0,  # the bundle's default: the encoder's codes
             "counterfactual_steps": 50,
             "counterfactual_sparsity": 100.0,
-            "ig_steps": 8,
+            "medxgan_ig_steps": 8,
             "sweep_frames": 3,
         },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ __all__ = [
     "MedXGANDifference",
     "MedXGANIntegratedGradients",
     "MedXGANLatentIntegratedGradients",
+    "RefinementStep",
     "interpolation_sweep",
     "latent_path_integrated_gradients",
 ]
@@ -224,6 +226,17 @@ class CounterfactualRefiner:
         change = reconstruction - self.generator(z_a, z_p)
         return (images - change).clamp(0, 1), change
 
+    def objective(self, images, reconstruction, anatomy, pathology) -> RefinementStep:
+        """The per-image loss of the codes (``anatomy``, ``pathology``) with what it is made of: the residual
+        counterfactual, its target-class probability and its mean |change|. The refinement's steps minimise it per
+        image."""
+        counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
+        logits = self.classifier(counterfactual)
+        smooth = ((change.square() + self.smoothing**2).sqrt() - self.smoothing).flatten(1).mean(1)
+        loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * smooth
+        probability = class_probabilities(logits)[:, self.target]
+        return RefinementStep(loss, counterfactual, probability.detach(), change.detach().abs().flatten(1).mean(1))
+
     def __call__(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual counterfactuals (B, C, *spatial) of ``images`` with codes (z_a, z_p), and their probabilities."""
         return one_image_at_a_time(self._refine, images, z_a, z_p)
@@ -240,23 +253,23 @@ class CounterfactualRefiner:
         best = _SparsestValid(images.shape[0], images.device)
         with torch.enable_grad():
             for _ in range(self.steps):
-                logits, smooth_sparsity = self._score(images, reconstruction, anatomy, pathology, best)
-                loss = -class_log_probabilities(logits)[:, 1 - self.target] + self.sparsity_weight * smooth_sparsity
+                step = self.objective(images, reconstruction, anatomy, pathology)
+                best.update(step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                step.loss.sum().backward()
                 optimizer.step()
         with torch.no_grad():  # the last iterate is only scored
-            self._score(images, reconstruction, anatomy, pathology, best)
+            best.update(self.objective(images, reconstruction, anatomy, pathology))
         return best.counterfactual, best.probability
 
-    def _score(self, images, reconstruction, anatomy, pathology, best: _SparsestValid):
-        """Offer the iterate's counterfactual to ``best`` (ranked by mean |change|); return its classifier logits and
-        the smoothed sparsity term of the loss."""
-        counterfactual, change = self.counterfactual(images, reconstruction, anatomy, pathology)
-        logits = self.classifier(counterfactual)
-        best.update(counterfactual, class_probabilities(logits)[:, self.target], change.abs().flatten(1).mean(1))
-        smooth = (change.square() + self.smoothing**2).sqrt() - self.smoothing
-        return logits, smooth.flatten(1).mean(1)
+
+class RefinementStep(NamedTuple):
+    """One evaluation of :meth:`CounterfactualRefiner.objective` (each field per image)."""
+
+    loss: torch.Tensor
+    counterfactual: torch.Tensor
+    probability: torch.Tensor
+    sparsity: torch.Tensor
 
 
 class _SparsestValid:
@@ -268,8 +281,9 @@ class _SparsestValid:
         self.sparsity = torch.full((batch,), float("inf"), device=device)
         self.valid = torch.zeros(batch, dtype=torch.bool, device=device)
 
-    def update(self, counterfactual: torch.Tensor, probability: torch.Tensor, sparsity: torch.Tensor) -> None:
-        counterfactual, probability, sparsity = counterfactual.detach(), probability.detach(), sparsity.detach()
+    def update(self, step: RefinementStep) -> None:
+        """Offer the iterate's counterfactual (ranked by its mean |change|)."""
+        counterfactual, probability, sparsity = step.counterfactual.detach(), step.probability, step.sparsity
         valid = probability < 0.5
         take = (valid & (~self.valid | (sparsity < self.sparsity))) | (~valid & ~self.valid)
         if self.counterfactual is None:  # the first update takes every image
@@ -455,7 +469,9 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
 
     The residual counterfactual is the real image minus the generator's pathology change, refined against the
     classifier with ``counterfactual_steps`` steps (:class:`CounterfactualRefiner`; 0 keeps the unrefined
-    residual, the paper-like setting); the codes come from ``inverter``.
+    residual, the paper-like setting); the codes come from ``inverter``. ``ig_steps``: IG's steps from the
+    counterfactual, which is close to the image, so fewer than IG from a black image needs (the completeness gap is
+    reported per image).
 
     Example::
 

@@ -112,7 +112,7 @@ METHODS: dict[str, Method] = {
                 "counterfactual_steps": "counterfactual_steps",
                 "counterfactual_learning_rate": "counterfactual_learning_rate",
                 "counterfactual_sparsity": "counterfactual_sparsity",
-                "ig_steps": "ig_steps",
+                "medxgan_ig_steps": "ig_steps",
             },
             counterfactual="residual_counterfactual",
             panel=True,
