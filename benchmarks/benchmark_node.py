@@ -114,10 +114,11 @@ def _single_instance(folder: Path, size: int, index: int, orthanc, processor, ov
     (path,) = _write_study(folder / "single", size, 1, first_index=index)
     instance = orthanc.upload(path)
     uid = pydicom.dcmread(path).SOPInstanceUID
-    explained_before = len(processor.statistics.latency_seconds)
     start = time.perf_counter()
+    while len(processor.statistics.latency_seconds) < index:  # the batch's last statistics may land after its results
+        time.sleep(0.05)
     orthanc.send_to_modality("node", [instance])
-    while len(processor.statistics.latency_seconds) == explained_before:
+    while len(processor.statistics.latency_seconds) == index:
         if time.perf_counter() - start > 600:
             raise TimeoutError("the single instance's results did not arrive within 10 minutes")
         time.sleep(0.05)
