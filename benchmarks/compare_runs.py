@@ -1,9 +1,10 @@
 """Paired comparison of one method between two evaluation runs on the same images (e.g. new defaults vs old).
 
 Reads each run's ``metrics_per_image.csv`` (the evaluation bundle's output), pairs the images by stem, and prints,
-for every metric of the metric table both runs scored, run B minus run A: mean difference with its 95% paired
-bootstrap interval (:func:`~medxgan_monai.metrics.paired_bootstrap`), the number of pairs, the verdict in the
-metric's better direction, and the mean seconds per image of each run.
+for every metric of the metric table both runs scored, each run's mean and run B minus run A: the mean difference
+with its 95% paired bootstrap interval, the number of pairs and the verdict in the metric's better direction (the
+evaluation's own :func:`~medxgan_monai.metrics.paired_comparisons`, run B as the reference); then the mean seconds
+per image of each run.
 
 Usage::
 
@@ -42,29 +43,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
 
-    from medxgan_monai.metrics import METRICS, paired_bootstrap
-    from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE, paired_verdict
+    from medxgan_monai.metrics import METRICS, paired_comparisons
+    from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE
 
     verdicts = {REFERENCE_BETTER: "B better", REFERENCE_WORSE: "B worse"}
-
     a, b = per_image_scores(args.run_a, args.method), per_image_scores(args.run_b, args.method)
     stems = sorted(set(a) & set(b))
+    metrics = {name: metric for name, metric in METRICS.items() if name in a[stems[0]] and name in b[stems[0]]}
+    # the two runs as two "methods" of one table, B the reference: the evaluation's own paired comparison
+    rows = [
+        {"stem": stem, "method": label, **{name: float(run[stem][name] or "nan") for name in metrics}}
+        for label, run in (("B", b), ("A", a))
+        for stem in stems
+    ]
     print(f"{args.method}: {args.run_b.name} minus {args.run_a.name} on {len(stems)} images of both runs")
     print("| metric | A | B | B - A [95% paired CI] | n | verdict |")
     print("|---|---|---|---|---|---|")
-    for metric in METRICS.values():
-        if metric.name not in a[stems[0]] or metric.name not in b[stems[0]]:
-            continue
-        scores_a = np.asarray([float(a[s][metric.name] or "nan") for s in stems])
-        scores_b = np.asarray([float(b[s][metric.name] or "nan") for s in stems])
-        mean, low, high, count = paired_bootstrap(scores_b, scores_a, args.bootstrap_samples)
-        if count == 0:
-            continue
-        verdict = paired_verdict(low, high, metric.higher_is_better)
-        verdict = verdicts.get(verdict, verdict)
+    for comparison in paired_comparisons(rows, metrics, "B", args.bootstrap_samples):
+        name = comparison["metric"]
+        mean_a, mean_b = (np.nanmean([row[name] for row in rows if row["method"] == label]) for label in "AB")
         print(
-            f"| {metric.title} | {np.nanmean(scores_a):.3f} | {np.nanmean(scores_b):.3f} | "
-            f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] | {count} | {verdict} |"
+            f"| {metrics[name].title} | {mean_a:.3f} | {mean_b:.3f} | {comparison['mean_difference']:+.3f} "
+            f"[{comparison['ci_low']:+.3f}, {comparison['ci_high']:+.3f}] | {comparison['n']} | "
+            f"{verdicts.get(comparison['verdict'], comparison['verdict'])} |"
         )
     seconds_a = np.mean([float(a[s]["seconds"]) for s in stems])
     seconds_b = np.mean([float(b[s]["seconds"]) for s in stems])

@@ -17,7 +17,6 @@ __all__ = [
     "bootstrap_ci",
     "paired_bootstrap",
     "paired_comparisons",
-    "paired_verdict",
     "summarize",
 ]
 
@@ -53,7 +52,7 @@ def paired_bootstrap(a, b, samples: int = 2000, seed: int = 0) -> tuple[float, f
     return (*bootstrap_ci(differences, samples, seed), int(differences.size))
 
 
-def paired_verdict(low: float, high: float, higher_is_better: bool) -> str:
+def _verdict(low: float, high: float, higher_is_better: bool) -> str:
     """Whether the interval of reference - method excludes 0 in the better or the worse direction."""
     better, worse = (low > 0, high < 0) if higher_is_better else (high < 0, low > 0)
     return REFERENCE_BETTER if better else REFERENCE_WORSE if worse else UNDECIDED
@@ -110,7 +109,7 @@ def paired_comparisons(
                 continue
             own = _scores(per_stem, list(per_stem), metric)
             own_means[method] = float(own[np.isfinite(own)].mean())
-            verdict = paired_verdict(low, high, definition.higher_is_better)
+            verdict = _verdict(low, high, definition.higher_is_better)
             paired.append(
                 {
                     "reference": reference,
