@@ -17,7 +17,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 def networks_for_size(size: int, device: str) -> dict:
-    """Untrained G, D, E and the bundle's classifier architecture for ``size`` x ``size`` images (seed 0).
+    """Untrained G, D, E, a counterfactual encoder and the bundle's classifier architecture for ``size`` x ``size`` images (seed 0).
 
     Channel widths follow the bundle's 64-pixel configuration and add one stage per doubling of the size.
     """
@@ -36,6 +36,8 @@ def networks_for_size(size: int, device: str) -> dict:
         "discriminator": MedXGANDiscriminator(image_size=size, channels=d_channels).to(device),
         "encoder": MedXGANEncoder(image_size=size, channels=e_channels).to(device),
         "classifier": DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(4, 8, 8)).to(device),
+        # the default map's amortised refinement starts from a second encoder's codes
+        "counterfactual_encoder": MedXGANEncoder(image_size=size, channels=e_channels).to(device),
     }
 
 

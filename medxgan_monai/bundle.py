@@ -33,6 +33,7 @@ __all__ = [
     "run_inference",
     "run_name",
     "save_state_dict",
+    "shipped_companion",
     "unwrap_config_error",
     "write_report",
 ]
@@ -122,6 +123,27 @@ def persistent_run_name(output_dir: str | os.PathLike, prefix: str, resume: bool
     name = run_name(prefix)
     atomic_write_text(record, name + "\n")
     return name
+
+
+def shipped_companion(bundle_root: str | os.PathLike, name: str, **weights: str | os.PathLike) -> str | None:
+    """The bundle's ``models/<name>`` when every one of ``weights`` (setting -> path) is the bundle's own file of that
+    name (``generator_ckpt`` -> ``models/generator.pt``) and the bundle has that file, else ``None``.
+
+    For weights trained for one particular set of others: the shipped counterfactual encoder fits only the shipped
+    generator and encoder, so a run with a user's own generator or encoder must not pick it up by default.
+
+    Example (config)::
+
+        "$medxgan_monai.bundle.shipped_companion(@bundle_root, 'counterfactual_encoder.pt',
+           generator_ckpt=@generator_ckpt, encoder_ckpt=@encoder_ckpt)"
+    """
+    models = Path(bundle_root) / "models"
+    for setting, path in weights.items():
+        shipped = models / (setting.removesuffix("_ckpt") + ".pt")
+        if path is None or Path(path).resolve() != shipped.resolve():
+            return None
+    companion = models / name
+    return str(companion) if companion.is_file() else None
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str, required: bool = True) -> str:

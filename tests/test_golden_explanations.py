@@ -32,7 +32,7 @@ GOLDEN = Path(__file__).resolve().parent / "data" / "golden_explanations.npz"
 #: largest allowed absolute difference of any value (maps, images and probabilities are all in [0, 1])
 TOLERANCE = 1e-6
 #: the config entries naming the weight files the golden values depend on
-WEIGHT_ENTRIES = ("classifier_ckpt", "generator_ckpt", "encoder_ckpt")
+WEIGHT_ENTRIES = ("classifier_ckpt", "generator_ckpt", "encoder_ckpt", "counterfactual_encoder_ckpt")
 #: prefix of the npz entries holding computed values (the rest: inputs and the record of what produced them)
 OUTPUT = "output/"
 
@@ -46,10 +46,8 @@ def inference_config(bundle_root: Path = BUNDLE_ROOT):
 
 def weight_hashes(config) -> dict[str, str]:
     """sha256 of each weight file the bundle loads, by config entry."""
-    return {
-        entry: hashlib.sha256(Path(config.get_parsed_content(entry)).read_bytes()).hexdigest()
-        for entry in WEIGHT_ENTRIES
-    }
+    paths = {entry: config.get_parsed_content(entry) for entry in WEIGHT_ENTRIES}
+    return {entry: hashlib.sha256(Path(path).read_bytes()).hexdigest() for entry, path in paths.items() if path}
 
 
 def explainer_settings(config) -> dict:
@@ -90,9 +88,12 @@ def explain_every_method(config, images) -> dict[str, np.ndarray]:
 
     images = torch.as_tensor(images, dtype=torch.float64)
     # the loaded networks themselves, not loaders: converted in place before the explainers are built on them
-    config["explainers#generator"], config["explainers#encoder"] = "@generator", "@encoder"
-    for network in ("classifier_net", "generator", "encoder"):
-        config.get_parsed_content(network).double()
+    networks = ("classifier_net", "generator", "encoder", "counterfactual_encoder")
+    for network in networks[1:]:
+        config[f"explainers#{network}"] = f"@{network}"
+    for network in networks:
+        if config.get_parsed_content(network) is not None:  # the counterfactual encoder is optional
+            config.get_parsed_content(network).double()
     classifier = config.get_parsed_content("classifier_net")
     outputs = {}
     with torch.no_grad():

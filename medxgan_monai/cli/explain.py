@@ -9,7 +9,17 @@ from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
 
-__all__ = ["add_methods_argument", "main"]
+__all__ = ["add_methods_argument", "add_weights_arguments", "main", "weights_overrides"]
+
+#: the weights a user may give instead of the bundle's: setting -> what it is
+WEIGHTS = {
+    "classifier_ckpt": "classifier weights (default: the bundle's models/model.pt)",
+    "generator_ckpt": "generator weights (default: the bundle's models/generator.pt)",
+    "encoder_ckpt": "encoder weights (default: the bundle's models/encoder.pt)",
+    "counterfactual_encoder_ckpt": "counterfactual encoder weights, trained for this generator and encoder by "
+    "bundle/configs/train_counterfactual_encoder.json (default: the bundle's models/counterfactual_encoder.pt "
+    "with the bundle's own generator and encoder, else none: the default map then refines 50 steps)",
+}
 
 
 def add_methods_argument(parser: argparse.ArgumentParser, default: list[str] | None, help_default: str) -> None:
@@ -19,6 +29,17 @@ def add_methods_argument(parser: argparse.ArgumentParser, default: list[str] | N
     parser.add_argument(
         "--methods", nargs="+", choices=method_names(), default=default, help=f"explanation methods ({help_default})"
     )
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--classifier-ckpt``, ``--generator-ckpt``, ``--encoder-ckpt``, ``--counterfactual-encoder-ckpt``."""
+    for setting, description in WEIGHTS.items():
+        parser.add_argument("--" + setting.replace("_", "-"), help=description)
+
+
+def weights_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The weights given on the command line, as bundle overrides (absolute paths)."""
+    return {setting: str(Path(getattr(args, setting)).resolve()) for setting in WEIGHTS if getattr(args, setting)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: the shipped bundle)")
-    parser.add_argument("--classifier-ckpt", help="classifier weights (default: the bundle's models/model.pt)")
-    parser.add_argument("--generator-ckpt", help="generator weights (default: the bundle's models/generator.pt)")
-    parser.add_argument("--encoder-ckpt", help="encoder weights (default: the bundle's models/encoder.pt)")
+    add_weights_arguments(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -61,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["methods"] = list(args.methods)
     if args.device:
         overrides["device"] = torch.device(args.device)
-    for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt"):
-        if getattr(args, key):
-            overrides[key] = str(Path(getattr(args, key)))
+    overrides.update(weights_overrides(args))
     try:
         report = run_inference(overrides, args.bundle)
     except (FileNotFoundError, ValueError) as error:

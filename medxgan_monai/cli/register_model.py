@@ -5,6 +5,7 @@ Usage::
 
     python scripts/register_model.py --name medxgan-explainer [--tracking-uri sqlite:///outputs/registry/mlruns.db]
         [--methods medxgan_ig medxgan gradcam ig] [--classifier-ckpt C.pt --generator-ckpt G.pt --encoder-ckpt E.pt]
+        [--counterfactual-encoder-ckpt F.pt]
         [--network-config outputs/gan/config_<run>.json]
 
 Then ``mlflow.pyfunc.load_model("models:/medxgan-explainer/<version>")``, or serve it with
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE
-from medxgan_monai.cli.explain import add_methods_argument
+from medxgan_monai.cli.explain import add_methods_argument, add_weights_arguments, weights_overrides
 
 __all__ = ["main"]
 
@@ -30,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=default_uri, help=f"MLflow tracking/registry URI ({default_uri})")
     add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-    parser.add_argument("--classifier-ckpt", help="default: the bundle's models/model.pt")
-    parser.add_argument("--generator-ckpt", help="default: the bundle's models/generator.pt")
-    parser.add_argument("--encoder-ckpt", help="default: the bundle's models/encoder.pt")
+    add_weights_arguments(parser)
     parser.add_argument("--network-config", help="config file whose network_def is the classifier (a training run's)")
     args = parser.parse_args(argv)
 
@@ -40,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.tracking_uri.startswith("sqlite:///"):
         Path(args.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    overrides = {
-        key: str(Path(getattr(args, key)).resolve())
-        for key in ("classifier_ckpt", "generator_ckpt", "encoder_ckpt")
-        if getattr(args, key)
-    }
+    overrides = weights_overrides(args)
     version = register_explainer(
         args.name, args.tracking_uri, args.bundle, args.methods, overrides, network_config=args.network_config
     )

@@ -29,7 +29,14 @@ __all__ = ["ExplainerModel", "encode_image_file", "register_explainer"]
 SETTINGS = "settings.json"
 BUNDLE_FILES = ("configs/inference.json", "configs/metadata.json")
 #: weight overrides -> the file each is packed as, under the packed bundle's models/
-PACKED_WEIGHTS = {"classifier_ckpt": "classifier.pt", "generator_ckpt": "generator.pt", "encoder_ckpt": "encoder.pt"}
+PACKED_WEIGHTS = {
+    "classifier_ckpt": "classifier.pt",
+    "generator_ckpt": "generator.pt",
+    "encoder_ckpt": "encoder.pt",
+    "counterfactual_encoder_ckpt": "counterfactual_encoder.pt",
+}
+#: packed weights a model may lack (its inference config then runs without them: ``None``)
+OPTIONAL_WEIGHTS = ("counterfactual_encoder_ckpt",)
 #: overrides that are config definitions (built by MONAI), not values: the classifier as it was trained
 CONFIG_DEFINITIONS = ("network_def",)
 
@@ -65,6 +72,8 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         settings = json.loads((bundle / SETTINGS).read_text())
         # the packed weights are named here, in Python (settings of older packed models name them by an expression)
         weights = {key: str(bundle / "models" / packed_file) for key, packed_file in PACKED_WEIGHTS.items()}
+        for key in OPTIONAL_WEIGHTS:
+            weights[key] = weights[key] if Path(weights[key]).is_file() else None
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         _configure(parser, bundle, {**settings["overrides"], **weights})
@@ -163,7 +172,9 @@ def register_explainer(
         _configure(parser, Path(bundle_root), overrides)
         (packed / "models").mkdir()
         for key, packed_file in PACKED_WEIGHTS.items():
-            shutil.copy(Path(parser.get_parsed_content(key)), packed / "models" / packed_file)
+            source = parser.get_parsed_content(key)
+            if source is not None or key not in OPTIONAL_WEIGHTS:
+                shutil.copy(Path(source), packed / "models" / packed_file)
             overrides.pop(key, None)  # the loaded model names its packed copy
         overrides.pop("device", None)
         (packed / SETTINGS).write_text(json.dumps({"overrides": overrides}, indent=1))

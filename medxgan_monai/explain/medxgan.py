@@ -173,7 +173,7 @@ class CounterfactualRefiner:
     the reconstruction and the codes (z_a', z_p'). With (z_a', z_p') = (z_a, 0) this is the medXGAN counterfactual's
     change moved onto the real image; it keeps x's own detail, but where the reconstruction misplaces the lesion the
     change misses it and the classifier still sees the pathology. ``steps`` Adam steps on (z_a', z_p'), starting at
-    (z_a, 0), then minimise per image
+    (z_a, 0) or the given start codes, then minimise per image
 
         -log(1 - p(x_cf)) + sparsity_weight * mean rho(G(z_a, z_p) - G(z_a', z_p'))
 
@@ -237,16 +237,27 @@ class CounterfactualRefiner:
         probability = class_probabilities(logits)[:, self.target]
         return RefinementStep(loss, counterfactual, probability.detach(), change.detach().abs().flatten(1).mean(1))
 
-    def __call__(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residual counterfactuals (B, C, *spatial) of ``images`` with codes (z_a, z_p), and their probabilities."""
-        return one_image_at_a_time(self._refine, images, z_a, z_p)
+    def __call__(
+        self,
+        images: torch.Tensor,
+        z_a: torch.Tensor,
+        z_p: torch.Tensor,
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual counterfactuals (B, C, *spatial) of ``images`` with codes (z_a, z_p), and their probabilities.
 
-    def _refine(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ``start``: the codes (z_a', z_p') the steps start from, e.g. a :class:`~medxgan_monai.networks.MedXGANEncoder`
+        trained by :class:`~medxgan_monai.engines.CounterfactualEncoderTrainer` to predict where the refinement ends
+        (amortised refinement: a few steps then do what 50 do from the default (z_a, 0))."""
+        start_a, start_p = (z_a, torch.zeros_like(z_p)) if start is None else (floating(code) for code in start)
+        return one_image_at_a_time(self._refine, images, z_a, z_p, start_a, start_p)
+
+    def _refine(self, images, z_a, z_p, start_a, start_p) -> tuple[torch.Tensor, torch.Tensor]:
         images = floating(images.detach())
         with torch.no_grad():
             reconstruction = floating(self.generator(z_a, z_p))
-        anatomy = z_a.detach().clone().requires_grad_(True)
-        pathology = torch.zeros_like(z_p).requires_grad_(True)
+        anatomy = start_a.detach().clone().requires_grad_(True)
+        pathology = start_p.detach().clone().requires_grad_(True)
         # Adam's standard momentum: with beta1 = 0.5 (the GAN setting) these steps oscillate around the validity
         # boundary and are chaotic, so one float32 ulp grew to a different counterfactual (see the class docstring)
         optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.9, 0.999))
@@ -469,7 +480,10 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
 
     The residual counterfactual is the real image minus the generator's pathology change, refined against the
     classifier with ``counterfactual_steps`` steps (:class:`CounterfactualRefiner`; 0 keeps the unrefined
-    residual, the paper-like setting); the codes come from ``inverter``. ``ig_steps``: IG's steps from the
+    residual, the paper-like setting); the codes come from ``inverter``. With a ``counterfactual_encoder`` (trained
+    by :class:`~medxgan_monai.engines.CounterfactualEncoderTrainer`, the bundle's ``train_counterfactual_encoder.json``)
+    the steps start from the codes it predicts for the image instead of (z_a, 0): amortised refinement, where 3 steps
+    find counterfactuals as valid and as sparse as 50 from (z_a, 0). ``ig_steps``: IG's steps from the
     counterfactual, which is close to the image, so fewer than IG from a black image needs (the completeness gap is
     reported per image).
 
@@ -477,6 +491,8 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
 
         explainer = MedXGANIntegratedGradients(classifier, generator, inverter, counterfactual_steps=50)
         attribution = explainer.explain(images)   # maps, residual counterfactual and its probability
+        amortised = MedXGANIntegratedGradients(classifier, generator, inverter, counterfactual_encoder,
+                                               counterfactual_steps=3)
     """
 
     name = "medxgan_ig"
@@ -486,6 +502,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
         classifier: nn.Module,
         generator: nn.Module,
         inverter: LatentInverter,
+        counterfactual_encoder: nn.Module | None = None,
         counterfactual_steps: int = 0,
         counterfactual_learning_rate: float = 0.02,
         counterfactual_sparsity: float = 100.0,
@@ -494,6 +511,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
     ) -> None:
         super().__init__(classifier, target)
         self.inverter = inverter
+        self.counterfactual_encoder = None if counterfactual_encoder is None else freeze(counterfactual_encoder)
         self.refiner = CounterfactualRefiner(
             generator,
             self.classifier,
@@ -507,6 +525,10 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         images = floating(images.detach())
         z_a, z_p, _ = self.inverter(images)
-        residual, probability = self.refiner(images, z_a, z_p)
+        start = None
+        if self.counterfactual_encoder is not None:
+            with torch.no_grad():
+                start = self.counterfactual_encoder(images)
+        residual, probability = self.refiner(images, z_a, z_p, start)
         integrated = self.image_ig.raw_attribution(images, baselines=residual)
         return Attribution(integrated.maps, residual, probability, details=integrated.details)

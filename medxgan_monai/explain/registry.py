@@ -45,7 +45,7 @@ __all__ = [
 
 #: what an explainer may need, in the order they are built: the networks, and the shared inversion of the images
 #: into the generator's codes (built on the generator, the encoder when there is one, and the classifier)
-NEEDS = ("classifier", "generator", "encoder", "inverter")
+NEEDS = ("classifier", "generator", "encoder", "counterfactual_encoder", "inverter")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Method:
         counterfactual: the output name of the counterfactual image it produces (``<stem>_<name>.nii.gz``, the
             ``<name>_probability`` column of predictions.csv), or ``None``.
         panel: whether its map is shown in the explanation panel.
+        optional: those of its ``needs`` it can do without (built as ``None`` when none was given).
     """
 
     name: str
@@ -72,6 +73,7 @@ class Method:
     options: Mapping[str, str] = field(default_factory=dict)
     counterfactual: str | None = None
     panel: bool = False
+    optional: tuple[str, ...] = ()
 
     def defaults(self) -> dict[str, object]:
         """The explainer's default value of each option, by bundle setting."""
@@ -107,7 +109,8 @@ METHODS: dict[str, Method] = {
             "medxgan_ig",
             "medXGAN + IG",
             MedXGANIntegratedGradients,
-            needs=("classifier", "generator", "inverter"),
+            needs=("classifier", "generator", "inverter", "counterfactual_encoder"),
+            optional=("counterfactual_encoder",),
             options={
                 "counterfactual_steps": "counterfactual_steps",
                 "counterfactual_learning_rate": "counterfactual_learning_rate",
@@ -197,6 +200,8 @@ class Explainers:
         methods: method names from :data:`METHODS`, in the order results are returned.
         classifier: the explained classifier.
         generator, encoder: the medXGAN generator and encoder (modules, loaders or ``None``).
+        counterfactual_encoder: the encoder that starts the default map's refinement (amortised refinement; module,
+            loader or ``None``: then it starts from the inverted codes).
         settings: bundle settings by name (e.g. ``{"ig_steps": 50, "inversion_steps": 25}``); each method takes
             those its :class:`Method` entry lists. A name no method or the inversion lists is an error (a typo
             would otherwise silently keep a default).
@@ -217,6 +222,7 @@ class Explainers:
         encoder: nn.Module | Callable[[], nn.Module] | None = None,
         settings: Mapping[str, object] | None = None,
         target: int = 1,
+        counterfactual_encoder: nn.Module | Callable[[], nn.Module | None] | None = None,
     ) -> None:
         self.methods = list(methods)
         unknown = [m for m in self.methods if m not in METHODS]
@@ -228,10 +234,16 @@ class Explainers:
             raise ValueError(f"unknown explanation setting(s) {sorted(set(settings) - known)}; known: {sorted(known)}")
         self.settings = settings
         self.target = target
-        self._sources = {"classifier": classifier, "generator": generator, "encoder": encoder}
+        self._sources = {
+            "classifier": classifier,
+            "generator": generator,
+            "encoder": encoder,
+            "counterfactual_encoder": counterfactual_encoder,
+        }
         self._built: dict[str, object] = {}
         self.explainers: dict[str, SaliencyExplainer] = {
-            name: METHODS[name].build(self._needs(METHODS[name].needs, name), settings, target) for name in self.methods
+            name: METHODS[name].build(self._needs(METHODS[name].needs, name, METHODS[name].optional), settings, target)
+            for name in self.methods
         }
 
     def _needs(self, needs: Sequence[str], method: str, optional: Sequence[str] = ()) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from medxgan_monai.handlers.comparisons import PairedComparisons
 from medxgan_monai.handlers.confusion import ConfusionMatrixSaver
+from medxgan_monai.handlers.counterfactual_encoder_validation import CounterfactualEncoderValidator
 from medxgan_monai.handlers.evaluation import EvaluationReport, ExplanationScorer, RandomizationTest
 from medxgan_monai.handlers.explanation import ExplanationHandler, ExplanationWriter, InferenceFailed, InferenceReport
 from medxgan_monai.handlers.medxgan_validation import MedXGANValidator
@@ -11,6 +12,7 @@ from medxgan_monai.handlers.state_dict_saver import StateDictExporter
 
 __all__ = [
     "ConfusionMatrixSaver",
+    "CounterfactualEncoderValidator",
     "EvaluationReport",
     "ExplanationScorer",
     "ExplanationHandler",

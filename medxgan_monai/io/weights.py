@@ -19,14 +19,17 @@ def save_state_dict(module, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def load_weights(module, path: str | os.PathLike, map_location="cpu"):
-    """Load a plain state dict from ``path`` into ``module`` and return the module (for configs).
+def load_weights(module, path: str | os.PathLike | None, map_location="cpu"):
+    """Load a plain state dict from ``path`` into ``module`` and return the module (for configs); ``None`` when
+    ``path`` is ``None`` (an optional network switched off, e.g. ``--counterfactual_encoder_ckpt null``).
 
     Raises:
         FileNotFoundError: naming the missing weights file and the command that makes it.
     """
     import torch
 
+    if path is None:
+        return None
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: weights file not found (train it with the bundle, see bundle/docs/README.md)")
     module.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
