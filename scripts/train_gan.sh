@@ -9,7 +9,7 @@
 #      real positive must give a negative G(z_a, 0)): outputs/gan_encoder;
 #   4. the counterfactual encoder for that generator and encoder (train_counterfactual_encoder.json, 56 epochs, about
 #      40 minutes more): outputs/counterfactual_encoder.
-# Extra arguments go to both runs (e.g. --device cuda). Copy the results with COPY_TO_BUNDLE=1.
+# Extra arguments go to every run (e.g. --device cuda). Copy the results with COPY_TO_BUNDLE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
