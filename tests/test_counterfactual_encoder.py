@@ -203,3 +203,30 @@ def test_bundle_trains_resumes_and_its_weights_explain(tiny_demo, tmp_path, monk
     )
     assert not report.problems
     assert len(list((tmp_path / "explained").glob("*_medxgan_ig.nii.gz"))) == 2
+
+
+def test_an_image_without_a_valid_counterfactual_goes_on_up_to_max_steps():
+    generator, encoder, _, classifier = _networks(bias=2.0)  # called positive, hard to flip
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        z_a, z_p = encoder(images)
+    calls = []
+
+    class CountingRefiner(CounterfactualRefiner):
+        def objective(self, *args):
+            step = super().objective(*args)
+            calls.append(bool((step.probability < 0.5).all()))
+            return step
+
+    # none becomes valid: each image runs to max_steps (7 steps, 8 scored iterates), not just steps
+    CountingRefiner(generator, classifier, steps=2, max_steps=7)(images, z_a, z_p)
+    assert calls == [False] * 16
+    # max_steps equal to steps (the default) is the plain refinement: 2 steps, 3 scored iterates per image
+    calls.clear()
+    CountingRefiner(generator, classifier, steps=2)(images, z_a, z_p)
+    assert len(calls) == 6
+    # an image valid from the start stops after the minimum number of steps
+    calls.clear()
+    negative = _networks(bias=-20.0)
+    CountingRefiner(negative[0], negative[3], steps=2, max_steps=7)(images, z_a, z_p)
+    assert len(calls) == 6 and all(calls)

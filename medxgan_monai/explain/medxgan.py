@@ -181,7 +181,10 @@ class CounterfactualRefiner:
     Charbonnier form of |c| with ``smoothing`` s): the change must remove what the classifier sees, and as little
     else as possible, while staying a difference of two generated images. Each image gets the sparsest counterfactual
     (least mean |change|) among the iterates the classifier calls negative (p < 0.5), or the last iterate when none
-    is. ``steps=0`` returns the unrefined residual.
+    is. ``steps=0`` returns the unrefined residual. With ``max_steps`` above ``steps``, an image none of whose
+    iterates is valid after ``steps`` steps goes on until one is, or until ``max_steps``: few steps for most images
+    from a good start (a counterfactual encoder's codes), and no image left with an invalid counterfactual that more
+    steps would have fixed.
 
     Rounding: each image is refined alone (:func:`one_image_at_a_time`), so its result does not depend on its batch.
     Two choices keep the refinement from amplifying rounding. The smoothing: with the plain |c| the gradient of a
@@ -207,6 +210,7 @@ class CounterfactualRefiner:
         sparsity_weight: float = 100.0,
         smoothing: float = 1e-3,
         target: int = 1,
+        max_steps: int | None = None,
     ) -> None:
         if steps < 0 or sparsity_weight < 0:
             raise ValueError(f"steps and sparsity_weight must be >= 0, not {steps} and {sparsity_weight}")
@@ -217,6 +221,7 @@ class CounterfactualRefiner:
         self.generator = freeze(generator)
         self.classifier = FrozenClassifier.wrap(classifier)
         self.steps = steps
+        self.max_steps = steps if max_steps is None else max(steps, max_steps)  # never fewer than ``steps``
         self.learning_rate = learning_rate
         self.sparsity_weight = sparsity_weight
         self.smoothing = smoothing
@@ -262,15 +267,17 @@ class CounterfactualRefiner:
         # boundary and are chaotic, so one float32 ulp grew to a different counterfactual (see the class docstring)
         optimizer = torch.optim.Adam([anatomy, pathology], lr=self.learning_rate, betas=(0.9, 0.999))
         best = _SparsestValid(images.shape[0], images.device)
-        with torch.enable_grad():
-            for _ in range(self.steps):
+        for index in range(self.max_steps + 1):
+            last = index == self.max_steps
+            with torch.set_grad_enabled(not last):  # the last iterate is only scored
                 step = self.objective(images, reconstruction, anatomy, pathology)
-                best.update(step)
-                optimizer.zero_grad(set_to_none=True)
-                step.loss.sum().backward()
-                optimizer.step()
-        with torch.no_grad():  # the last iterate is only scored
-            best.update(self.objective(images, reconstruction, anatomy, pathology))
+            best.update(step)
+            # past the minimum number of steps, an image stops once it has a valid counterfactual
+            if last or (index >= self.steps and bool(best.valid.all())):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            step.loss.sum().backward()
+            optimizer.step()
         return best.counterfactual, best.probability
 
 
@@ -483,7 +490,8 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
     residual, the paper-like setting); the codes come from ``inverter``. With a ``counterfactual_encoder`` (trained
     by :class:`~medxgan_monai.engines.CounterfactualEncoderTrainer`, the bundle's ``train_counterfactual_encoder.json``)
     the steps start from the codes it predicts for the image instead of (z_a, 0): amortised refinement, where 3 steps
-    find counterfactuals as valid and as sparse as 50 from (z_a, 0). ``ig_steps``: IG's steps from the
+    find counterfactuals about as valid and as sparse as 50 from (z_a, 0); ``counterfactual_max_steps`` lets an image
+    whose counterfactual is not valid yet go on (the bundle: up to 50). ``ig_steps``: IG's steps from the
     counterfactual, which is close to the image, so fewer than IG from a black image needs (the completeness gap is
     reported per image).
 
@@ -508,6 +516,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
         counterfactual_sparsity: float = 100.0,
         ig_steps: int = 50,
         target: int = 1,
+        counterfactual_max_steps: int | None = None,
     ) -> None:
         super().__init__(classifier, target)
         self.inverter = inverter
@@ -516,6 +525,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
             generator,
             self.classifier,
             steps=counterfactual_steps,
+            max_steps=counterfactual_max_steps,
             learning_rate=counterfactual_learning_rate,
             sparsity_weight=counterfactual_sparsity,
             target=target,

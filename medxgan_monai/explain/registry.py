@@ -113,6 +113,7 @@ METHODS: dict[str, Method] = {
             optional=("counterfactual_encoder",),
             options={
                 "counterfactual_steps": "counterfactual_steps",
+                "counterfactual_max_steps": "counterfactual_max_steps",
                 "counterfactual_learning_rate": "counterfactual_learning_rate",
                 "counterfactual_sparsity": "counterfactual_sparsity",
                 "medxgan_ig_steps": "ig_steps",
