@@ -17,7 +17,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 def networks_for_size(size: int, device: str) -> dict:
-    """Untrained G, D, E, a counterfactual encoder and the bundle's classifier architecture for ``size`` x ``size`` images (seed 0).
+    """Untrained G, D, E, a counterfactual encoder and the bundle's classifier architecture for ``size`` x ``size``
+    images (seed 0).
 
     Channel widths follow the bundle's 64-pixel configuration and add one stage per doubling of the size.
     """
