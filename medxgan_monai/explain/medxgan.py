@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,17 @@ def one_image_at_a_time(optimise, *batched: torch.Tensor) -> tuple[torch.Tensor,
     """
     results = [optimise(*(tensor[index : index + 1] for tensor in batched)) for index in range(batched[0].shape[0])]
     return tuple(torch.cat(parts) for parts in zip(*results, strict=True))
+
+
+@dataclass
+class _Inversion:
+    """One batch's inversion: the images, their codes, the final loss (``None`` until asked for), the seconds spent."""
+
+    images: torch.Tensor
+    z_a: torch.Tensor
+    z_p: torch.Tensor
+    loss: torch.Tensor | None
+    seconds: float
 
 
 class LatentInverter:
@@ -93,7 +105,7 @@ class LatentInverter:
         self.counterfactual_weight = counterfactual_weight
         self.target = target
         self.reused_seconds = 0.0
-        self._inverted: list[tuple[torch.Tensor, tuple[torch.Tensor, ...], float]] | None = None
+        self._inverted: list[_Inversion] | None = None
 
     @contextmanager
     def reuse(self):
@@ -137,32 +149,55 @@ class LatentInverter:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes z_a (B, anatomy_dim), z_p (B, pathology_dim) of ``images`` and their final losses (B,)."""
-        images = floating(images.detach())
-        for seen, codes, seconds in self._inverted or ():
-            if seen.shape == images.shape and seen.dtype == images.dtype and torch.equal(seen, images):
-                self.reused_seconds += seconds
-                return codes
-        start = time.perf_counter()
-        codes = one_image_at_a_time(self._invert, images)
-        if self._inverted is not None:
-            self._inverted.append((images.clone(), codes, time.perf_counter() - start))
-        return codes
+        inversion = self._inversion(images)
+        if inversion.loss is None:  # inverted by :meth:`codes`: the loss of the same codes, computed now
+            start = time.perf_counter()
+            (inversion.loss,) = one_image_at_a_time(self._final_loss, inversion.images, inversion.z_a, inversion.z_p)
+            inversion.seconds += time.perf_counter() - start
+        return inversion.z_a, inversion.z_p, inversion.loss
 
-    def _invert(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes z_a, z_p of ``images`` without the final loss, which costs up to four generator and classifier passes
+        per image (the encoder's codes alone, ``steps=0``, cost one encoder pass)."""
+        inversion = self._inversion(images)
+        return inversion.z_a, inversion.z_p
+
+    def _inversion(self, images: torch.Tensor) -> _Inversion:
+        """The inversion of ``images`` already made within :meth:`reuse` (its seconds added to
+        :attr:`reused_seconds`), else a new one, without its loss."""
         images = floating(images.detach())
+        for inversion in self._inverted or ():
+            seen = inversion.images
+            if seen.shape == images.shape and seen.dtype == images.dtype and torch.equal(seen, images):
+                self.reused_seconds += inversion.seconds
+                return inversion
+        start = time.perf_counter()
+        z_a, z_p = one_image_at_a_time(self._invert, images)
+        inversion = _Inversion(images.clone(), z_a, z_p, None, time.perf_counter() - start)
+        if self._inverted is not None:
+            self._inverted.append(inversion)
+        return inversion
+
+    def _target_probability(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target_probability = class_probability(self.classifier, images, self.target)
+            return class_probability(self.classifier, images, self.target)
+
+    def _invert(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = floating(images.detach())
         z_a, z_p = (code.clone().requires_grad_(True) for code in self.initial_codes(images))
-        with torch.enable_grad():
-            if self.steps > 0:
+        if self.steps > 0:
+            target_probability = self._target_probability(images)
+            with torch.enable_grad():
                 optimizer = torch.optim.Adam([z_a, z_p], lr=self.learning_rate, betas=(0.5, 0.999))
                 for _ in range(self.steps):
                     optimizer.zero_grad(set_to_none=True)
                     self.loss(z_a, z_p, images, target_probability).sum().backward()
                     optimizer.step()
+        return z_a.detach(), z_p.detach()
+
+    def _final_loss(self, images: torch.Tensor, z_a: torch.Tensor, z_p: torch.Tensor) -> tuple[torch.Tensor]:
         with torch.no_grad():
-            final = self.loss(z_a, z_p, images, target_probability)
-        return z_a.detach(), z_p.detach(), final
+            return (self.loss(z_a, z_p, images, self._target_probability(images)),)
 
 
 class CounterfactualRefiner:
@@ -471,7 +506,7 @@ class MedXGANLatentIntegratedGradients(SaliencyExplainer):
         self.variant = variant
 
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
-        z_a, z_p, _ = self.inverter(images)
+        z_a, z_p = self.inverter.codes(images)
         attributions, gap = latent_path_integrated_gradients(
             self.generator, self.classifier, z_a, z_p, self.steps, self.target, self.variant
         )
@@ -534,7 +569,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
 
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         images = floating(images.detach())
-        z_a, z_p, _ = self.inverter(images)
+        z_a, z_p = self.inverter.codes(images)
         start = None
         if self.counterfactual_encoder is not None:
             with torch.no_grad():
