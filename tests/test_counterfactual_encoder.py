@@ -134,7 +134,7 @@ def test_inference_bundle_uses_it_with_the_shipped_gan_only(tmp_path):
     config = inference_config(BUNDLE_ROOT)
     if config.get_parsed_content("counterfactual_encoder_ckpt") is None:
         pytest.skip("this bundle ships no counterfactual encoder")
-    assert config.get_parsed_content("counterfactual_steps") == 3
+    assert config.get_parsed_content("counterfactual_steps") == 1
     own = inference_config(BUNDLE_ROOT, generator_ckpt=str(tmp_path / "my_generator.pt"))
     assert own.get_parsed_content("counterfactual_encoder_ckpt") is None
     assert own.get_parsed_content("counterfactual_steps") == 50

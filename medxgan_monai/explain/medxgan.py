@@ -524,9 +524,9 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
     classifier with ``counterfactual_steps`` steps (:class:`CounterfactualRefiner`; 0 keeps the unrefined
     residual, the paper-like setting); the codes come from ``inverter``. With a ``counterfactual_encoder`` (trained
     by :class:`~medxgan_monai.engines.CounterfactualEncoderTrainer`, the bundle's ``train_counterfactual_encoder.json``)
-    the steps start from the codes it predicts for the image instead of (z_a, 0): amortised refinement, where 3 steps
-    find counterfactuals about as valid and as sparse as 50 from (z_a, 0); ``counterfactual_max_steps`` lets an image
-    whose counterfactual is not valid yet go on (the bundle: up to 50). ``ig_steps``: IG's steps from the
+    the steps start from the codes it predicts for the image instead of (z_a, 0): amortised refinement, where one step
+    (the bundle's default) localizes as well as 50 from (z_a, 0); ``counterfactual_max_steps`` lets an image whose
+    counterfactual is not valid yet go on (the bundle: up to 50). ``ig_steps``: IG's steps from the
     counterfactual, which is close to the image, so fewer than IG from a black image needs (the completeness gap is
     reported per image).
 
@@ -535,7 +535,7 @@ class MedXGANIntegratedGradients(SaliencyExplainer):
         explainer = MedXGANIntegratedGradients(classifier, generator, inverter, counterfactual_steps=50)
         attribution = explainer.explain(images)   # maps, residual counterfactual and its probability
         amortised = MedXGANIntegratedGradients(classifier, generator, inverter, counterfactual_encoder,
-                                               counterfactual_steps=3)
+                                               counterfactual_steps=1, counterfactual_max_steps=50)
     """
 
     name = "medxgan_ig"
