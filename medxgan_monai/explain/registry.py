@@ -92,6 +92,7 @@ INVERSION = Method(
     "latent inversion",
     LatentInverter,
     needs=("generator", "classifier", "encoder"),
+    optional=("encoder",),  # without one the inversion starts from zeros
     options={
         "inversion_steps": "steps",
         "inversion_learning_rate": "learning_rate",
@@ -252,8 +253,7 @@ class Explainers:
         for need in sorted(needs, key=NEEDS.index):
             if need not in self._built:
                 if need == "inverter":
-                    # the inversion starts from zeros when there is no encoder
-                    networks = self._needs(INVERSION.needs, method, optional=("encoder",))
+                    networks = self._needs(INVERSION.needs, method, INVERSION.optional)
                     self._built[need] = INVERSION.build(networks, self.settings, self.target)
                 else:
                     source = self._sources[need]
