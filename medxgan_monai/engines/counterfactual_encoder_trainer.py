@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from medxgan_monai.explain.base import class_probability
 from medxgan_monai.explain.medxgan import CounterfactualRefiner, RefinementStep
-from medxgan_monai.networks.classifier import FrozenClassifier, freeze
+from medxgan_monai.networks.classifier import freeze
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -123,7 +123,7 @@ class CounterfactualEncoderTrainer(Trainer):
         self.encoder = freeze(encoder)
         self.refiner = CounterfactualRefiner(
             generator,
-            FrozenClassifier.wrap(classifier),
+            classifier,
             steps=0,
             sparsity_weight=sparsity_weight,
             smoothing=smoothing,

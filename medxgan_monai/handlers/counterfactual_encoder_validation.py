@@ -27,8 +27,9 @@ class CounterfactualEncoderValidator:
 
     Example (config)::
 
-        {"_target_": "medxgan_monai.handlers.CounterfactualEncoderValidator", "refiner": "@train#trainer#refiner",
-         "encoder": "@e_network", "counterfactual_encoder": "@cf_network", "val_data_loader": "@validate#dataloader"}
+        {"_target_": "medxgan_monai.handlers.CounterfactualEncoderValidator", "refiner": "$@train#trainer.refiner",
+         "encoder": "@frozen_encoder", "counterfactual_encoder": "@cf_network",
+         "val_data_loader": "@validate#dataloader"}
     """
 
     def __init__(
