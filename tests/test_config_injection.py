@@ -158,7 +158,7 @@ def test_node_spool_folder_and_experiment_name_are_data(weights, tmp_path, monke
     pixels = brain_like((36, 40)).astype(np.uint16)
     write_mr_slice(pixels, MRSliceGeometry((0.0, 0.0, 5.0)), SyntheticPatient("INJ-TEST", "INJ^TEST"), instance)
     tracking = f"sqlite:///{tmp_path / 'node.db'}"
-    # the processor appends "_batches" for the bundle runs: evaluated, this would make the marker, then fail
+    # evaluated, this would make the marker, then fail
     experiment = f"$__import__('pathlib').Path('{MARKER}').touch() or node"
     sink = _Collector()
     overrides = {**TINY_BUNDLE, **weights, "methods": ["medxgan"]}
@@ -169,8 +169,8 @@ def test_node_spool_folder_and_experiment_name_are_data(weights, tmp_path, monke
     assert processor.process_pending() == 1
     processor.close()
     assert not (tmp_path / MARKER).exists()
-    assert processor.statistics.explained == 1 and len(sink.sent) == 2
-    assert MlflowClient(tracking_uri=tracking).get_experiment_by_name(f"{experiment}_batches") is not None
+    assert processor.statistics.explained == 1 and len(sink.sent) == 1
+    assert MlflowClient(tracking_uri=tracking).get_experiment_by_name(experiment) is not None
 
 
 def test_bundle_root_with_config_syntax_is_a_folder(weights, tmp_path, monkeypatch):

@@ -296,6 +296,20 @@ def test_a_warm_pipeline_reads_the_weights_once_and_explains_every_run(scans, we
         InferencePipeline({"explainers": None})
 
 
+def test_a_run_without_tracking_or_overlay_writes_neither(scans, weights, tmp_path, monkeypatch):
+    """``tracking_uri None``: no MLflow run anywhere; ``dicom_overlay false``: the Parametric Map, no overlay."""
+    from medxgan_monai.bundle import run_inference
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = {**TINY_BUNDLE, **weights, "methods": ["gradient"], "tracking_uri": None, "dicom_overlay": False}
+    report = run_inference({**overrides, "input": [str(scans / "good" / "slice.dcm")], "output_dir": "out"})
+    assert not report.problems
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".dcm")
+    assert written == ["slice_gradient_pm.dcm"]
+    assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "mlruns").exists(), "no MLflow store was made"
+
+
 def test_inference_batches_grow_so_that_the_first_image_is_not_kept_waiting():
     from medxgan_monai.bundle import inference_config
     from medxgan_monai.data import GrowingBatchSampler

@@ -4,6 +4,7 @@ DIMSE (C-STORE both ways) and DICOMweb (WADO-RS in, STOW-RS out)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_spool_moves_are_atomic_and_resends_are_not_queued_twice(study, tmp_path
 def test_processor_explains_delivers_retries_and_resumes_after_a_crash(study, weights, tmp_path):
     sink = Collector()
     tracking = f"sqlite:///{tmp_path / 'node.db'}"
-    processor = _processor(tmp_path / "spool", sink, weights, tracking_uri=tracking)
+    processor = _processor(tmp_path / "spool", sink, weights, tracking_uri=tracking, overlay=True)
     for path in study[:2]:
         assert processor.accept(pydicom.dcmread(path)) is None
     assert "no pixel data" in processor.accept(pydicom.dcmread(get_testdata_file("rtplan.dcm")))
@@ -114,7 +115,7 @@ def test_processor_explains_delivers_retries_and_resumes_after_a_crash(study, we
     processor.process_pending()  # explained, delivery failed, queued again
     processor.spool.claim()  # the process dies after claiming it once more
     first = {p.name: p.read_bytes() for p in (tmp_path / "spool" / "results").glob("*.dcm")}
-    restarted = _processor(tmp_path / "spool", sink, weights)
+    restarted = _processor(tmp_path / "spool", sink, weights, overlay=True)
     assert restarted.spool.recover() == 1
     sink.down = False
     assert restarted.process_pending() == 1
@@ -124,6 +125,14 @@ def test_processor_explains_delivers_retries_and_resumes_after_a_crash(study, we
     client = MlflowClient(tracking_uri=tracking)
     (run,) = client.search_runs([client.get_experiment_by_name("medxgan_node").experiment_id])
     assert run.data.metrics["explained"] == 2 and run.data.metrics["skipped"] == 1
+    experiments = {experiment.name for experiment in client.search_experiments()}
+    assert experiments <= {"medxgan_node", "Default"}, (
+        "the batches are tracked by the node's run, not runs of their own"
+    )
+    batches = [entry.path for entry in client.list_artifacts(run.info.run_id)]
+    assert len(batches) == 3, "one artifact folder per batch"
+    (table,) = [entry.path for entry in client.list_artifacts(run.info.run_id, batches[0])]
+    assert table.endswith("predictions.csv")
     tracked = (tmp_path / "node.db").read_bytes()
     assert b"NODE-TEST" not in tracked and b"NODE^TEST" not in tracked, "no patient identifier in MLflow"
 
@@ -162,7 +171,7 @@ def test_orthanc_routes_a_study_to_the_node_and_gets_the_explanations_back(study
             ids = [orthanc.upload(path) for path in study[:2]]
             orthanc.send_to_modality("medxgan", ids)
             study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
-            derived = _wait_for(lambda: len(s := _derived_series(orthanc, study_uid)) == 4 and s)
+            derived = _wait_for(lambda: len(s := _derived_series(orthanc, study_uid)) == 2 and s)
         finally:
             node.stop()
         sources = {pydicom.dcmread(p).SOPInstanceUID for p in study[:2]}
@@ -172,6 +181,7 @@ def test_orthanc_routes_a_study_to_the_node_and_gets_the_explanations_back(study
             tags = orthanc.rest(f"/instances/{instance}/tags?simplify")
             assert tags["StudyInstanceUID"] == study_uid
             referenced.add(tags["SourceImageSequence"][0]["ReferencedSOPInstanceUID"])
+            assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.30", "a Parametric Map each, no overlay"
             assert tags["Modality"] in ("OT", "MR") and "NOT FOR CLINICAL USE" in tags["SeriesDescription"]
         assert referenced == sources
         assert processor.statistics.explained == 2 and processor.statistics.failed == 0
@@ -188,7 +198,7 @@ def test_a_study_pulled_over_dicomweb_gets_its_explanations_stored_back(study, w
         study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
         statistics = explain_study(client, study_uid, _processor(tmp_path / "spool", StowSender(client), weights))
         assert statistics.explained == 3 and statistics.failed == 0
-        assert len(_derived_series(orthanc, study_uid)) == 6
+        assert len(_derived_series(orthanc, study_uid)) == 3
 
 
 def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
@@ -197,6 +207,35 @@ def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["serve", "--spool", str(tmp_path), "--destination", "ORTHANC-without-address"])
     assert exit_status.value.code == 2 and "AE_TITLE@HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_batch_is_delivered_while_the_next_is_explained(study, weights, tmp_path):
+    next_batch_explaining = threading.Event()
+
+    class WaitingSink(Collector):
+        def send(self, paths) -> None:
+            # the first batch's delivery can only finish once the second batch is being explained
+            if not next_batch_explaining.wait(60):
+                raise DeliveryError("the next batch was not explained during this delivery")
+            super().send(paths)
+
+    sink = WaitingSink()
+    processor = _processor(tmp_path / "spool", sink, weights, batch_size=1)
+    explain = processor.pipeline.run
+    runs = []
+
+    def recording_run(overrides):
+        runs.append(overrides["input"])
+        if len(runs) == 2:
+            next_batch_explaining.set()
+        return explain(overrides)
+
+    processor.pipeline.run = recording_run
+    for path in study[:2]:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 2
+    assert processor.statistics.explained == 2 and processor.statistics.delivery_failures == 0
+    assert len(runs) == 2 and len(sink.sent) == 2
 
 
 def test_the_node_keeps_one_warm_pipeline_and_explains_with_its_threads(study, weights, tmp_path, monkeypatch):
@@ -218,4 +257,6 @@ def test_the_node_keeps_one_warm_pipeline_and_explains_with_its_threads(study, w
     processor.process_pending()
     assert all(processor.pipeline.built[name] is built[name] for name in built), "later batches reuse them"
     assert threads == [1, 1, 1], "each batch explains with the node's threads"
-    assert len(sink.sent) == 6
+    assert [ds.SOPClassUID.name for ds in sink.sent] == ["Parametric Map Storage"] * 3, "no overlay unless asked"
+    written = {path.suffix for path in (tmp_path / "spool" / "results").iterdir() if not path.name.startswith(".")}
+    assert written == {".dcm", ".csv"}, "the node writes what it delivers (and its predictions), nothing else"

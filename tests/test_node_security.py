@@ -224,7 +224,7 @@ from medxgan_monai.node.spool import Spool
 
 settings = json.loads(sys.argv[1])
 sender = DimseSender("127.0.0.1", settings["port"], "PACS", calling_ae_title="MEDXGAN", timeout=120)
-processor = ExplanationProcessor(Spool(settings["spool"]), sender, settings["overrides"])
+processor = ExplanationProcessor(Spool(settings["spool"]), sender, settings["overrides"], overlay=True)
 processor.accept(pydicom.dcmread(settings["source"]))
 processor.process_pending()
 """
@@ -274,7 +274,10 @@ def test_a_delivery_cut_off_by_kill_9_is_repeated_with_identical_objects(source,
 
     destination.holding = False
     restarted = ExplanationProcessor(
-        Spool(tmp_path / "spool"), DimseSender("127.0.0.1", destination.port, "PACS", timeout=30), overrides
+        Spool(tmp_path / "spool"),
+        DimseSender("127.0.0.1", destination.port, "PACS", timeout=30),
+        overrides,
+        overlay=True,
     )
     assert restarted.spool.recover() == 1, "the instance being delivered is queued again"
     assert restarted.process_pending() == 1 and restarted.statistics.explained == 1

@@ -3,7 +3,7 @@
 Usage::
 
     medxgan-node serve --ae-title MEDXGAN --port 11112 --allow ORTHANC --destination ORTHANC@127.0.0.1:4242 \\
-        --spool spool/ [--methods medxgan gradcam] [--modality MR CT] [--device cpu]
+        --spool spool/ [--methods medxgan gradcam] [--modality MR CT] [--device cpu] [--overlay]
         [--host 10.0.0.5 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem --destination-tls]
     medxgan-node dicomweb --url http://127.0.0.1:8042/dicom-web --study 1.2.3... --spool spool/
 
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     common.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     common.add_argument("--batch-size", type=int, default=16, help="instances explained per bundle run")
+    common.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also send a Secondary Capture of the map over each image (default: the Parametric Map only)",
+    )
     common.add_argument(
         "--torch-threads", type=int, default=None, help="PyTorch threads while explaining (default: cores - 1, >= 1)"
     )
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     spool = Spool(args.spool)
     tracking_uri = default_tracking_uri(Path(args.spool))
     parameters = {"command": args.command, "methods": ",".join(args.methods), "modalities": ",".join(args.modality)}
+    parameters.update(overlay=args.overlay)
     if args.command == "serve":
         ae_title, host, port = args.destination
         parameters.update(ae_title=args.ae_title, port=args.port, destination=f"{ae_title}@{host}:{port}")
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri,
         parameters=parameters,
         torch_threads=args.torch_threads,
+        overlay=args.overlay,
     )
     if args.command == "serve":
         DicomNode(

@@ -141,33 +141,35 @@ class SweepWriter:
 
 
 class DicomDerivedWriter:
-    """For DICOM sources, new series of the source study: a Secondary Capture overlay (``<stem>_overlay_sc.dcm``) and
-    a Parametric Map (``<stem>_<method>_pm.dcm``) of ``method``'s map (the run's first map when it does not compute
-    ``method``).
+    """For DICOM sources, new series of the source study: a Parametric Map (``<stem>_<method>_pm.dcm``) of
+    ``method``'s map (the run's first map when it does not compute ``method``) and, with ``overlay``, a Secondary
+    Capture of the map over the image (``<stem>_overlay_sc.dcm``).
 
-    The source is read for its header (the study, patient and frame of reference the new series reference) and its
-    pixels (the overlay's picture at full resolution, through the project's loader: rescaled, MONOCHROME1 inverted).
+    The source is read for its header (the study, patient and frame of reference the new series reference) and, for
+    the overlay, its pixels (the picture at full resolution, through the project's loader: rescaled, MONOCHROME1
+    inverted).
     """
 
-    def __init__(self, method: str = "medxgan_ig") -> None:
-        self.method = method
+    def __init__(self, method: str = "medxgan_ig", overlay: bool = True) -> None:
+        self.method, self.overlay = method, overlay
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
         if item.source_format != "dicom" or not item.methods:
             return
         import pydicom
 
-        from medxgan_monai.transforms.io import load_scan
-
         method = self.method if self.method in item.methods else next(iter(item.methods))
         dataset = pydicom.dcmread(item.source, stop_before_pixels=True)
         # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
         saliency_rows = np.clip(item.methods[method].saliency_in_source_grid.T, 0, 1)
-        pixels = load_scan(item.source)[0].numpy().T
-        low, high = np.percentile(pixels, (0.5, 99.5))
-        picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
-        overlay = saliency_overlay(picture, saliency_rows)
-        write_overlay_secondary_capture(dataset, overlay, folder / f"{item.stem}_overlay_sc.dcm", overwrite=False)
+        if self.overlay:
+            from medxgan_monai.transforms.io import load_scan
+
+            pixels = load_scan(item.source)[0].numpy().T
+            low, high = np.percentile(pixels, (0.5, 99.5))
+            picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
+            overlay = saliency_overlay(picture, saliency_rows)
+            write_overlay_secondary_capture(dataset, overlay, folder / f"{item.stem}_overlay_sc.dcm", overwrite=False)
         write_saliency_parametric_map(dataset, saliency_rows, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
 
 

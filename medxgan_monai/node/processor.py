@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE, InferencePipeline
+from medxgan_monai.io.explanation_outputs import DicomDerivedWriter
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.node.spool import Spool, instance_problem, valid_instance_uid
 
@@ -66,9 +68,21 @@ def default_torch_threads() -> int:
     return max(1, available - 1)
 
 
+@dataclass
+class _ExplainedBatch:
+    """What the delivery thread needs of an explained batch."""
+
+    paths: list[Path]
+    received_at: dict[str, float]
+    problems: dict[str, str]
+    outputs: dict[str, list[Path]]
+    seconds: float
+    tables: dict[str, str]
+
+
 class ExplanationProcessor:
     """Accept DICOM instances into a :class:`Spool`, explain the queue in batches with the inference bundle, and
-    deliver each instance's Secondary Capture and Parametric Map to a :class:`ResultSink`.
+    deliver each instance's Parametric Map (and, with ``overlay``, its Secondary Capture) to a :class:`ResultSink`.
 
     An instance that does not fit (see :func:`instance_problem`) is logged and skipped; one without a valid SOP Instance
     UID is refused (:class:`~medxgan_monai.node.spool.InvalidUIDError`); one the bundle cannot explain goes to
@@ -86,8 +100,13 @@ class ExplanationProcessor:
         overrides: inference-bundle overrides (``methods``, weights, ``device``, ...).
         modalities: modalities accepted (``None``: any).
         batch_size: instances explained per bundle run.
-        tracking_uri: MLflow tracking URI of the node's runs (``None``: no tracking).
+        tracking_uri: MLflow tracking URI of the node's run, one per node (``None``: no tracking). The bundle runs of
+            its batches are not tracked on their own: the node's run holds its settings as parameters and, per batch,
+            the counts and timings as metrics and the batch's ``predictions.csv`` and ``errors.csv`` as artifacts
+            (``batch_<step>/``), logged after the batch's results were delivered.
         torch_threads: PyTorch intra-op threads while explaining (default :func:`default_torch_threads`).
+        overlay: also send a Secondary Capture of the map over each image. Off by default: the Parametric Map
+            carries the map, and each further object costs the PACS a C-STORE (~50 ms to Orthanc on loopback).
 
     Example::
 
@@ -108,6 +127,7 @@ class ExplanationProcessor:
         experiment_name: str = "medxgan_node",
         parameters: dict | None = None,
         torch_threads: int | None = None,
+        overlay: bool = False,
     ) -> None:
         self.spool, self.sink = spool, sink
         self.torch_threads = torch_threads or default_torch_threads()
@@ -118,10 +138,10 @@ class ExplanationProcessor:
         self.statistics = NodeStatistics()
         self._lock = threading.Lock()
         self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
-        fixed = dict(self.overrides)
-        if self._tracking is not None:
-            fixed.setdefault("tracking_uri", self._tracking.uri)
-            fixed.setdefault("experiment_name", f"{self._tracking.experiment_name}_batches")
+        # the batches are tracked by the node's own run, after their results are delivered: an MLflow run per batch
+        # cost ~0.15 s of every instance's latency before delivery (scripts/benchmark_node.py)
+        # the node writes only what it delivers (the bundle's NIfTI maps, panels and GIFs would pile up unread)
+        fixed = {"tracking_uri": None, "writers": [DicomDerivedWriter(overlay=overlay)], **self.overrides}
         # one warm pipeline for the node's life: the config is parsed per batch, the weights are read once
         self.pipeline = InferencePipeline(fixed, bundle_root)
 
@@ -148,14 +168,22 @@ class ExplanationProcessor:
         return problem
 
     def process_pending(self) -> int:
-        """Explain and deliver the instances queued now, ``batch_size`` at a time; returns how many were handled.
-        Each is tried once per call: one whose delivery fails is queued again for a later call."""
-        claimed = self.spool.claim()
-        for start in range(0, len(claimed), self.batch_size):
-            self._process(claimed[start : start + self.batch_size])
-        return len(claimed)
+        """Explain and deliver the queued instances, ``batch_size`` at a time, and those that arrive meanwhile;
+        returns how many were handled. A batch's results are delivered by a second thread while the next batch is
+        explained, so the destination's C-STOREs overlap the explanations. Each instance is tried once per call: one
+        whose delivery fails is queued again when the call ends, for a later call."""
+        handled, undelivered, deliveries = 0, [], []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medxgan-delivery") as delivery:
+            while claimed := self.spool.claim(limit=self.batch_size):
+                handled += len(claimed)
+                deliveries.append(delivery.submit(self._deliver, self._explain(claimed), undelivered))
+        for path in undelivered:
+            self.spool.release(path)
+        for finished in deliveries:
+            finished.result()  # an unexpected error of the delivery thread is raised here, not lost
+        return handled
 
-    def _process(self, batch: list[Path]) -> None:
+    def _explain(self, batch: list[Path]) -> _ExplainedBatch:
         received_at = {path.name: path.stat().st_mtime for path in batch}
         start = time.perf_counter()
         torch.set_num_threads(self.torch_threads)  # in the thread that explains
@@ -167,39 +195,55 @@ class ExplanationProcessor:
             problems = {path.name: f"{type(error).__name__}: {error}" for path in batch}
         seconds = (time.perf_counter() - start) / len(batch)
         ledger = OutputLedger(self.spool.results)
+        outputs = {}
         for path in batch:
+            record = ledger.completed(path.stem) if path.name not in problems else None
+            outputs[path.name] = [
+                self.spool.results / name for name in (record or {}).get("files", []) if name.endswith(".dcm")
+            ]
+        # read now: the next batch's run rewrites them while this one is delivered
+        tables = {path.name: path.read_text() for path in self._run_tables()}
+        return _ExplainedBatch(batch, received_at, problems, outputs, seconds, tables)
+
+    def _deliver(self, explained: _ExplainedBatch, undelivered: list[Path]) -> None:
+        for path in explained.paths:
             uid = path.stem
-            if path.name in problems:
+            if path.name in explained.problems:
                 self.spool.finish(path, succeeded=False)
                 self._count(failed=1)
-                logger.error("instance %s could not be explained: %s", uid, problems[path.name])
+                logger.error("instance %s could not be explained: %s", uid, explained.problems[path.name])
                 continue
-            record = ledger.completed(uid)
-            outputs = [self.spool.results / name for name in (record or {}).get("files", []) if name.endswith(".dcm")]
+            outputs = explained.outputs[path.name]
             try:
                 if not outputs:
                     raise DeliveryError(f"no DICOM results for {uid}")
                 self.sink.send(outputs)
-            except Exception as error:  # the destination may be down: keep the instance queued
-                self.spool.release(path)
+            except Exception as error:  # the destination may be down: keep the instance for a later call
+                undelivered.append(path)
                 self._count(delivery_failures=1)
                 logger.error("instance %s: delivering %d result(s) failed: %s", uid, len(outputs), error)
                 continue
             self.spool.finish(path, succeeded=True)
-            latency = time.time() - received_at[path.name]
+            latency = time.time() - explained.received_at[path.name]
             with self._lock:
                 self.statistics.explained += 1
-                self.statistics.explain_seconds.append(seconds)
+                self.statistics.explain_seconds.append(explained.seconds)
                 self.statistics.latency_seconds.append(latency)
             logger.info(
                 "instance %s: explained in %.2f s, %d result(s) delivered %.2f s after receipt",
                 uid,
-                seconds,
+                explained.seconds,
                 len(outputs),
                 latency,
             )
         if self._tracking is not None:
-            self._tracking.log(self.statistics.metrics())
+            self._tracking.log(self.statistics.metrics(), explained.tables)
+
+    def _run_tables(self) -> list[Path]:
+        """The last batch's ``predictions.csv`` and ``errors.csv`` (each bundle run writes its own)."""
+        return [
+            path for path in (self.spool.results / name for name in ("predictions.csv", "errors.csv")) if path.is_file()
+        ]
 
     def _count(self, **increments: int) -> None:
         with self._lock:
@@ -228,10 +272,13 @@ class _NodeRun:
             self.client.log_param(self.run_id, key, str(value))
         self.step = 0
 
-    def log(self, metrics: dict[str, float]) -> None:
+    def log(self, metrics: dict[str, float], texts: dict[str, str] | None = None) -> None:
+        """Metrics at the next step; ``texts`` (file name to content) as artifacts under ``batch_<step>/``."""
         self.step += 1
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value, step=self.step)
+        for name, text in (texts or {}).items():
+            self.client.log_text(self.run_id, text, f"batch_{self.step:06d}/{name}")
 
     def close(self, metrics: dict[str, float]) -> None:
         self.log(metrics)
