@@ -172,6 +172,20 @@ def test_the_ledger_refuses_names_that_would_leave_its_folders(tmp_path):
     ledger.release()
 
 
+def test_the_ledger_hands_each_committed_item_on_after_its_files_are_in_place(tmp_path):
+    seen = []
+
+    def on_commit(stem, files):
+        seen.append((stem, [path.name for path in files], all(path.is_file() for path in files)))
+
+    ledger = OutputLedger(tmp_path / "out", on_commit=on_commit)
+    (ledger.staging("case") / "case_map.nii.gz").write_bytes(b"map")
+    assert seen == [], "nothing is handed on before the commit"
+    ledger.commit("case", {"stem": "case"})
+    assert seen == [("case", ["case_map.nii.gz"], True)]
+    ledger.release()
+
+
 def test_colliding_file_names_get_unique_stems_and_no_map_is_overwritten(weights, tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()

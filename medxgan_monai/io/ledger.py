@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from medxgan_monai.io.atomic import atomic_write_text
@@ -165,6 +165,8 @@ class OutputLedger:
         overwrite: redo complete items and replace existing files (``--overwrite``).
         wait_seconds: how long :meth:`split` waits for another run in the same folder to finish before refusing
             with :class:`OutputFolderBusy` (0: refuse at once).
+        on_commit: called with an item's stem and its committed files right after :meth:`commit`, so that a service
+            (the DICOM node) can hand them on while the run goes on.
 
     Item names (stems) must be safe names (:func:`check_item_name`); a ``ValueError`` is raised otherwise.
 
@@ -177,8 +179,15 @@ class OutputLedger:
         ledger.release()                                 # the run is over (the OS also releases at exit)
     """
 
-    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, wait_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        overwrite: bool = False,
+        wait_seconds: float = 0.0,
+        on_commit: Callable[[str, list[Path]], None] | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
+        self.on_commit = on_commit
         self.overwrite = overwrite
         self.wait_seconds = wait_seconds
         self.root = self.output_dir / LEDGER_DIR
@@ -324,7 +333,10 @@ class OutputLedger:
         self._write(stem, "done", {"files": names, "row": row})
         self._record(stem, "pending").unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
-        return [self.output_dir / n for n in names]
+        committed = [self.output_dir / n for n in names]
+        if self.on_commit is not None:
+            self.on_commit(stem, committed)
+        return committed
 
     def _write(self, stem: str, state: str, content: dict) -> None:
         atomic_write_text(self._record(stem, state), json.dumps(content, indent=1, default=_jsonable))

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,18 +66,6 @@ def default_torch_threads() -> int:
     server ran beside it (``scripts/benchmark_node.py``)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, available - 1)
-
-
-@dataclass
-class _ExplainedBatch:
-    """What the delivery thread needs of an explained batch."""
-
-    paths: list[Path]
-    received_at: dict[str, float]
-    problems: dict[str, str]
-    outputs: dict[str, list[Path]]
-    seconds: float
-    tables: dict[str, str]
 
 
 class ExplanationProcessor:
@@ -169,75 +157,84 @@ class ExplanationProcessor:
 
     def process_pending(self) -> int:
         """Explain and deliver the queued instances, ``batch_size`` at a time, and those that arrive meanwhile;
-        returns how many were handled. A batch's results are delivered by a second thread while the next batch is
-        explained, so the destination's C-STOREs overlap the explanations. Each instance is tried once per call: one
-        whose delivery fails is queued again when the call ends, for a later call."""
+        returns how many were handled. A second thread delivers each instance's results as soon as the bundle has
+        committed them, while the bundle explains the rest of its batch and the next batch, so the destination's
+        C-STOREs overlap the explanations. Each instance is tried once per call: one whose delivery fails is queued
+        again when the call ends, for a later call."""
         handled, undelivered, deliveries = 0, [], []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medxgan-delivery") as delivery:
+
+            def deliver(*arguments) -> None:
+                deliveries.append(delivery.submit(self._deliver, *arguments, undelivered))
+
             while claimed := self.spool.claim(limit=self.batch_size):
                 handled += len(claimed)
-                deliveries.append(delivery.submit(self._deliver, self._explain(claimed), undelivered))
+                self._process(claimed, deliver)
+                if self._tracking is not None:  # after the batch's deliveries (one delivery thread, in order)
+                    tables = {path.name: path.read_text() for path in self._run_tables()}
+                    deliveries.append(delivery.submit(self._log_batch, tables))
         for path in undelivered:
             self.spool.release(path)
         for finished in deliveries:
             finished.result()  # an unexpected error of the delivery thread is raised here, not lost
         return handled
 
-    def _explain(self, batch: list[Path]) -> _ExplainedBatch:
-        received_at = {path.name: path.stat().st_mtime for path in batch}
+    def _process(self, batch: list[Path], deliver: Callable[[Path, list[Path], float], None]) -> None:
+        """Explain ``batch``; each instance goes to ``deliver`` with its DICOM results as soon as they are committed
+        (one already explained before a restart: after the run, from the ledger)."""
+        received_at = {path.stem: path.stat().st_mtime for path in batch}
+        waiting = {path.stem: path for path in batch}
+
+        def committed(stem: str, files: list[Path]) -> None:
+            if (path := waiting.pop(stem, None)) is not None:
+                deliver(path, [file for file in files if file.suffix == ".dcm"], received_at[stem])
+
         start = time.perf_counter()
         torch.set_num_threads(self.torch_threads)  # in the thread that explains
+        run = {"input": [str(path) for path in batch], "output_dir": str(self.spool.results)}
         try:
-            report = self.pipeline.run({"input": [str(path) for path in batch], "output_dir": str(self.spool.results)})
-            problems = {Path(p.path).name: p.problem for p in report.problems}
+            report = self.pipeline.run({**run, "ledger#on_commit": committed})
+            problems = {Path(p.path).stem: p.problem for p in report.problems}
         except Exception as error:  # the node must outlive any failure of one batch
             logger.exception("explaining a batch of %d instance(s) failed", len(batch))
-            problems = {path.name: f"{type(error).__name__}: {error}" for path in batch}
+            problems = {path.stem: f"{type(error).__name__}: {error}" for path in batch}
         seconds = (time.perf_counter() - start) / len(batch)
+        with self._lock:
+            self.statistics.explain_seconds += [seconds] * (len(batch) - len(problems))
         ledger = OutputLedger(self.spool.results)
-        outputs = {}
-        for path in batch:
-            record = ledger.completed(path.stem) if path.name not in problems else None
-            outputs[path.name] = [
-                self.spool.results / name for name in (record or {}).get("files", []) if name.endswith(".dcm")
-            ]
-        # read now: the next batch's run rewrites them while this one is delivered
-        tables = {path.name: path.read_text() for path in self._run_tables()}
-        return _ExplainedBatch(batch, received_at, problems, outputs, seconds, tables)
-
-    def _deliver(self, explained: _ExplainedBatch, undelivered: list[Path]) -> None:
-        for path in explained.paths:
-            uid = path.stem
-            if path.name in explained.problems:
+        for uid, path in waiting.items():
+            if uid in problems:
                 self.spool.finish(path, succeeded=False)
                 self._count(failed=1)
-                logger.error("instance %s could not be explained: %s", uid, explained.problems[path.name])
+                logger.error("instance %s could not be explained: %s", uid, problems[uid])
                 continue
-            outputs = explained.outputs[path.name]
-            try:
-                if not outputs:
-                    raise DeliveryError(f"no DICOM results for {uid}")
-                self.sink.send(outputs)
-            except Exception as error:  # the destination may be down: keep the instance for a later call
-                undelivered.append(path)
-                self._count(delivery_failures=1)
-                logger.error("instance %s: delivering %d result(s) failed: %s", uid, len(outputs), error)
-                continue
-            self.spool.finish(path, succeeded=True)
-            latency = time.time() - explained.received_at[path.name]
-            with self._lock:
-                self.statistics.explained += 1
-                self.statistics.explain_seconds.append(explained.seconds)
-                self.statistics.latency_seconds.append(latency)
-            logger.info(
-                "instance %s: explained in %.2f s, %d result(s) delivered %.2f s after receipt",
-                uid,
-                explained.seconds,
-                len(outputs),
-                latency,
+            record = ledger.completed(uid) or {}
+            deliver(
+                path,
+                [self.spool.results / name for name in record.get("files", []) if name.endswith(".dcm")],
+                received_at[uid],
             )
-        if self._tracking is not None:
-            self._tracking.log(self.statistics.metrics(), explained.tables)
+
+    def _deliver(self, path: Path, outputs: list[Path], received_at: float, undelivered: list[Path]) -> None:
+        uid = path.stem
+        try:
+            if not outputs:
+                raise DeliveryError(f"no DICOM results for {uid}")
+            self.sink.send(outputs)
+        except Exception as error:  # the destination may be down: keep the instance for a later call
+            undelivered.append(path)
+            self._count(delivery_failures=1)
+            logger.error("instance %s: delivering %d result(s) failed: %s", uid, len(outputs), error)
+            return
+        self.spool.finish(path, succeeded=True)
+        latency = time.time() - received_at
+        with self._lock:
+            self.statistics.explained += 1
+            self.statistics.latency_seconds.append(latency)
+        logger.info("instance %s: %d result(s) delivered %.2f s after receipt", uid, len(outputs), latency)
+
+    def _log_batch(self, tables: dict[str, str]) -> None:
+        self._tracking.log(self.statistics.metrics(), tables)
 
     def _run_tables(self) -> list[Path]:
         """The last batch's ``predictions.csv`` and ``errors.csv`` (each bundle run writes its own)."""
