@@ -1,5 +1,5 @@
-"""Writers that store images and results next to the source study (DICOM and NIfTI, always atomically), and network
-weights as plain state dicts."""
+"""Writers that store images and results next to the source study (DICOM and NIfTI, always atomically), network
+weights as plain state dicts, and DICOM series folders read as volumes (headers, order and geometry)."""
 
 from medxgan_monai.io.atomic import (
     OutputNotWritable,
@@ -15,6 +15,7 @@ from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, writ
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
+from medxgan_monai.io.series import DicomSeries, SeriesError, group_dicom_series, read_dicom_series
 from medxgan_monai.io.weights import load_weights, save_state_dict
 
 __all__ = [
@@ -34,6 +35,10 @@ __all__ = [
     "load_weights",
     "save_state_dict",
     "write_mr_slice",
+    "DicomSeries",
+    "SeriesError",
+    "group_dicom_series",
+    "read_dicom_series",
     "saliency_overlay",
     "write_nifti",
     "write_overlay_secondary_capture",

@@ -1,0 +1,406 @@
+"""DICOM series folders: instances grouped by series, sorted along the slice normal, their geometry checked, and the
+affine of the stacked volume (headers only; each slice's pixels are loaded by the 2D loader).
+
+The volume is laid out like the 2D loader's slices (:class:`~medxgan_monai.transforms.LoadScan`, MONAI's layout):
+voxel ``(i, j, k)`` is pixel (column ``i``, row ``j``) of the ``k``-th slice along the normal, and the affine is RAS,
+so slice ``k``'s own affine and the volume's agree on every pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medxgan_monai.io.dicom import _positive_spacing, messages_redacted, redact_identifying_values
+
+__all__ = [
+    "ORIENTATION_TOLERANCE",
+    "PIXEL_SPACING_TOLERANCE",
+    "SLICE_STEP_TOLERANCE",
+    "DicomSeries",
+    "SeriesError",
+    "group_dicom_series",
+    "read_dicom_series",
+]
+
+#: largest difference of any direction cosine between two slices of one series (about 0.006 degrees)
+ORIENTATION_TOLERANCE = 1e-4
+#: how far the row and column cosines may be from unit length and from orthogonal (their dot product)
+_ORTHONORMAL_TOLERANCE = 1e-3
+#: largest relative difference of PixelSpacing between two slices of one series
+PIXEL_SPACING_TOLERANCE = 1e-4
+#: as a fraction of the median step between consecutive slices (along the normal): two slices closer than this are
+#: duplicates, and a step vector farther than this from the median step vector (a missing slice, a changing gantry
+#: tilt) makes the spacing uneven
+SLICE_STEP_TOLERANCE = 0.05
+#: steps along the normal at or below this (mm) do not count towards the median step: they are duplicates whatever the
+#: median; DICOM positions are decimal strings of up to 16 characters, far finer than any slice step
+_SAME_POSITION_MM = 1e-3
+#: the file names the 2D loader reads as DICOM without the Part 10 preamble (``transforms.io.DICOM_SUFFIXES``, not
+#: imported: ``transforms`` imports ``io`` at module level, so ``io`` must not import ``transforms``)
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+#: LPS (DICOM patient coordinates) to RAS (MONAI, NIfTI), as the 2D loader converts
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: file names quoted in one message at most
+_NAMES_SHOWN = 3
+
+
+class SeriesError(ValueError):
+    """A DICOM series could not be read as one volume; the message names the folder (or the given origin) and the
+    problem, with geometry, counts and file names only, never patient data.
+
+    A ``ValueError`` with the ``path`` and ``problem`` attributes of
+    :class:`~medxgan_monai.transforms.ImageReadError`, not a subclass of it: ``transforms`` imports ``io`` at module
+    level, so ``io`` cannot import ``transforms``.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True, eq=False)
+class DicomSeries:
+    """One series of single-frame DICOM slices, as one volume.
+
+    Attributes:
+        series_uid: SeriesInstanceUID shared by every slice.
+        paths: the slice files sorted along the slice normal (row cosine x column cosine), the first lowest.
+        affine: 4x4 RAS affine (read-only) of the volume array laid out (columns, rows, slices): voxel ``(i, j, k)``
+            is pixel (column ``i``, row ``j``) of ``paths[k]``. Its third column is the step between consecutive
+            slice positions, which is not along the normal under a gantry tilt.
+        shape: the volume's array shape, (Columns, Rows, number of slices).
+    """
+
+    series_uid: str
+    paths: tuple[Path, ...]
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class _Slice:
+    """What the geometry checks need of one instance's header."""
+
+    path: Path
+    position: np.ndarray | None  # ImagePositionPatient, LPS mm
+    orientation: np.ndarray | None  # ImageOrientationPatient: row cosines, then column cosines
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing), mm
+    rows: int
+    columns: int
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The header (pixels not read), or ``None`` for a file pydicom cannot read as DICOM. Files without the Part 10
+    preamble are read only when their name says DICOM, as the 2D loader does."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        if not path.name.lower().endswith(_DICOM_SUFFIXES):
+            return None
+    except Exception:  # a folder, an unreadable or truncated file: not ours to explain, the caller gets it back
+        return None
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return None
+
+
+def _frames(header: Dataset) -> int:
+    try:
+        return int(header.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _series_uid(header: Dataset) -> str | None:
+    """SeriesInstanceUID of an image instance (one with Rows and Columns), else ``None``."""
+    try:
+        uid = str(header.get("SeriesInstanceUID", "") or "").strip()
+        is_image = "Rows" in header and "Columns" in header
+    except Exception:  # a forced read of a file that is not DICOM after all
+        return None
+    return uid if uid and is_image else None
+
+
+def group_dicom_series(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Group the single-frame DICOM images among ``paths`` by SeriesInstanceUID, reading headers only.
+
+    Args:
+        paths: files, e.g. every file of a folder.
+
+    Returns:
+        ``(groups, others)``: ``groups`` maps each SeriesInstanceUID to its files, series in UID order and files in
+        path order (both whatever the order of ``paths``); ``others`` are, in the order given, the paths that are not
+        DICOM images of a series: not DICOM or not readable as DICOM, DICOM objects without pixels (structured
+        reports, presentation states) or without a SeriesInstanceUID, and multi-frame instances (NumberOfFrames > 1),
+        which are not slices of a stack.
+
+    Example::
+
+        groups, others = group_dicom_series(sorted(Path("study").iterdir()))
+        volumes = [read_dicom_series(files, origin="study") for files in groups.values()]
+    """
+    groups: dict[str, list[Path]] = {}
+    others: list[Path] = []
+    for path in map(Path, paths):
+        header = _read_header(path)
+        uid = _series_uid(header) if header is not None else None
+        if uid is None or _frames(header) > 1:
+            others.append(path)
+        else:
+            groups.setdefault(uid, []).append(path)
+    return {uid: sorted(groups[uid], key=str) for uid in sorted(groups)}, others
+
+
+def _folder_of(paths: Sequence[Path]) -> Path:
+    parents = {path.parent for path in paths}
+    if len(parents) == 1:
+        return parents.pop()
+    try:
+        return Path(os.path.commonpath([str(parent) for parent in parents]))
+    except ValueError:  # absolute and relative paths mixed
+        return paths[0].parent
+
+
+def _label(path: Path, folder: Path) -> str:
+    """The file as messages name it: relative to the folder named at the start of the message when inside it."""
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
+def _names(paths: Sequence[Path], folder: Path) -> str:
+    shown = ", ".join(_label(path, folder) for path in paths[:_NAMES_SHOWN])
+    more = len(paths) - _NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _numbers(value, count: int) -> np.ndarray | None:
+    """``count`` finite floats from a multi-valued attribute, or ``None``."""
+    try:
+        numbers = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers.shape == (count,) and np.isfinite(numbers).all() else None
+
+
+def _slice(path: Path, header: Dataset) -> _Slice:
+    # pydicom warns, quoting the value, about values it cannot convert: redacted like every message of ours
+    with messages_redacted(header):
+        return _Slice(
+            path=path,
+            position=_numbers(header.get("ImagePositionPatient"), 3),
+            orientation=_numbers(header.get("ImageOrientationPatient"), 6),
+            pixel_spacing=_positive_spacing(header.get("PixelSpacing")),
+            rows=int(header.get("Rows", 0) or 0),
+            columns=int(header.get("Columns", 0) or 0),
+        )
+
+
+def _fmt(vector: np.ndarray) -> str:
+    return "(" + ", ".join(f"{value:.3f}" for value in vector) + ")"
+
+
+class _Problem(Exception):
+    """Why the files are not one volume; :func:`read_dicom_series` turns it into a redacted :class:`SeriesError`."""
+
+
+def _series_of(paths: list[Path], headers: list[Dataset | None], folder: Path) -> str:
+    """The one SeriesInstanceUID of at least two single-frame DICOM images."""
+    if not paths:
+        raise _Problem("no DICOM files given")
+    unreadable = [path for path, header in zip(paths, headers, strict=True) if header is None]
+    if unreadable:
+        raise _Problem(f"{len(unreadable)} file(s) not readable as DICOM: {_names(unreadable, folder)}")
+    uids = [_series_uid(header) for header in headers]
+    not_images = [path for path, uid in zip(paths, uids, strict=True) if uid is None]
+    if not_images:
+        raise _Problem(
+            f"{len(not_images)} file(s) are not DICOM images of a series (no Rows/Columns or no SeriesInstanceUID): "
+            f"{_names(not_images, folder)}"
+        )
+    multi_frame = [path for path, header in zip(paths, headers, strict=True) if _frames(header) > 1]
+    if multi_frame:
+        raise _Problem(
+            f"{len(multi_frame)} multi-frame instance(s) ({_names(multi_frame, folder)}); a series must be "
+            "single-frame slices, one per file"
+        )
+    if len(set(uids)) > 1:
+        # UIDs are not quoted: de-identification profiles treat them as identifying too
+        counts = ", ".join(
+            f"{uids.count(uid)} file(s) like {_label(paths[uids.index(uid)], folder)}" for uid in dict.fromkeys(uids)
+        )
+        raise _Problem(f"files of {len(set(uids))} series ({counts}); read one series at a time (group_dicom_series)")
+    if len(paths) < 2:
+        raise _Problem(f"a single slice ({_label(paths[0], folder)}), not a volume: explain it as a 2D image")
+    return uids[0]
+
+
+def _check_same_plane(slices: list[_Slice], folder: Path) -> None:
+    """Every slice has a position, the same orientation (orthonormal cosines), size and pixel spacing."""
+    for keyword, attribute in (
+        ("ImagePositionPatient", "position"),
+        ("ImageOrientationPatient", "orientation"),
+        ("PixelSpacing", "pixel_spacing"),
+    ):
+        missing = [s.path for s in slices if getattr(s, attribute) is None]
+        if missing:
+            raise _Problem(
+                f"{len(missing)} of {len(slices)} slices have no valid {keyword} (missing, not numbers or not "
+                f"positive): {_names(missing, folder)}; a volume needs every slice's geometry"
+            )
+    reference = slices[0]
+    where = f"{_label(reference.path, folder)}'s"
+    mixed = [s.path for s in slices if np.abs(s.orientation - reference.orientation).max() > ORIENTATION_TOLERANCE]
+    if mixed:
+        raise _Problem(
+            f"mixed orientations: {len(mixed)} of {len(slices)} slices ({_names(mixed, folder)}) differ from "
+            f"{where} ImageOrientationPatient {_fmt(reference.orientation)} (tolerance {ORIENTATION_TOLERANCE:g} "
+            "per cosine)"
+        )
+    row_cosines, column_cosines = reference.orientation[:3], reference.orientation[3:]
+    deviations = [np.linalg.norm(row_cosines) - 1.0, np.linalg.norm(column_cosines) - 1.0, row_cosines @ column_cosines]
+    if np.abs(deviations).max() > _ORTHONORMAL_TOLERANCE:
+        raise _Problem(
+            f"ImageOrientationPatient {_fmt(reference.orientation)} is not two orthogonal unit vectors "
+            f"(tolerance {_ORTHONORMAL_TOLERANCE:g})"
+        )
+    sizes = [s.path for s in slices if (s.rows, s.columns) != (reference.rows, reference.columns)]
+    if sizes:
+        raise _Problem(
+            f"different image sizes: {len(sizes)} of {len(slices)} slices ({_names(sizes, folder)}) are not "
+            f"{reference.rows} rows x {reference.columns} columns like {_label(reference.path, folder)}"
+        )
+    spacing = np.asarray(reference.pixel_spacing)
+    spaced = [
+        s.path
+        for s in slices
+        if (np.abs(np.subtract(s.pixel_spacing, spacing)) > PIXEL_SPACING_TOLERANCE * spacing).any()
+    ]
+    if spaced:
+        raise _Problem(
+            f"different PixelSpacing: {len(spaced)} of {len(slices)} slices ({_names(spaced, folder)}) differ from "
+            f"{where} {_fmt(spacing)} mm (relative tolerance {PIXEL_SPACING_TOLERANCE:g})"
+        )
+
+
+def _sorted_along_normal(slices: list[_Slice], folder: Path) -> list[_Slice]:
+    """The slices sorted by position along the normal, checked for duplicates and a constant step."""
+    orientation = slices[0].orientation
+    normal = np.cross(orientation[:3], orientation[3:])
+    normal /= np.linalg.norm(normal)
+    # ties (duplicates, refused below) broken by path, so that the order never depends on the order given
+    slices = sorted(slices, key=lambda s: (float(s.position @ normal), str(s.path)))
+    positions = np.stack([s.position for s in slices])
+    along_normal = positions @ normal
+    steps = np.diff(along_normal)
+    distinct = steps > _SAME_POSITION_MM
+    median_step = float(np.median(steps[distinct])) if distinct.any() else 0.0
+    tolerance = SLICE_STEP_TOLERANCE * median_step
+
+    def gap(k: int) -> str:
+        return f"slice {k} ({_label(slices[k].path, folder)}) to slice {k + 1} ({_label(slices[k + 1].path, folder)})"
+
+    def listed(items: list[str]) -> str:
+        more = len(items) - _NAMES_SHOWN
+        return "; ".join(items[:_NAMES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+    duplicates = np.flatnonzero(~distinct | (steps <= tolerance))
+    if duplicates.size:
+        raise _Problem(
+            f"duplicate slice positions: {duplicates.size} step(s) along the normal of at most {tolerance:.3f} mm "
+            f"({SLICE_STEP_TOLERANCE:g} x the median step of {median_step:.3f} mm): "
+            + listed([f"{gap(k)} at {along_normal[k]:.3f} mm" for k in duplicates])
+        )
+    step_vectors = np.diff(positions, axis=0)
+    median_vector = np.median(step_vectors, axis=0)
+    uneven = np.flatnonzero(np.linalg.norm(step_vectors - median_vector, axis=1) > tolerance)
+    if uneven.size:
+        found = []
+        for k in uneven:
+            if abs(steps[k] - median_step) > tolerance:
+                found.append(f"{gap(k)}: {steps[k]:.3f} mm along the normal, expected {median_step:.3f} mm")
+            else:  # the same spacing, but the step turns: the gantry tilt changes within the series
+                found.append(f"{gap(k)}: step {_fmt(step_vectors[k])} mm, expected {_fmt(median_vector)} mm")
+        raise _Problem(
+            f"uneven slice spacing (a missing slice?) beyond {tolerance:.3f} mm ({SLICE_STEP_TOLERANCE:g} x the "
+            f"median step): {listed(found)}"
+        )
+    return slices
+
+
+def _volume_affine(slices: list[_Slice]) -> np.ndarray:
+    """The RAS affine of the (columns, rows, slices) volume of sorted, checked slices."""
+    orientation, (row_spacing, column_spacing) = slices[0].orientation, slices[0].pixel_spacing
+    lps = np.eye(4)
+    # i runs along a row (column index) and j down the columns (row index), as the 2D loader lays out each slice
+    lps[:3, 0] = orientation[:3] * column_spacing
+    lps[:3, 1] = orientation[3:] * row_spacing
+    # the mean step keeps the first and the last slice exactly where their headers put them
+    lps[:3, 2] = (slices[-1].position - slices[0].position) / (len(slices) - 1)
+    lps[:3, 3] = slices[0].position
+    affine = _RAS_FROM_LPS @ lps
+    affine.setflags(write=False)
+    return affine
+
+
+def read_dicom_series(paths: Sequence[str | os.PathLike], origin: str | os.PathLike | None = None) -> DicomSeries:
+    """Read one series' headers, sort the slices along their normal, check that they stack into a volume, and give
+    the volume's affine.
+
+    Slices are sorted by the projection of ImagePositionPatient on the normal (row cosine x column cosine), never by
+    file name or InstanceNumber. The step between consecutive positions need not lie along the normal (gantry tilt)
+    but must be constant. Tolerances: :data:`ORIENTATION_TOLERANCE`, :data:`PIXEL_SPACING_TOLERANCE`,
+    :data:`SLICE_STEP_TOLERANCE` (relative to the median step along the normal).
+
+    Args:
+        paths: the series' files, in any order (one group of :func:`group_dicom_series`).
+        origin: what errors name first, e.g. the folder the user gave; by default the folder of the files.
+
+    Returns:
+        The :class:`DicomSeries`: its UID, the sorted paths, the RAS affine of the (columns, rows, slices) volume
+        (third column: the step between consecutive slice positions), and the shape.
+
+    Raises:
+        SeriesError: a file not readable as DICOM, not an image or multi-frame; fewer than 2 slices; more than one
+            series; a missing or invalid ImagePositionPatient, ImageOrientationPatient or PixelSpacing; mixed
+            orientations, Rows/Columns or PixelSpacing; duplicate positions; uneven spacing (a missing slice: the
+            gap, expected and found steps in mm). Messages name files, counts and geometry, never patient data.
+
+    Example::
+
+        series = read_dicom_series(sorted(Path("ct_series").glob("*.dcm")), origin="ct_series")
+        volume = np.stack([LoadScan()(path)[0].numpy() for path in series.paths], axis=-1)   # series.shape
+        write_nifti(volume, series.affine, "ct_series.nii.gz")
+    """
+    paths = [Path(path) for path in paths]
+    folder = _folder_of(paths) if paths else Path(".")
+    headers = [_read_header(path) for path in paths]
+    try:
+        series_uid = _series_of(paths, headers, folder)
+        slices = [_slice(path, header) for path, header in zip(paths, headers, strict=True)]
+        _check_same_plane(slices, folder)
+        slices = _sorted_along_normal(slices, folder)
+    except _Problem as problem:
+        message = str(problem)
+        # file names, or values pydicom could not convert, may still spell a patient's name or date
+        for header in headers:
+            message = redact_identifying_values(message, header)
+        raise SeriesError(origin if origin is not None else folder, message) from None
+    reference = slices[0]
+    return DicomSeries(
+        series_uid=series_uid,
+        paths=tuple(s.path for s in slices),
+        affine=_volume_affine(slices),
+        shape=(reference.columns, reference.rows, len(slices)),
+    )
