@@ -11,7 +11,12 @@ from medxgan_monai.io.atomic import (
 )
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
 from medxgan_monai.io.dicom import MRSliceGeometry, SyntheticPatient, write_mr_slice
-from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
+from medxgan_monai.io.dicom_derived import (
+    write_overlay_secondary_capture,
+    write_saliency_parametric_map,
+    write_series_parametric_map,
+    write_series_segmentation,
+)
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
@@ -44,5 +49,7 @@ __all__ = [
     "write_overlay_secondary_capture",
     "write_panel",
     "write_saliency_parametric_map",
+    "write_series_parametric_map",
+    "write_series_segmentation",
     "write_sweep_gif",
 ]

@@ -1,6 +1,8 @@
-"""Explanations stored as new DICOM series in the source study: a Secondary Capture overlay and a Parametric Map.
+"""Explanations stored as new DICOM series in the source study: a Secondary Capture overlay and a Parametric Map of
+one source instance, and, for a source series explained slice by slice, one multi-frame Parametric Map and one DICOM
+SEG of the whole series (each frame referencing its source instance).
 
-Both objects are built from a *tolerant copy* of the source header: a value invalid for its value representation (a
+Every object is built from a *tolerant copy* of the source header(s): a value invalid for its value representation (a
 birth date written ``03.02.1901``, an over-long name) is left empty in the derived objects instead of failing the
 instance, and is reported by keyword only. Errors and warnings of this module never quote patient data (see
 :func:`medxgan_monai.io.dicom.redact_identifying_values`).
@@ -11,6 +13,14 @@ orientation. Their map gets a *nominal* geometry: origin 0, identity orientation
 (PixelSpacing, else ImagerPixelSpacing, else 1 mm), in a new frame of reference derived from the source instance UID
 (the source's own frame of reference, if any, is not claimed for made-up positions). The pixel grid is the source's,
 one to one, and the map references the source instance; the nominal geometry is the one the loader gives the image.
+A series of several instances needs the real plane geometry of every instance (nominal positions would coincide).
+
+Laterality (General Series, Type 2C, required for a paired body part unless the object states laterality another
+way): the Secondary Capture and the Parametric Maps carry the source's when it states R or L, and otherwise an empty
+element, DICOM's "unknown" (they carry no Body Part Examined, so whether the structure is paired cannot be told; an
+absent element is what dciodvfy reports as a missing Type 2C attribute, an empty one it only warns about). The SEG
+carries none: a segmentation states laterality per segment, and dciodvfy rejects a series Laterality beside a Segment
+Sequence.
 """
 
 from __future__ import annotations
@@ -18,12 +28,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
@@ -39,6 +50,8 @@ __all__ = [
     "DerivedDicomError",
     "write_overlay_secondary_capture",
     "write_saliency_parametric_map",
+    "write_series_parametric_map",
+    "write_series_segmentation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -164,14 +177,94 @@ def _direction_letter(cosines: np.ndarray) -> str:
     return (("R", "L"), ("A", "P"), ("F", "H"))[axis][int(cosines[axis] > 0)]
 
 
-def _laterality(source: Dataset) -> str | None:
-    """The source's Laterality (or its ImageLaterality, when R or L); empty (None) when the source does not say:
-    Laterality is Type 2C, and empty is DICOM's "unknown"."""
-    for keyword in ("Laterality", "ImageLaterality"):
-        value = str(source.get(keyword) or "").strip()
-        if value in ("R", "L"):
-            return value
-    return None
+def _laterality(sources: Sequence[Dataset]) -> str:
+    """The Laterality the sources state (their Laterality, or their ImageLaterality when R or L) when they all agree;
+    empty, DICOM's "unknown", when one of them does not say or they differ."""
+    stated = set()
+    for source in sources:
+        values = (str(source.get(keyword) or "").strip() for keyword in ("Laterality", "ImageLaterality"))
+        stated.add(next((value for value in values if value in ("R", "L")), ""))
+    return stated.pop() if len(stated) == 1 else ""
+
+
+def _set_laterality(dataset: Dataset, sources: Sequence[Dataset]) -> None:
+    """Write Laterality (General Series, Type 2C) as an element that is always present, empty when unknown.
+
+    highdicom writes no Laterality; dciodvfy then reports "Missing attribute Type 2C Conditional Element=<Laterality>"
+    as an Error, whereas an empty element is only warned about (it cannot know whether the body part is paired)."""
+    dataset.add(DataElement(tag_for_keyword("Laterality"), "CS", _laterality(sources)))
+
+
+def _redaction_source(sources: Sequence[Dataset]) -> Dataset:
+    """One dataset whose identifying values are those of every source: the source itself for one instance, else a
+    container whose sequence holds (shallow) copies of all of them, as the redaction looks through sequences (each
+    instance has its own acquisition and content dates and times)."""
+    if len(sources) == 1:
+        return sources[0]
+    container = Dataset()
+    container.SourceImageSequence = [Dataset(dict(source.items())) for source in sources]
+    return container
+
+
+def _checked_series(
+    sources: Sequence[Dataset], maps: np.ndarray, path: str | os.PathLike
+) -> tuple[list[Dataset], np.ndarray]:
+    """``sources`` as a list and ``maps`` as float32, after checking that they make one derived series.
+
+    Raises:
+        DerivedDicomError: ``sources`` is empty, mixes studies, series, pixel grids, pixel spacings or frames of
+            reference, holds a multi-frame or a repeated instance, or (several instances) one without plane geometry;
+            ``maps`` is not one ``(Rows, Columns)`` frame per source or has values outside [0, 1].
+    """
+    if isinstance(sources, Dataset) or len(sources) == 0:
+        raise DerivedDicomError(path, "sources must be a non-empty sequence of the series' instances (datasets)")
+    sources = list(sources)
+    same = {
+        "studies": {str(source.get("StudyInstanceUID", "")) for source in sources},
+        "series": {str(source.get("SeriesInstanceUID", "")) for source in sources},
+        "frames of reference": {str(source.get("FrameOfReferenceUID") or "") for source in sources},
+        "pixel grids (Rows, Columns)": {(source.get("Rows"), source.get("Columns")) for source in sources},
+        "pixel spacings": {nominal_pixel_spacing(source) for source in sources},
+    }
+    for what, values in same.items():
+        if len(values) > 1:
+            raise DerivedDicomError(
+                path,
+                f"the sources come from {len(values)} different {what}; one derived series is made from the "
+                "instances of one source series",
+            )
+    if len({str(source.get("SOPInstanceUID", "")) for source in sources}) < len(sources):
+        raise DerivedDicomError(path, "the sources list an instance more than once")
+    for index, source in enumerate(sources):
+        if int(source.get("NumberOfFrames") or 1) > 1:
+            raise DerivedDicomError(path, f"source {index} is a multi-frame instance; give single-frame instances")
+        if len(sources) > 1 and not _positioned(source):
+            raise DerivedDicomError(
+                path,
+                f"source {index} has no valid ImagePositionPatient/ImageOrientationPatient; a series of several "
+                "instances needs the plane geometry of each",
+            )
+    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    maps = np.asarray(maps)
+    if maps.shape != expected or maps.dtype.kind not in "biuf":
+        raise DerivedDicomError(
+            path, f"maps must be real numbers of shape {expected} (one frame per source), got {maps.dtype} {maps.shape}"
+        )
+    maps = maps.astype(np.float32)
+    if not np.isfinite(maps).all() or maps.min(initial=0.0) < 0 or maps.max(initial=0.0) > 1:
+        raise DerivedDicomError(path, "maps must be finite values in [0, 1] (normalised saliency)")
+    return sources, maps
+
+
+def _derivation_headers(sources: Sequence[Dataset], path: str | os.PathLike) -> list[Dataset]:
+    """The tolerant copy (:func:`_derivation_source`) of each source; the instances of a series without a frame of
+    reference share one, derived from the series (each copy alone would get its own)."""
+    headers = [_derivation_source(source, path) for source in sources]
+    if len(headers) > 1 and not sources[0].get("FrameOfReferenceUID"):
+        shared = generate_uid(entropy_srcs=[str(sources[0].SeriesInstanceUID), "frame of reference"])
+        for header in headers:
+            header.FrameOfReferenceUID = shared
+    return headers
 
 
 def _build(kind: str, path: str | os.PathLike, source: Dataset, make: Callable[[], Dataset]) -> Dataset:
@@ -240,7 +333,7 @@ def write_overlay_secondary_capture(
         )
         if orientation is None:
             image.PatientOrientation = None  # Type 2: unknown is stated as empty, not guessed
-        image.Laterality = _laterality(source)
+        _set_laterality(image, [source])
         image.SeriesDescription = series_description
         image.ImageComments = f"Saliency overlay from medxgan-monai. {NOT_FOR_CLINICAL_USE}."
         image.BurnedInAnnotation = "YES"
@@ -264,7 +357,8 @@ def write_saliency_parametric_map(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> str:
-    """Write a float saliency map in [0, 1] as a DICOM Parametric Map derived from the source instance.
+    """Write a float saliency map in [0, 1] as a DICOM Parametric Map derived from the source instance: the series
+    Parametric Map (:func:`write_series_parametric_map`) of a series of one.
 
     The map keeps the source's pixel grid, plane position and orientation, study and frame of reference (highdicom
     copies them from the source image); projection images without position get the nominal geometry described in
@@ -281,10 +375,71 @@ def write_saliency_parametric_map(
 
     Raises:
         DerivedDicomError: the object cannot be built; the message names ``path`` and quotes no patient data.
+
+    Example::
+
+        uid = write_saliency_parametric_map(pydicom.dcmread("slice.dcm", stop_before_pixels=True), saliency, "pm.dcm")
     """
-    saliency = np.asarray(saliency, dtype=np.float32)
+    saliency = np.asarray(saliency)
     if saliency.shape != (source.Rows, source.Columns):
-        raise ValueError(f"{path}: saliency must have shape {(source.Rows, source.Columns)}, got {saliency.shape}")
+        raise DerivedDicomError(path, f"saliency must have shape {(source.Rows, source.Columns)}, got {saliency.shape}")
+    return write_series_parametric_map(
+        [source],
+        saliency[np.newaxis],
+        path,
+        series_description,
+        series_number,
+        overwrite,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+    )
+
+
+def write_series_parametric_map(
+    sources: Sequence[Dataset],
+    maps: np.ndarray,
+    path: str | os.PathLike,
+    series_description: str = f"medXGAN saliency - {NOT_FOR_CLINICAL_USE}",
+    series_number: int = 9002,
+    overwrite: bool = False,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> str:
+    """Write the saliency maps of a source series, explained slice by slice, as one multi-frame Parametric Map.
+
+    Frame ``k`` is ``maps[k]``, derived from ``sources[k]``: it carries that instance's plane position and references
+    it (Derivation Image Sequence); the map is in the sources' study and frame of reference, with their pixel grid and
+    orientation. Pixels are float32 with the real-world value mapping "SALIENCY" (no unit, [0, 1]) and a [0, 1] VOI
+    window. The pairing of map, position and source holds whatever the order of ``sources``, but highdicom stores the
+    frames sorted by position along column cosine x row cosine: sources sorted the usual way (the first lowest along
+    row x column, as :func:`medxgan_monai.io.series.read_dicom_series` sorts them) come out in reverse file order.
+    Readers go by each frame's reference and position, not by its number.
+
+    Args:
+        sources: the headers (pixels not needed) of single-frame instances of one series, same pixel grid, spacing,
+            orientation and frame of reference; several instances need their plane geometry (one instance without it
+            gets the nominal geometry of the module docstring).
+        maps: ``(len(sources), Rows, Columns)`` saliency in [0, 1], stored as float32.
+        path: destination file (written atomically).
+        series_description, series_number: of the new series.
+        overwrite: replace an existing ``path`` (never silently).
+        series_instance_uid, sop_instance_uid: explicit UIDs (e.g. derived from the source series, so that a
+            redelivery is the same object); new random UIDs by default.
+
+    Returns:
+        The new SOPInstanceUID.
+
+    Raises:
+        DerivedDicomError: invalid input (see :func:`_checked_series`) or the object cannot be built; the message
+            names ``path`` and quotes no patient data.
+
+    Example::
+
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted_slice_files]
+        uid = write_series_parametric_map(headers, np.stack(slice_maps), "series_pm.dcm")
+    """
+    sources, maps = _checked_series(sources, maps, path)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="SALIENCY",
         lut_explanation="medXGAN saliency (normalised to [0, 1])",
@@ -295,12 +450,11 @@ def write_saliency_parametric_map(
     )
 
     def make() -> Dataset:
-        header = _derivation_source(source, path)
-        nominal = not _positioned(source)
+        nominal = not _positioned(sources[0])
         description = f"medXGAN saliency{', nominal plane geometry' if nominal else ''}, {NOT_FOR_CLINICAL_USE}"
         parametric_map = hd.pm.ParametricMap(
-            source_images=[header],
-            pixel_array=saliency,
+            source_images=_derivation_headers(sources, path),
+            pixel_array=maps,
             series_instance_uid=series_instance_uid or generate_uid(),
             series_number=series_number,
             sop_instance_uid=sop_instance_uid or generate_uid(),
@@ -315,12 +469,108 @@ def write_saliency_parametric_map(
             content_label="SALIENCY",
             content_description=description[:64],
         )
-        parametric_map.Laterality = _laterality(source)
+        _set_laterality(parametric_map, sources)
         parametric_map.SeriesDescription = series_description
         return parametric_map
 
-    parametric_map = _build("Parametric Map", path, source, make)
+    parametric_map = _build("Parametric Map", path, _redaction_source(sources), make)
     return _save(parametric_map, path, overwrite)
+
+
+def write_series_segmentation(
+    sources: Sequence[Dataset],
+    maps: np.ndarray,
+    path: str | os.PathLike,
+    threshold: float = 0.5,
+    series_description: str = f"medXGAN saliency region - {NOT_FOR_CLINICAL_USE}",
+    series_number: int = 9003,
+    overwrite: bool = False,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> str:
+    """Write the region where a source series' saliency is at least ``threshold`` as one BINARY DICOM SEG.
+
+    One segment, "medXGAN saliency above threshold" (SCT Morphologically abnormal structure / Lesion, algorithm type
+    AUTOMATIC, algorithm medxgan-monai of this version in the Artificial Intelligence family, the threshold in the
+    segment description and as an algorithm parameter). The mask is thresholded from the float32 maps, the values
+    :func:`write_series_parametric_map` stores, so both objects agree. Frame ``k`` is the mask of ``maps[k]`` and
+    references ``sources[k]``, as in :func:`write_series_parametric_map` (same geometry, study, frame of reference and
+    frame order rule).
+
+    Every frame is kept, empty ones included (highdicom would otherwise omit them): a slice without salient pixels
+    is stated as such, and a series where no pixel passes the threshold is still a valid SEG, all of whose frames are
+    empty.
+
+    Args:
+        sources: the headers of single-frame instances of one series (as :func:`write_series_parametric_map`).
+        maps: ``(len(sources), Rows, Columns)`` saliency in [0, 1].
+        path: destination file (written atomically).
+        threshold: in (0, 1]; a pixel is in the segment when its saliency is at least this.
+        series_description, series_number: of the new series.
+        overwrite: replace an existing ``path`` (never silently).
+        series_instance_uid, sop_instance_uid: explicit UIDs; new random UIDs by default.
+
+    Returns:
+        The new SOPInstanceUID.
+
+    Raises:
+        DerivedDicomError: invalid input (threshold outside (0, 1], see also :func:`_checked_series`) or the object
+            cannot be built; the message names ``path`` and quotes no patient data.
+
+    Example::
+
+        uid = write_series_segmentation(headers, np.stack(slice_maps), "series_seg.dcm", threshold=0.6)
+    """
+    if not (isinstance(threshold, (int, float, np.floating)) and 0 < threshold <= 1):
+        raise DerivedDicomError(path, f"threshold must be a number in (0, 1], got {threshold!r}")
+    sources, maps = _checked_series(sources, maps, path)
+    mask = maps >= np.float32(threshold)
+
+    def make() -> Dataset:
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name=MANUFACTURER,
+            family=codes.cid7162.ArtificialIntelligence,
+            version=_version(),
+            parameters={"threshold": f"{threshold:g}"},
+        )
+        segment = hd.seg.SegmentDescription(
+            segment_number=1,
+            segment_label="medXGAN saliency above threshold",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        segment.SegmentDescription = f"medXGAN saliency >= {threshold:g}, {NOT_FOR_CLINICAL_USE}"[:64]
+        nominal = not _positioned(sources[0])
+        description = f"medXGAN saliency region{', nominal plane geometry' if nominal else ''}, {NOT_FOR_CLINICAL_USE}"
+        segmentation = hd.seg.Segmentation(
+            source_images=_derivation_headers(sources, path),
+            pixel_array=mask,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name="medXGAN explainer",
+            software_versions=_version(),
+            device_serial_number="0",
+            content_label="SALIENCY",
+            content_description=description[:64],
+            omit_empty_frames=False,
+        )
+        # no Laterality: a SEG states laterality per segment (its anatomic region), and dciodvfy rejects a General
+        # Series Laterality next to a Segment Sequence (see the module docstring)
+        if "Laterality" in segmentation:
+            del segmentation.Laterality
+        segmentation.SeriesDescription = series_description
+        return segmentation
+
+    segmentation = _build("segmentation", path, _redaction_source(sources), make)
+    return _save(segmentation, path, overwrite)
 
 
 def _version() -> str:
