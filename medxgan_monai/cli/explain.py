@@ -48,13 +48,37 @@ def _parser() -> argparse.ArgumentParser:
         description="Explain a binary classifier's decision on scans (NIfTI, DICOM, PNG): saliency maps and "
         "counterfactuals written next to the source geometry. Runs bundle/configs/inference.json.",
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or datalist JSON files")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, 3D NIfTI volumes, folders (searched recursively; the DICOM instances of one series in a "
+        "folder are one volume) or datalist JSON files",
+    )
     parser.add_argument("--output", required=True, help="output folder")
     add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: the shipped bundle)")
     add_weights_arguments(parser)
+    volumes = parser.add_argument_group("volumes (3D NIfTI, DICOM series), explained slice by slice")
+    volumes.add_argument(
+        "--slices",
+        default=None,
+        help="which slices to explain: positive (those the classifier calls positive; the bundle's default), all, "
+        "or N-M (0-based, inclusive); the others get empty maps",
+    )
+    volumes.add_argument(
+        "--slice-axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="the axis a NIfTI volume is cut along (default: the header's slice_dim, else the last axis)",
+    )
+    volumes.add_argument(
+        "--no-series",
+        action="store_true",
+        help="explain each DICOM instance in a folder as a 2D image instead of grouping a series into a volume",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -65,10 +89,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the inference bundle; exit status 0 when every input was explained, 1 when some failed, 2 on misuse."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     import torch
 
     from medxgan_monai.bundle import run_inference
+    from medxgan_monai.handlers.explanation import parse_slice_range
+
+    if args.slices is not None:
+        try:
+            parse_slice_range(args.slices)
+        except ValueError as error:
+            parser.error(str(error))
 
     overrides = {
         "input": [str(Path(p)) for p in args.inputs],
@@ -80,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["methods"] = list(args.methods)
     if args.device:
         overrides["device"] = torch.device(args.device)
+    if args.slices is not None:
+        overrides["slices"] = args.slices
+    if args.slice_axis is not None:
+        overrides["slice_axis"] = args.slice_axis
+    if args.no_series:
+        overrides["series"] = False
     overrides.update(weights_overrides(args))
     try:
         report = run_inference(overrides, args.bundle)

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from medxgan_monai.data.datalist import load_datalist
+from medxgan_monai.data.volumes import DICOM_SERIES, NIFTI_VOLUME, expand_volume, nifti_volume_shape, series_items
 from medxgan_monai.io.ledger import LEDGER_DIR, numbered_item_name, safe_item_name
 from medxgan_monai.io.nifti import output_geometry
+from medxgan_monai.io.series import SeriesError
 from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
 
 __all__ = [
@@ -72,7 +74,9 @@ def _files_in(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], section: str = "test") -> list[dict]:
+def collect_inputs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike], section: str = "test", series: bool = True
+) -> list[dict]:
     """Items ``{"image": absolute path, "stem": unique output name}`` from files, folders and datalists.
 
     Args:
@@ -80,6 +84,13 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
             non-image suffixes such as .json or .csv are skipped); a datalist JSON (its ``section``, or its only
             section, or a top-level list of items or paths).
         section: the datalist section to explain.
+        series: in folders (an input folder, or a folder named by a datalist), the single-frame DICOM instances of
+            one SeriesInstanceUID, two or more, are one volume (``False``: each instance is a 2D image).
+
+    A 3D NIfTI file, and a DICOM series in a folder, is one item ``{"image", "stem", "volume"}`` (``"volume"``:
+    ``"nifti"`` or ``"dicom_series"``; a series also has ``"files"``, and ``"image"`` is the folder holding them),
+    explained slice by slice (:func:`~medxgan_monai.data.volumes.expand_volume`); its stem is the file's or the
+    folder's name.
 
     Stems are safe file names, unique within the run (compared ignoring case, for case-insensitive file systems):
     a repeated name gets ``_2``, ``_3``, ..., skipping every name another input has, so no output overwrites another.
@@ -96,26 +107,44 @@ def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], sect
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    paths: list[str] = []
+    items: list[dict] = []
     for entry in inputs:
         path = Path(entry).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"{path}: input does not exist")
         if path.is_dir():
-            found = _files_in(path)
-            if not found:
-                raise NoImagesFound(
-                    f"{path}: input folder holds no image files (hidden files, files such as .json or .csv, "
-                    f"and output folders of this tool are not searched)"
-                )
-            paths += [str(p.resolve()) for p in found]
+            items += _folder_items(path, series)
         elif path.name.lower().endswith(".json"):
-            paths += _datalist_paths(path, section)
+            for listed in _datalist_paths(path, section):
+                is_folder = Path(listed).is_dir()
+                items += _folder_items(Path(listed), series) if is_folder else [_file_item(listed)]
         else:
-            paths.append(str(path.resolve()))
-    if not paths:
+            items.append(_file_item(str(path.resolve())))
+    if not items:
         raise NoImagesFound(f"{', '.join(str(entry) for entry in inputs)}: no images to explain")
-    return [{"image": path, "stem": stem} for path, stem in zip(paths, _unique_stems(paths), strict=True)]
+    stems = _unique_stems([item["image"] for item in items])
+    return [{**item, "stem": stem} for item, stem in zip(items, stems, strict=True)]
+
+
+def _file_item(path: str) -> dict:
+    """A file's item: a 3D NIfTI file is a volume."""
+    if path.lower().endswith(NIFTI_SUFFIXES) and nifti_volume_shape(path) is not None:
+        return {"image": path, "volume": NIFTI_VOLUME}
+    return {"image": path}
+
+
+def _folder_items(folder: Path, series: bool) -> list[dict]:
+    found = _files_in(folder)
+    if not found:
+        raise NoImagesFound(
+            f"{folder}: input folder holds no image files (hidden files, files such as .json or .csv, "
+            f"and output folders of this tool are not searched)"
+        )
+    if not series:
+        return [_file_item(str(p.resolve())) for p in found]
+    volumes, others = series_items([p.resolve() for p in found])
+    items = [{"image": str(where), "volume": DICOM_SERIES, "files": files} for where, files in volumes]
+    return items + [_file_item(str(p)) for p in others]
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
@@ -181,28 +210,36 @@ def screen_inputs(
     preprocessing: Callable[[dict], dict],
     min_size: int = 8,
     image_key: str = "image",
+    slice_axis: int | None = None,
 ) -> tuple[list[dict], list[InputProblem]]:
-    """Run each item through ``preprocessing`` once and keep those that give a usable image.
+    """Run each item through ``preprocessing`` once and keep those that give a usable image; a volume is cut into
+    its slices (:func:`~medxgan_monai.data.volumes.expand_volume`, along ``slice_axis``), each screened alike.
 
     An item is rejected, with the reason, when it cannot be read (missing, unreadable, unsupported, wrong number of
     dimensions or channels: the loader's :class:`~medxgan_monai.transforms.ImageReadError`), when its source is
     smaller than ``min_size`` pixels along an in-plane axis (a 1 x 10000 image too), when its affine (the geometry
-    the outputs are written in) is not finite, or when the preprocessed image is constant or not finite.
+    the outputs are written in) is not finite, or when the preprocessed image is constant or not finite. A volume is
+    rejected as a whole when its geometry is not a volume's (a DICOM series with a missing slice, for one) or when
+    one of its slices cannot be read; a constant slice (the air above a head) is kept.
 
     Returns:
-        the good items, and one :class:`InputProblem` per rejected item (also logged as a warning).
+        the good items (volumes as their slices), and one :class:`InputProblem` per rejected item or volume (also
+        logged as a warning).
     """
     good, problems = [], []
     for item in items:
+        source = item[image_key]
         try:
-            image = preprocessing(dict(item))[image_key]
-            _check_usable(image, item[image_key], min_size)
+            slices = expand_volume(item, slice_axis)
+            for piece in slices:
+                image = preprocessing(dict(piece))[image_key]
+                _check_usable(image, piece[image_key], min_size, constant_allowed="volume" in item)
         except Exception as error:  # any failure of one input must not stop the batch
             problem = _describe(error)
-            problems.append(InputProblem(item.get("stem", Path(item[image_key]).name), item[image_key], problem))
-            logger.warning("skipping %s: %s", item[image_key], problem)
+            problems.append(InputProblem(item.get("stem", Path(source).name), source, problem))
+            logger.warning("skipping %s: %s", source, problem)
             continue
-        good.append(item)
+        good += slices
     return good, problems
 
 
@@ -213,13 +250,13 @@ def _describe(error: BaseException) -> str:
         chain.append(error)
         error = error.__cause__ or error.__context__
     for cause in chain:
-        if isinstance(cause, ImageReadError):
+        if isinstance(cause, (ImageReadError, SeriesError)):
             return cause.problem
     root = chain[-1]
     return f"{type(root).__name__}: {root}"
 
 
-def _check_usable(image, path: str, min_size: int) -> None:
+def _check_usable(image, path: str, min_size: int, constant_allowed: bool = False) -> None:
     meta = getattr(image, "meta", {})
     source_shape = [int(s) for s in meta.get("spatial_shape", image.shape[1:])]
     # only the trailing singleton axes beyond the image's own (a slice stored as (H, W, 1)) were dropped by the
@@ -235,5 +272,5 @@ def _check_usable(image, path: str, min_size: int) -> None:
     tensor = torch.as_tensor(image)
     if not torch.isfinite(tensor).all():
         raise ImageReadError(path, "preprocessing produced NaN or infinite values")
-    if tensor.max() - tensor.min() <= 1e-8:
+    if tensor.max() - tensor.min() <= 1e-8 and not constant_allowed:
         raise ImageReadError(path, "image is constant; nothing to explain")

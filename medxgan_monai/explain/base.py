@@ -69,6 +69,45 @@ class Attribution:
     def __len__(self) -> int:
         return self.maps.shape[0]
 
+    @staticmethod
+    def nothing(images: torch.Tensor, counterfactual: bool) -> Attribution:
+        """No image of the batch explained (see :meth:`placed`), for a method with or without a counterfactual."""
+        maps = torch.zeros((images.shape[0], 1, *images.shape[2:]), dtype=torch.float32, device=images.device)
+        if not counterfactual:
+            return Attribution(maps)
+        probability = torch.full((images.shape[0],), float("nan"), device=images.device)
+        return Attribution(maps, images.detach().clone(), probability)
+
+    def placed(self, rows: torch.Tensor, images: torch.Tensor) -> Attribution:
+        """This attribution of ``images[rows]`` placed into a batch of all ``images``; each other row is "not
+        explained": a zero map, the image itself as its counterfactual and sweep frames, NaN probabilities and
+        details (e.g. the slices of a volume that the classifier calls negative)."""
+        size = images.shape[0]
+
+        def spread(values: torch.Tensor, fill: torch.Tensor | float) -> torch.Tensor:
+            if isinstance(fill, torch.Tensor):
+                full = fill.to(values.dtype).clone()
+            else:
+                full = torch.full((size, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+            full[rows] = values
+            return full
+
+        maps = spread(self.maps, 0.0)
+        counterfactual = None if self.counterfactual is None else spread(self.counterfactual, images)
+        probability = None
+        if self.counterfactual_probability is not None:
+            probability = spread(self.counterfactual_probability, float("nan"))
+        sweep = None
+        if self.sweep is not None:
+            frames = images.unsqueeze(1).expand(-1, self.sweep.frames.shape[1], *images.shape[1:])
+            sweep = Sweep(
+                self.sweep.alphas,
+                spread(self.sweep.frames, frames),
+                spread(self.sweep.probabilities, float("nan")),
+            )
+        details = {name: spread(values, float("nan")) for name, values in self.details.items()}
+        return Attribution(maps, counterfactual, probability, sweep, details)
+
 
 class SaliencyExplainer:
     """Base class: ``explainer(images) -> maps`` and ``explainer.explain(images) -> Attribution``, Captum-style, on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from medxgan_monai.io.explanation_outputs import (
     ExplainedImage,
     ExplainedMethod,
     default_writers,
+    stack_slices,
 )
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import SOURCE_FORMAT, output_geometry
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 ATTRIBUTIONS = "attributions"
 SECONDS = "seconds"
 FAILURE = "explanation_failure"
+EXPLAINED = "explained"
 #: the predictions.csv columns of counterfactual probabilities, one per counterfactual the methods can produce
 COUNTERFACTUAL_COLUMNS = [f"{name}_probability" for name in counterfactual_names()]
 
@@ -58,8 +61,11 @@ class InferenceFailed(RuntimeError):
 class InferenceReport:
     """Collects per-image predictions and per-input problems of one inference run; writes both CSV files.
 
-    ``predictions.csv``: stem, source, probability, predicted label, counterfactual probabilities (G(z_a, 0) and the
-    refined residual counterfactual), seconds per method.
+    ``predictions.csv``: stem, source, slice, probability, predicted label, counterfactual probabilities (G(z_a, 0)
+    and the refined residual counterfactual), seconds per method. A volume has one row with an empty slice (its
+    probability is the maximum over its slices, its seconds the sum, its counterfactual probabilities those of its
+    most positive slice), then one row per slice (source: the slice's file; a slice that was not explained has
+    empty counterfactual probabilities and 0 seconds).
     ``errors.csv``: stem, source, problem of this run (written only when something failed; an ``errors.csv`` of an
     earlier run is removed when nothing failed, so it never describes items that are now complete).
     :meth:`raise_if_failed` ends the run with :class:`InferenceFailed` (a non-zero exit status) after everything that
@@ -125,12 +131,14 @@ class InferenceReport:
             engine.state.metrics.update(self.summary())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         ledger = OutputLedger(self.output_dir)  # only the run files' ownership: the run's ledger holds the lock
-        columns = ["stem", "source", "probability", "predicted_label", *COUNTERFACTUAL_COLUMNS]
+        columns = ["stem", "source", "slice", "probability", "predicted_label", *COUNTERFACTUAL_COLUMNS]
         methods = _timed_methods(self.completed + self.predictions)
+        # a volume's row (its probability: the maximum over its slices), then one row per slice
+        listed = [entry for row in self.completed + self.predictions for entry in (row, *row.get(SLICE_ROWS, []))]
         rows = [
             # rows resumed from a run of an earlier version may lack the newer columns
             [row.get(c, "") for c in columns] + [f"{row[SECONDS].get(m, float('nan')):.4f}" for m in methods]
-            for row in self.completed + self.predictions
+            for row in listed
         ]
         header = [*columns, *(f"seconds_{m}" for m in methods)]
         atomic_write_csv(ledger.claim_run_file("predictions.csv"), header, rows, lineterminator="\n")
@@ -168,17 +176,26 @@ class ExplanationHandler:
     ``"seconds"`` ({method: seconds per image, each as if it ran alone}); if explaining the batch fails, it gains
     ``"explanation_failure"`` (the reason) instead and the run continues.
 
+    Slices of a volume (items with ``"slice" >= 0``, see :mod:`medxgan_monai.data.volumes`) are explained as
+    ``slices`` says: ``"positive"`` (the default) the slices the classifier calls positive (probability >= 0.5),
+    ``"all"`` every slice, ``"N-M"`` slices N to M (0-based, inclusive). The others are "not explained" (zero maps,
+    the image as counterfactual, NaN probabilities: :meth:`~medxgan_monai.explain.Attribution.placed`), and
+    ``"explained"`` (a bool per image) says which are which. A 2D image is always explained.
+
     Args:
         explainers: the requested methods' :class:`~medxgan_monai.explain.Explainers`.
+        slices: which slices of a volume to explain.
 
     Example (config)::
 
-        {"_target_": "medxgan_monai.handlers.ExplanationHandler", "explainers": "@explainers"}
+        {"_target_": "medxgan_monai.handlers.ExplanationHandler", "explainers": "@explainers", "slices": "positive"}
     """
 
-    def __init__(self, explainers: Explainers, image_key: str = CommonKeys.IMAGE) -> None:
+    def __init__(self, explainers: Explainers, image_key: str = CommonKeys.IMAGE, slices: str = "positive") -> None:
         self.explainers = explainers
         self.image_key = image_key
+        self.slices = slices
+        self._range = parse_slice_range(slices)
 
     @property
     def methods(self) -> list[str]:
@@ -189,11 +206,52 @@ class ExplanationHandler:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
+        images = output[self.image_key]
         try:
-            output[ATTRIBUTIONS], output[SECONDS] = self.explainers.explain(output[self.image_key])
+            chosen = self.chosen(engine.state.batch, output)
+            output[EXPLAINED] = chosen
+            if bool(chosen.all()):
+                output[ATTRIBUTIONS], output[SECONDS] = self.explainers.explain(images)
+                return
+            rows = torch.nonzero(chosen.to(images.device)).flatten()
+            plain = images.as_tensor() if isinstance(images, MetaTensor) else images
+            if len(rows) == 0:
+                has_counterfactual = {m: METHODS[m].counterfactual is not None for m in self.methods}
+                output[ATTRIBUTIONS] = {m: Attribution.nothing(plain, has_counterfactual[m]) for m in self.methods}
+                output[SECONDS] = dict.fromkeys(self.methods, 0.0)
+                return
+            attributions, output[SECONDS] = self.explainers.explain(images[rows])
+            output[ATTRIBUTIONS] = {m: a.placed(rows, plain) for m, a in attributions.items()}
         except Exception as error:  # a failing batch is reported by the writer; the run goes on
             logger.exception("explanation failed for iteration %d", engine.state.iteration)
             output[FAILURE] = f"explanation failed: {type(error).__name__}: {error}"
+
+    def chosen(self, batch: Mapping, output: Mapping) -> torch.Tensor:
+        """Which images of the batch to explain (bool per image): 2D images always, slices as ``slices`` says."""
+        size = output[self.image_key].shape[0]
+        index = torch.as_tensor(batch.get("slice", [-1] * size)).reshape(-1).cpu()
+        is_slice = index >= 0
+        if self.slices == "all" or not bool(is_slice.any()):
+            return torch.ones(size, dtype=torch.bool)
+        if self._range is not None:
+            first, last = self._range
+            return ~is_slice | ((index >= first) & (index <= last))
+        positive = class_probabilities(output[CommonKeys.PRED])[:, 1].detach().cpu() >= 0.5
+        return ~is_slice | positive
+
+
+def parse_slice_range(slices: str) -> tuple[int, int] | None:
+    """``"N-M"`` as ``(N, M)``; ``None`` for ``"positive"`` and ``"all"``.
+
+    Raises:
+        ValueError: anything else, or N > M.
+    """
+    if slices in ("positive", "all"):
+        return None
+    first, separator, last = str(slices).partition("-")
+    if separator and first.strip().isdigit() and last.strip().isdigit() and int(first) <= int(last):
+        return int(first), int(last)
+    raise ValueError(f"slices must be 'positive', 'all' or 'N-M' with 0 <= N <= M, got {slices!r}")
 
 
 class ExplanationWriter:
@@ -234,6 +292,8 @@ class ExplanationWriter:
         self.report = report
         self.writers = list(writers) if writers is not None else default_writers()
         self.image_key = image_key
+        self._slices: dict[str, dict[int, tuple[ExplainedImage, dict, bool]]] = {}  # volumes being assembled
+        self._failed_volumes: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -250,8 +310,12 @@ class ExplanationWriter:
             output_stem(Path(str(image.meta["filename_or_obj"]))) for image in images
         ]
         probabilities = class_probabilities(output[CommonKeys.PRED])[:, 1]
+        volume = _VolumeKeys.of(engine.state.batch, len(images))
         for index, (image, stem) in enumerate(zip(images, stems, strict=True)):
             source = str(image.meta["filename_or_obj"])
+            if volume.slice[index] >= 0:
+                self._add_slice(stem, image, output, index, probabilities[index], volume)
+                continue
             if FAILURE in output:
                 self.report.add_problem(stem, source, output[FAILURE])
                 continue
@@ -267,6 +331,48 @@ class ExplanationWriter:
                 self.report.add_problem(stem, source, f"writing outputs failed: {type(error).__name__}: {error}")
                 continue
             self.report.predictions.append(row)
+
+    def _add_slice(self, stem: str, image: MetaTensor, output: Mapping, index: int, probability, volume) -> None:
+        """Keep one slice of a volume; when the volume's last slice comes, write the volume (a volume with a slice
+        that failed is one problem, reported once)."""
+        source = volume.source[index]
+        if stem in self._failed_volumes:
+            return
+        try:
+            if FAILURE in output:
+                raise _VolumeFailed(output[FAILURE])
+            item = self.explained_image(stem, image, output[ATTRIBUTIONS], index, probability)
+            row = self.report.prediction_row(stem, str(image.meta["filename_or_obj"]), output, index)
+            explained = bool(output.get(EXPLAINED, torch.ones(index + 1, dtype=torch.bool))[index])
+            if not explained:
+                row[SECONDS] = dict.fromkeys(row[SECONDS], 0.0)
+            row["slice"] = volume.slice[index]
+            slices = self._slices.setdefault(stem, {})
+            slices[volume.slice[index]] = (item, row, explained)
+            if len(slices) == volume.count[index]:
+                self._write_volume(stem, source, volume.axis[index])
+        except Exception as error:  # one volume's failure must not stop the batch
+            self._slices.pop(stem, None)
+            self._failed_volumes.add(stem)
+            self.ledger.discard([stem])
+            problem = str(error) if isinstance(error, _VolumeFailed) else f"{type(error).__name__}: {error}"
+            self.report.add_problem(stem, source, f"slice {volume.slice[index]}: {problem}")
+
+    def _write_volume(self, stem: str, source: str, axis: int) -> None:
+        slices = self._slices.pop(stem)
+        ordered = [slices[k] for k in sorted(slices)]
+        item = stack_slices(stem, source, [s[0] for s in ordered], axis, [s[2] for s in ordered])
+        folder = self.ledger.staging(stem)
+        for writer in self.writers:
+            writer(item, folder)
+        slice_rows = [s[1] for s in ordered]
+        top = slice_rows[item.volume.top_slice]
+        row = {**top, "source": source, "slice": "", "probability": f"{item.probability:.6f}"}
+        row["predicted_label"] = int(item.probability >= 0.5)
+        row[SECONDS] = {m: float(sum(r[SECONDS].get(m, 0.0) for r in slice_rows)) for m in top[SECONDS]}
+        row[SLICE_ROWS] = slice_rows
+        self.ledger.commit(stem, row)
+        self.report.predictions.append(row)
 
     def explained_image(
         self, stem: str, image: MetaTensor, attributions: Mapping[str, Attribution], index: int, probability
@@ -321,3 +427,29 @@ class ExplanationWriter:
         )
         inverted = inverter(data)
         return {name: np.asarray(inverted[name].detach().cpu().numpy()[0], dtype=np.float32) for name in volumes}
+
+
+SLICE_ROWS = "slice_rows"
+
+
+class _VolumeFailed(RuntimeError):
+    """A batch holding a slice of the volume could not be explained."""
+
+
+@dataclass(frozen=True)
+class _VolumeKeys:
+    """A batch's slice keys (see :mod:`medxgan_monai.data.volumes`), one value per image."""
+
+    slice: list[int]
+    count: list[int]
+    axis: list[int]
+    source: list[str]
+
+    @classmethod
+    def of(cls, batch: Mapping, size: int) -> _VolumeKeys:
+        def ints(key: str, default: int) -> list[int]:
+            return [int(v) for v in torch.as_tensor(batch.get(key, [default] * size)).reshape(-1).tolist()]
+
+        return cls(
+            ints("slice", -1), ints("slices", 0), ints("slice_axis", -1), list(batch.get("volume_source", [""] * size))
+        )

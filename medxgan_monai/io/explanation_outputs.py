@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medxgan_monai.io.dicom_derived import write_overlay_secondary_capture, write_saliency_parametric_map
+from medxgan_monai.io.dicom_derived import (
+    write_overlay_secondary_capture,
+    write_saliency_parametric_map,
+    write_series_parametric_map,
+    write_series_segmentation,
+)
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.nifti import write_nifti
 
@@ -23,11 +28,13 @@ __all__ = [
     "ExplainedCounterfactual",
     "ExplainedImage",
     "ExplainedMethod",
+    "ExplainedVolume",
     "NiftiCounterfactualWriter",
     "NiftiMapWriter",
     "PanelWriter",
     "SweepWriter",
     "default_writers",
+    "stack_slices",
 ]
 
 
@@ -81,6 +88,74 @@ class ExplainedImage:
     probability: float
     methods: dict[str, ExplainedMethod] = field(default_factory=dict)
     counterfactuals: dict[str, ExplainedCounterfactual] = field(default_factory=dict)
+    volume: ExplainedVolume | None = None
+
+
+@dataclass
+class ExplainedVolume:
+    """What a volume adds to its :class:`ExplainedImage` (made by :func:`stack_slices`): the arrays "in the source
+    grid" are the volume's, the model-grid picture, maps, counterfactuals and sweep are those of ``top_slice``, the
+    slice the classifier calls most positive (for the panel and the GIF).
+
+    Args:
+        slice_axis: the axis the slices are stacked along in the volume's arrays.
+        slice_sources: each slice's source file, in slice order (a DICOM series' instances; a NIfTI volume's file).
+        slice_probabilities: the classifier's probability of each slice.
+        explained: whether each slice was explained (see :class:`~medxgan_monai.handlers.ExplanationHandler`).
+        top_slice: the index of the most positive slice.
+    """
+
+    slice_axis: int
+    slice_sources: list[str]
+    slice_probabilities: list[float]
+    explained: list[bool]
+    top_slice: int
+
+
+def stack_slices(
+    stem: str, source: str, slices: list[ExplainedImage], axis: int, explained: list[bool]
+) -> ExplainedImage:
+    """One :class:`ExplainedImage` of a volume from its slices' (in slice order), with the volume's geometry.
+
+    NIfTI volumes: each slice carries the volume's affine and shape (see
+    :meth:`~medxgan_monai.transforms.LoadScan.load_slice`), and the slices' source-grid arrays stack along ``axis``
+    back into that shape. DICOM series: the slices' own affines make the volume's: the first slice's, with the step
+    from the first slice's origin to the last's, divided by the gaps, as the third column (the instances are sorted
+    along the slice normal and evenly spaced: :func:`~medxgan_monai.io.series.read_dicom_series`).
+    The volume's probability is the maximum over its slices (:func:`~medxgan_monai.data.volumes.volume_score`).
+    """
+    probabilities = [item.probability for item in slices]
+    top = int(np.argmax(probabilities))
+    first = slices[0]
+    if first.source_format == "nifti":
+        affine, shape = first.affine, first.shape
+    else:
+        affine = np.array(first.affine, dtype=np.float64)
+        if len(slices) > 1:
+            affine[:3, 2] = (np.asarray(slices[-1].affine)[:3, 3] - affine[:3, 3]) / (len(slices) - 1)
+        shape = None
+    best = slices[top]
+    volume = ExplainedImage(
+        stem=stem,
+        source=source,
+        source_format=first.source_format,
+        affine=affine,
+        shape=shape,
+        image=best.image,
+        probability=float(max(probabilities)),
+        volume=ExplainedVolume(axis, [item.source for item in slices], probabilities, list(explained), top),
+    )
+    for method, result in best.methods.items():
+        stacked = np.stack([item.methods[method].saliency_in_source_grid for item in slices], axis=axis)
+        volume.methods[method] = ExplainedMethod(
+            result.title, result.in_panel, result.saliency, stacked, result.counterfactual_name, result.sweep
+        )
+    for name, counterfactual in best.counterfactuals.items():
+        stacked = np.stack([item.counterfactuals[name].in_source_grid for item in slices], axis=axis)
+        volume.counterfactuals[name] = ExplainedCounterfactual(
+            counterfactual.image, stacked, counterfactual.probability
+        )
+    return volume
 
 
 class NiftiMapWriter:
@@ -110,7 +185,10 @@ class PanelWriter:
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
         shown = {m: r for m, r in item.methods.items() if r.in_panel}
-        captions = {"image": f"image\np={item.probability:.2f}"} | {m: r.title for m, r in shown.items()}
+        caption = f"image\np={item.probability:.2f}"
+        if item.volume is not None:  # the most positive slice stands for the volume
+            caption = f"slice {item.volume.top_slice} of {len(item.volume.slice_sources)}\np={item.probability:.2f}"
+        captions = {"image": caption} | {m: r.title for m, r in shown.items()}
         counterfactual = np.zeros_like(item.image)
         names = [r.counterfactual_name for r in shown.values() if r.counterfactual_name in item.counterfactuals]
         if names:
@@ -143,15 +221,17 @@ class SweepWriter:
 class DicomDerivedWriter:
     """For DICOM sources, new series of the source study: a Parametric Map (``<stem>_<method>_pm.dcm``) of
     ``method``'s map (the run's first map when it does not compute ``method``) and, with ``overlay``, a Secondary
-    Capture of the map over the image (``<stem>_overlay_sc.dcm``).
+    Capture of the map over the image (``<stem>_overlay_sc.dcm``). For a DICOM series (a volume): one multi-frame
+    Parametric Map and one Segmentation (``<stem>_<method>_seg.dcm``: where the map is at least
+    ``segment_threshold``) for the whole series, each frame referencing its source instance.
 
     The source is read for its header (the study, patient and frame of reference the new series reference) and, for
     the overlay, its pixels (the picture at full resolution, through the project's loader: rescaled, MONOCHROME1
     inverted).
     """
 
-    def __init__(self, method: str = "medxgan_ig", overlay: bool = True) -> None:
-        self.method, self.overlay = method, overlay
+    def __init__(self, method: str = "medxgan_ig", overlay: bool = True, segment_threshold: float = 0.5) -> None:
+        self.method, self.overlay, self.segment_threshold = method, overlay, segment_threshold
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
         if item.source_format != "dicom" or not item.methods:
@@ -159,6 +239,9 @@ class DicomDerivedWriter:
         import pydicom
 
         method = self.method if self.method in item.methods else next(iter(item.methods))
+        if item.volume is not None:
+            self._write_series(item, method, folder)
+            return
         dataset = pydicom.dcmread(item.source, stop_before_pixels=True)
         # MONAI's pydicom reader returns (columns, rows); DICOM pixel data is (rows, columns)
         saliency_rows = np.clip(item.methods[method].saliency_in_source_grid.T, 0, 1)
@@ -171,6 +254,19 @@ class DicomDerivedWriter:
             overlay = saliency_overlay(picture, saliency_rows)
             write_overlay_secondary_capture(dataset, overlay, folder / f"{item.stem}_overlay_sc.dcm", overwrite=False)
         write_saliency_parametric_map(dataset, saliency_rows, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
+
+    def _write_series(self, item: ExplainedImage, method: str, folder: Path) -> None:
+        """A DICOM series: one multi-frame Parametric Map and one Segmentation of the map above
+        ``segment_threshold``, each frame derived from its source instance (no overlay: one Secondary Capture per
+        slice would be a series of pictures, left to a viewer)."""
+        import pydicom
+
+        sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in item.volume.slice_sources]
+        # (columns, rows, slices) in MONAI's layout; DICOM frames are (rows, columns)
+        frames = np.clip(np.moveaxis(item.methods[method].saliency_in_source_grid, 2, 0).transpose(0, 2, 1), 0, 1)
+        write_series_parametric_map(sources, frames, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
+        segmentation = folder / f"{item.stem}_{method}_seg.dcm"
+        write_series_segmentation(sources, frames, segmentation, threshold=self.segment_threshold, overwrite=False)
 
 
 def default_writers() -> list:

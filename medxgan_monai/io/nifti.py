@@ -10,12 +10,23 @@ import numpy as np
 
 from medxgan_monai.io.atomic import atomic_output
 
-__all__ = ["SOURCE_AFFINE", "SOURCE_FORMAT", "SOURCE_SHAPE", "output_geometry", "write_nifti"]
+__all__ = ["SOURCE_AFFINE", "SOURCE_FORMAT", "SOURCE_SHAPE", "output_geometry", "recorded_shape", "write_nifti"]
 
 
 #: metadata keys under which the loader (:class:`~medxgan_monai.transforms.LoadScan`) records a source's format
 #: ("nifti", "dicom" or "bitmap"), array shape as stored, and the affine its outputs are written with
 SOURCE_FORMAT, SOURCE_SHAPE, SOURCE_AFFINE = "source_format", "source_shape", "source_affine"
+
+
+#: NIfTI's largest number of axes: a recorded shape is padded with -1 to this length, so that the metadata of images
+#: of any rank collate into one batch (a 2D image beside a slice of a 3D volume)
+_RECORDED_AXES = 7
+
+
+def recorded_shape(shape) -> np.ndarray:
+    """``shape`` as :data:`SOURCE_SHAPE` records it: padded with -1 to a fixed length (see :func:`output_geometry`)."""
+    shape = [int(size) for size in shape]
+    return np.asarray(shape + [-1] * (_RECORDED_AXES - len(shape)), dtype=np.int64)
 
 
 def output_geometry(meta: Mapping) -> tuple[np.ndarray, tuple | None]:
@@ -28,7 +39,7 @@ def output_geometry(meta: Mapping) -> tuple[np.ndarray, tuple | None]:
     """
     affine = np.asarray(meta[SOURCE_AFFINE], dtype=np.float64)
     if str(meta[SOURCE_FORMAT]) == "nifti":
-        return affine, tuple(int(size) for size in np.asarray(meta[SOURCE_SHAPE]).reshape(-1))
+        return affine, tuple(int(size) for size in np.asarray(meta[SOURCE_SHAPE]).reshape(-1) if size >= 0)
     return affine, None
 
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageMode
 from pydicom.pixels import apply_color_lut
 
 from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, redact_identifying_values
-from medxgan_monai.io.nifti import SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE
+from medxgan_monai.io.nifti import SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE, recorded_shape
 
 __all__ = [
     "MAX_DECODED_BYTES",
@@ -162,6 +162,9 @@ MAX_PIXELS = 8192 * 8192
 #: largest image MAX_PIXELS allows takes as float32 (256 MiB). A small file can promise far more (a 510 KB .nii.gz of
 #: zeros says 8192 x 8192 float64, 512 MiB), so the pixel count alone does not bound memory and time.
 MAX_DECODED_BYTES = MAX_PIXELS * 4
+#: a volume explained slice by slice may decode to this many times ``max_decoded_bytes`` (8 x 256 MiB = 2 GiB: a
+#: 512 x 512 x 2048 float32 CT)
+MAX_SLICES_PER_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ class LoadScan(LoadImage):
         self.max_pixels = max_pixels
         self.max_decoded_bytes = max_decoded_bytes
         self._reader_cache: dict[str, ImageReader] = {}
+        self._volume_cache: tuple | None = None
 
     def _reader_for(self, kind: str) -> ImageReader:
         if kind not in self._reader_cache:
@@ -339,12 +343,68 @@ class LoadScan(LoadImage):
             return self._with_source_geometry(self._conform(image, filename), kind, header)
         raise ImageReadError(filename, problem)
 
+    def load_slice(self, filename, axis: int, index: int) -> MetaTensor:
+        """Slice ``index`` along ``axis`` of a 3D NIfTI volume, as a 2D image ``(1, a, b)`` (the two other axes in
+        their order). Its metadata record the slice's own affine, and as the geometry its outputs are written in
+        (:func:`~medxgan_monai.io.nifti.output_geometry`), the volume's affine and shape: slices are written back
+        into the volume. The volume read last is kept, so slice after slice reads the file once.
+
+        Raises:
+            ImageReadError: the file cannot be read as a 3D volume within the size limits (``max_pixels`` applies to
+                one slice, ``max_decoded_bytes`` to the volume), the index is out of range, or a value is not finite.
+        """
+        filename = str(filename)
+        volume, affine = self._volume(filename)
+        if not 0 <= axis < 3 or not 0 <= index < volume.shape[axis]:
+            raise ImageReadError(filename, f"no slice {index} along axis {axis} of a volume of shape {volume.shape}")
+        plane = np.take(volume, index, axis=axis)
+        if not np.isfinite(plane).all():
+            raise ImageReadError(filename, f"slice {index} contains NaN or infinite values")
+        in_plane = [a for a in range(3) if a != axis]
+        slice_affine = np.eye(4)
+        slice_affine[:3, :3] = affine[:3, [*in_plane, axis]]
+        slice_affine[:3, 3] = affine[:3, 3] + affine[:3, axis] * index
+        meta = {
+            "filename_or_obj": filename,
+            MetaKeys.SPATIAL_SHAPE: np.asarray(plane.shape),
+            MetaKeys.ORIGINAL_AFFINE: slice_affine.copy(),
+            SOURCE_FORMAT: "nifti",
+            SOURCE_SHAPE: recorded_shape(volume.shape),
+            SOURCE_AFFINE: affine.copy(),
+        }
+        return MetaTensor(torch.as_tensor(plane[None], dtype=torch.float32), affine=slice_affine, meta=meta)
+
+    def _volume(self, filename: str) -> tuple[np.ndarray, np.ndarray]:
+        stamp = (filename, os.stat(filename).st_mtime_ns)
+        if self._volume_cache is not None and self._volume_cache[0] == stamp:
+            return self._volume_cache[1], self._volume_cache[2]
+        self._volume_cache = None
+        try:
+            header = _header_size(filename, "nifti")
+            if len(header.shape) != 3:
+                raise ImageReadError(filename, f"expected a 3D volume, got shape {header.shape}")
+            if int(np.prod(header.shape[:2], dtype=np.int64)) > self.max_pixels:
+                raise ImageReadError(filename, f"slices of shape {header.shape} exceed {self.max_pixels} pixels")
+            if header.decoded_bytes > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
+                raise ImageReadError(
+                    filename,
+                    f"volume of shape {header.shape} ({header.layout}) decodes to {header.decoded_bytes} bytes, over "
+                    f"the limit of {self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
+                )
+            volume = np.asarray(nib.load(filename).get_fdata(dtype=np.float32))
+        except ImageReadError:
+            raise
+        except Exception as error:  # nibabel raises many types; the user needs the file and the reason
+            raise ImageReadError(filename, f"cannot read as a NIfTI volume: {type(error).__name__}: {error}") from error
+        self._volume_cache = (stamp, volume, header.affine)
+        return volume, header.affine
+
     @staticmethod
     def _with_source_geometry(image: MetaTensor, kind: str, header: _HeaderSize) -> MetaTensor:
         """Record, in the image's metadata, the geometry its outputs are written in (see
         :func:`medxgan_monai.io.nifti.output_geometry`), so that writers never re-open the source."""
         image.meta[SOURCE_FORMAT] = kind
-        image.meta[SOURCE_SHAPE] = np.asarray(header.shape, dtype=np.int64)
+        image.meta[SOURCE_SHAPE] = recorded_shape(header.shape)
         if kind == "nifti":
             image.meta[SOURCE_AFFINE] = header.affine
         elif kind == "bitmap":
@@ -403,8 +463,13 @@ class LoadScand(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
+        # a slice of a NIfTI volume (see medxgan_monai.data.volumes); a DICOM series' slice is its own file
+        index, axis = int(d.get("slice", -1)), int(d.get("slice_axis", -1))
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            if index >= 0 and detect_format(d[key]) == "nifti":
+                d[key] = self.loader.load_slice(d[key], axis, index)
+            else:
+                d[key] = self.loader(d[key])
         return d
 
 
