@@ -188,6 +188,34 @@ def test_orthanc_routes_a_study_to_the_node_and_gets_the_explanations_back(study
 
 
 @needs_orthanc
+def test_a_series_routed_by_orthanc_comes_back_as_one_map_series_and_one_segmentation_series(weights, tmp_path):
+    series = _series_slices(tmp_path / "series", 4)
+    node_port = free_port()
+    with OrthancServer(tmp_path / "orthanc", modalities={"medxgan": ("MEDXGAN", "127.0.0.1", node_port)}) as orthanc:
+        sender = DimseSender("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, calling_ae_title="MEDXGAN")
+        processor = _processor(tmp_path / "spool", sender, weights, series_quiet_seconds=1.0)
+        node = DicomNode(processor, "MEDXGAN", node_port, allowed_calling_ae_titles=[orthanc.ae_title])
+        node.start()
+        try:
+            orthanc.send_to_modality("medxgan", [orthanc.upload(path) for path in series])
+            study_uid = pydicom.dcmread(series[0]).StudyInstanceUID
+            derived = _wait_for(lambda: len(s := _derived_series(orthanc, study_uid)) == 2 and s)
+            time.sleep(2)  # nothing more arrives: one series per kind, not one per slice
+            assert len(_derived_series(orthanc, study_uid)) == 2
+        finally:
+            node.stop()
+        classes = set()
+        for entry in derived:
+            (instance,) = entry["Instances"]
+            tags = orthanc.rest(f"/instances/{instance}/tags?simplify")
+            classes.add(tags["SOPClassUID"])
+            assert tags["FrameOfReferenceUID"] == pydicom.dcmread(series[0]).FrameOfReferenceUID
+            assert int(tags["NumberOfFrames"]) == 4
+        assert classes == {"1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.66.4"}, "a Parametric Map, a SEG"
+        assert processor.statistics.explained == 4 and processor.statistics.failed == 0
+
+
+@needs_orthanc
 def test_a_study_pulled_over_dicomweb_gets_its_explanations_stored_back(study, weights, tmp_path):
     from dicomweb_client.api import DICOMwebClient
 
@@ -207,6 +235,45 @@ def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["serve", "--spool", str(tmp_path), "--destination", "ORTHANC-without-address"])
     assert exit_status.value.code == 2 and "AE_TITLE@HOST:PORT" in capsys.readouterr().err
+
+
+def _series_slices(folder: Path, count: int) -> list[Path]:
+    """``count`` parallel MR slices of one new series, 4 mm apart."""
+    folder.mkdir(parents=True)
+    patient = SyntheticPatient("SERIES-TEST", "SERIES^TEST")
+    paths = []
+    for index in range(count):
+        path = folder / f"slice_{index}.dcm"
+        pixels = brain_like((36, 40), seed=10 + index).astype(np.uint16)
+        write_mr_slice(pixels, MRSliceGeometry((0.0, 0.0, 4.0 * index)), patient, path, instance_number=index + 1)
+        paths.append(path)
+    return paths
+
+
+def test_by_series_a_complete_series_is_one_volume_and_a_series_still_arriving_waits(study, weights, tmp_path):
+    series = _series_slices(tmp_path / "series", 4)
+    sink = Collector()
+    waiting = _processor(tmp_path / "spool_waiting", sink, weights, series_quiet_seconds=600)
+    for path in series:
+        waiting.accept(pydicom.dcmread(path))
+    assert waiting.process_pending() == 0 and waiting.spool.counts()["incoming"] == 4, "still arriving: kept queued"
+
+    processor = _processor(tmp_path / "spool", sink, weights, series_quiet_seconds=0)
+    for path in [*series, study[0]]:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 5
+    kinds = sorted(ds.SOPClassUID.name for ds in sink.sent)
+    assert kinds == ["Parametric Map Storage", "Parametric Map Storage", "Segmentation Storage"]
+    (volume_map,) = [
+        ds for ds in sink.sent if ds.SOPClassUID.name == "Parametric Map Storage" and ds.NumberOfFrames > 1
+    ]
+    assert (
+        int(volume_map.NumberOfFrames) == 4
+        and volume_map.StudyInstanceUID == pydicom.dcmread(series[0]).StudyInstanceUID
+    )
+    assert processor.spool.counts() == {"incoming": 0, "processing": 0, "done": 5, "failed": 0}
+    assert processor.statistics.explained == 5
+    assert not list((tmp_path / "spool" / "series").iterdir()), "the series' folder of links is removed"
 
 
 def test_a_batch_is_delivered_while_the_next_is_explained(study, weights, tmp_path):

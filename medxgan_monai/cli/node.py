@@ -3,7 +3,7 @@
 Usage::
 
     medxgan-node serve --ae-title MEDXGAN --port 11112 --allow ORTHANC --destination ORTHANC@127.0.0.1:4242 \\
-        --spool spool/ [--methods medxgan gradcam] [--modality MR CT] [--device cpu] [--overlay]
+        --spool spool/ [--methods medxgan gradcam] [--modality MR CT] [--device cpu] [--overlay] [--series-quiet 2]
         [--host 10.0.0.5 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem --destination-tls]
     medxgan-node dicomweb --url http://127.0.0.1:8042/dicom-web --study 1.2.3... --spool spool/
 
@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     common.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     common.add_argument("--batch-size", type=int, default=16, help="instances explained per bundle run")
+    common.add_argument(
+        "--series-quiet",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="explain by series: a series is explained as one volume (one multi-frame Parametric Map and one "
+        "Segmentation back) once none of its instances arrived for SECONDS, or all its ImagesInAcquisition did "
+        "(default: instance by instance)",
+    )
     common.add_argument(
         "--overlay",
         action="store_true",
@@ -104,6 +113,8 @@ def _check_serve_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None and not args.destination_tls:
         parser.error("--tls-ca needs --tls-cert/--tls-key (TLS for the SCP) or --destination-tls")
+    if args.series_quiet is not None and args.series_quiet < 0:
+        parser.error("--series-quiet must be >= 0")
     for name in ("acse_timeout", "network_timeout", "dimse_timeout", "max_associations"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     spool = Spool(args.spool)
     tracking_uri = default_tracking_uri(Path(args.spool))
     parameters = {"command": args.command, "methods": ",".join(args.methods), "modalities": ",".join(args.modality)}
-    parameters.update(overlay=args.overlay)
+    parameters.update(overlay=args.overlay, series_quiet=args.series_quiet)
     if args.command == "serve":
         ae_title, host, port = args.destination
         parameters.update(ae_title=args.ae_title, port=args.port, destination=f"{ae_title}@{host}:{port}")
@@ -155,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters=parameters,
         torch_threads=args.torch_threads,
         overlay=args.overlay,
+        series_quiet_seconds=args.series_quiet,
     )
     if args.command == "serve":
         DicomNode(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import pydicom
 import torch
 from pydicom.dataset import Dataset
 
 from medxgan_monai.bundle import DEFAULT_BUNDLE, InferencePipeline
 from medxgan_monai.io.explanation_outputs import DicomDerivedWriter
 from medxgan_monai.io.ledger import OutputLedger
-from medxgan_monai.node.spool import Spool, instance_problem, valid_instance_uid
+from medxgan_monai.node.spool import Spool, instance_problem, is_valid_uid, valid_instance_uid
 
 __all__ = ["DEFAULT_MODALITIES", "DeliveryError", "ExplanationProcessor", "NodeStatistics", "ResultSink"]
 
@@ -68,6 +70,19 @@ def default_torch_threads() -> int:
     return max(1, available - 1)
 
 
+@dataclass
+class _Unit:
+    """What one bundle input explains: one instance, or a series (its instances linked into one folder)."""
+
+    stem: str  # the bundle's output stem: the SOP Instance UID, or the series' Series Instance UID
+    paths: list[Path]  # the spooled instances
+    source: Path  # what the bundle reads: the instance, or the series' folder of links
+    received_at: float  # when the (last) instance arrived
+
+    def describe(self) -> str:
+        return f"instance {self.stem}" if len(self.paths) == 1 else f"series {self.stem} ({len(self.paths)} instances)"
+
+
 class ExplanationProcessor:
     """Accept DICOM instances into a :class:`Spool`, explain the queue in batches with the inference bundle, and
     deliver each instance's Parametric Map (and, with ``overlay``, its Secondary Capture) to a :class:`ResultSink`.
@@ -93,6 +108,9 @@ class ExplanationProcessor:
             the counts and timings as metrics and the batch's ``predictions.csv`` and ``errors.csv`` as artifacts
             (``batch_<step>/``), logged after the batch's results were delivered.
         torch_threads: PyTorch intra-op threads while explaining (default :func:`default_torch_threads`).
+        series_quiet_seconds: explain by series: the instances of a series are explained together, as one volume
+            (one multi-frame Parametric Map and one Segmentation back), once no instance of it has arrived for this
+            many seconds or its ImagesInAcquisition have all arrived. ``None`` (default): instance by instance.
         overlay: also send a Secondary Capture of the map over each image. Off by default: the Parametric Map
             carries the map, and each further object costs the PACS a C-STORE (~50 ms to Orthanc on loopback).
 
@@ -116,6 +134,7 @@ class ExplanationProcessor:
         parameters: dict | None = None,
         torch_threads: int | None = None,
         overlay: bool = False,
+        series_quiet_seconds: float | None = None,
     ) -> None:
         self.spool, self.sink = spool, sink
         self.torch_threads = torch_threads or default_torch_threads()
@@ -123,6 +142,10 @@ class ExplanationProcessor:
         self.bundle_root = bundle_root
         self.modalities = tuple(modalities) if modalities else None
         self.batch_size = batch_size
+        if series_quiet_seconds is not None and series_quiet_seconds < 0:
+            raise ValueError(f"series_quiet_seconds must be >= 0, not {series_quiet_seconds}")
+        self.series_quiet_seconds = series_quiet_seconds
+        self._series_info: dict[str, tuple[str, int]] = {}  # spooled file name -> (series UID, ImagesInAcquisition)
         self.statistics = NodeStatistics()
         self._lock = threading.Lock()
         self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
@@ -160,78 +183,138 @@ class ExplanationProcessor:
         returns how many were handled. A second thread delivers each instance's results as soon as the bundle has
         committed them, while the bundle explains the rest of its batch and the next batch, so the destination's
         C-STOREs overlap the explanations. Each instance is tried once per call: one whose delivery fails is queued
-        again when the call ends, for a later call."""
-        handled, undelivered, deliveries = 0, [], []
+        again when the call ends, for a later call.
+
+        With ``series_quiet_seconds``, one pass takes the queue as it is: the instances of a series whose last
+        instance arrived at least that long ago (or whose ImagesInAcquisition have all arrived) are explained as one
+        volume; a series still arriving goes back to the queue for a later call."""
+        handled, undelivered, postponed, deliveries = 0, [], [], []
+        if self.series_quiet_seconds is None:
+            claims = iter(lambda: self.spool.claim(limit=self.batch_size), [])
+        else:
+            claims = iter([self.spool.claim()])
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medxgan-delivery") as delivery:
 
-            def deliver(*arguments) -> None:
-                deliveries.append(delivery.submit(self._deliver, *arguments, undelivered))
+            def deliver(unit: _Unit, outputs: list[Path]) -> None:
+                deliveries.append(delivery.submit(self._deliver, unit, outputs, undelivered))
 
-            while claimed := self.spool.claim(limit=self.batch_size):
-                handled += len(claimed)
-                self._process(claimed, deliver)
-                if self._tracking is not None:  # after the batch's deliveries (one delivery thread, in order)
-                    tables = {path.name: path.read_text() for path in self._run_tables()}
-                    deliveries.append(delivery.submit(self._log_batch, tables))
-        for path in undelivered:
+            for claimed in claims:
+                units, waiting = self._units(claimed)
+                postponed += waiting
+                for start in range(0, len(units), self.batch_size):
+                    batch = units[start : start + self.batch_size]
+                    handled += sum(len(unit.paths) for unit in batch)
+                    self._process(batch, deliver)
+                    if self._tracking is not None:  # after the batch's deliveries (one delivery thread, in order)
+                        tables = {path.name: path.read_text() for path in self._run_tables()}
+                        deliveries.append(delivery.submit(self._log_batch, tables))
+        for path in undelivered + postponed:
             self.spool.release(path)
         for finished in deliveries:
             finished.result()  # an unexpected error of the delivery thread is raised here, not lost
         return handled
 
-    def _process(self, batch: list[Path], deliver: Callable[[Path, list[Path], float], None]) -> None:
-        """Explain ``batch``; each instance goes to ``deliver`` with its DICOM results as soon as they are committed
-        (one already explained before a restart: after the run, from the ledger)."""
-        received_at = {path.stem: path.stat().st_mtime for path in batch}
-        waiting = {path.stem: path for path in batch}
+    def _units(self, claimed: list[Path]) -> tuple[list[_Unit], list[Path]]:
+        """What the bundle explains: each instance alone, or (series mode) each complete series as one volume
+        (a series of one instance: that instance alone); and the instances of series still arriving."""
+        if self.series_quiet_seconds is None:
+            return [_Unit(path.stem, [path], path, path.stat().st_mtime) for path in claimed], []
+        groups: dict[str, list[Path]] = {}
+        for path in claimed:
+            groups.setdefault(self._series_of(path), []).append(path)
+        units, waiting, now = [], [], time.time()
+        for series_uid, paths in groups.items():
+            newest = max(path.stat().st_mtime for path in paths)
+            expected = self._series_info[paths[0].name][1]
+            if now - newest < self.series_quiet_seconds and not (expected and len(paths) >= expected):
+                waiting += paths
+            elif len(paths) == 1 or not series_uid:
+                units += [_Unit(path.stem, [path], path, path.stat().st_mtime) for path in paths]
+            else:
+                units.append(_Unit(series_uid, sorted(paths), self._series_folder(series_uid, paths), newest))
+        return units, waiting
+
+    def _series_of(self, path: Path) -> str:
+        """The instance's Series Instance UID ("" when it has no valid one: explained alone), read once."""
+        if path.name not in self._series_info:
+            header = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImagesInAcquisition"]
+            )
+            uid = str(header.get("SeriesInstanceUID", ""))
+            try:
+                expected = int(header.get("ImagesInAcquisition") or 0)
+            except (TypeError, ValueError):
+                expected = 0
+            self._series_info[path.name] = (uid if is_valid_uid(uid) else "", expected)
+        return self._series_info[path.name][0]
+
+    def _series_folder(self, series_uid: str, paths: list[Path]) -> Path:
+        """A folder of hard links to a series' spooled instances: the bundle reads it as one DICOM series."""
+        folder = self.spool.root / "series" / series_uid
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for path in paths:
+            try:
+                os.link(path, folder / path.name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(path, folder / path.name)
+        return folder
+
+    def _process(self, units: list[_Unit], deliver: Callable[[_Unit, list[Path]], None]) -> None:
+        """Explain ``units``; each goes to ``deliver`` with its DICOM results as soon as they are committed (one
+        already explained before a restart: after the run, from the ledger)."""
+        waiting = {unit.stem: unit for unit in units}
 
         def committed(stem: str, files: list[Path]) -> None:
-            if (path := waiting.pop(stem, None)) is not None:
-                deliver(path, [file for file in files if file.suffix == ".dcm"], received_at[stem])
+            if (unit := waiting.pop(stem, None)) is not None:
+                deliver(unit, [file for file in files if file.suffix == ".dcm"])
 
         start = time.perf_counter()
         torch.set_num_threads(self.torch_threads)  # in the thread that explains
-        run = {"input": [str(path) for path in batch], "output_dir": str(self.spool.results)}
+        run = {"input": [str(unit.source) for unit in units], "output_dir": str(self.spool.results)}
         try:
             report = self.pipeline.run({**run, "ledger#on_commit": committed})
-            problems = {Path(p.path).stem: p.problem for p in report.problems}
+            problems = {p.stem: p.problem for p in report.problems}
         except Exception as error:  # the node must outlive any failure of one batch
-            logger.exception("explaining a batch of %d instance(s) failed", len(batch))
-            problems = {path.stem: f"{type(error).__name__}: {error}" for path in batch}
-        seconds = (time.perf_counter() - start) / len(batch)
+            logger.exception("explaining a batch of %d unit(s) failed", len(units))
+            problems = {unit.stem: f"{type(error).__name__}: {error}" for unit in units}
+        finally:
+            for unit in units:
+                if unit.source.is_dir():
+                    shutil.rmtree(unit.source, ignore_errors=True)
+        instances = sum(len(unit.paths) for unit in units)
+        seconds = (time.perf_counter() - start) / instances
         with self._lock:
-            self.statistics.explain_seconds += [seconds] * (len(batch) - len(problems))
+            explained = sum(len(unit.paths) for unit in units if unit.stem not in problems)
+            self.statistics.explain_seconds += [seconds] * explained
         ledger = OutputLedger(self.spool.results)
-        for uid, path in waiting.items():
-            if uid in problems:
-                self.spool.finish(path, succeeded=False)
-                self._count(failed=1)
-                logger.error("instance %s could not be explained: %s", uid, problems[uid])
+        for stem, unit in waiting.items():
+            if stem in problems:
+                for path in unit.paths:
+                    self.spool.finish(path, succeeded=False)
+                self._count(failed=len(unit.paths))
+                logger.error("%s could not be explained: %s", unit.describe(), problems[stem])
                 continue
-            record = ledger.completed(uid) or {}
-            deliver(
-                path,
-                [self.spool.results / name for name in record.get("files", []) if name.endswith(".dcm")],
-                received_at[uid],
-            )
+            record = ledger.completed(stem) or {}
+            deliver(unit, [self.spool.results / name for name in record.get("files", []) if name.endswith(".dcm")])
 
-    def _deliver(self, path: Path, outputs: list[Path], received_at: float, undelivered: list[Path]) -> None:
-        uid = path.stem
+    def _deliver(self, unit: _Unit, outputs: list[Path], undelivered: list[Path]) -> None:
         try:
             if not outputs:
-                raise DeliveryError(f"no DICOM results for {uid}")
+                raise DeliveryError(f"no DICOM results for {unit.describe()}")
             self.sink.send(outputs)
-        except Exception as error:  # the destination may be down: keep the instance for a later call
-            undelivered.append(path)
+        except Exception as error:  # the destination may be down: keep the instances for a later call
+            undelivered += unit.paths
             self._count(delivery_failures=1)
-            logger.error("instance %s: delivering %d result(s) failed: %s", uid, len(outputs), error)
+            logger.error("%s: delivering %d result(s) failed: %s", unit.describe(), len(outputs), error)
             return
-        self.spool.finish(path, succeeded=True)
-        latency = time.time() - received_at
+        for path in unit.paths:
+            self.spool.finish(path, succeeded=True)
+        latency = time.time() - unit.received_at
         with self._lock:
-            self.statistics.explained += 1
+            self.statistics.explained += len(unit.paths)
             self.statistics.latency_seconds.append(latency)
-        logger.info("instance %s: %d result(s) delivered %.2f s after receipt", uid, len(outputs), latency)
+        logger.info("%s: %d result(s) delivered %.2f s after receipt", unit.describe(), len(outputs), latency)
 
     def _log_batch(self, tables: dict[str, str]) -> None:
         self._tracking.log(self.statistics.metrics(), tables)
