@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import TINY_BUNDLE, brain_like
+from PIL import Image
 
 from medxgan_monai.bundle import run_inference
 from medxgan_monai.data import collect_inputs
@@ -78,6 +79,8 @@ def test_a_nifti_volume_is_explained_slice_by_slice_into_its_own_geometry(volume
     assert all(maps[:, :, k].max() > 0 for k in range(6)), "every slice explained"
     rows = _rows(tmp_path / "out" / "predictions.csv")
     assert [row["slice"] for row in rows] == ["", *map(str, range(6))]
+    with Image.open(tmp_path / "out" / "head_panel.png") as panel:
+        assert panel.height == 3 * (32 * 3 + 28), "one row for each of the 3 most positive slices"
     assert float(rows[0]["probability"]) == pytest.approx(max(float(row["probability"]) for row in rows[1:]), abs=1e-6)
 
 

@@ -20,7 +20,7 @@ from medxgan_monai.io.dicom_derived import (
     write_series_parametric_map,
     write_series_segmentation,
 )
-from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
+from medxgan_monai.io.figures import saliency_overlay, write_panel_rows, write_sweep_gif
 from medxgan_monai.io.nifti import write_nifti
 
 __all__ = [
@@ -103,6 +103,8 @@ class ExplainedVolume:
         slice_probabilities: the classifier's probability of each slice.
         explained: whether each slice was explained (see :class:`~medxgan_monai.handlers.ExplanationHandler`).
         top_slice: the index of the most positive slice.
+        strongest: the slices with the strongest evidence, most positive first, as ``(index, slice's
+            ExplainedImage)`` (up to :data:`STRONGEST_SLICES`, explained slices only when any was), for the panel.
     """
 
     slice_axis: int
@@ -110,6 +112,11 @@ class ExplainedVolume:
     slice_probabilities: list[float]
     explained: list[bool]
     top_slice: int
+    strongest: list[tuple[int, ExplainedImage]] = field(default_factory=list)
+
+
+#: how many slices :func:`stack_slices` keeps for the panel of a volume
+STRONGEST_SLICES = 3
 
 
 def stack_slices(
@@ -145,6 +152,9 @@ def stack_slices(
         probability=float(max(probabilities)),
         volume=ExplainedVolume(axis, [item.source for item in slices], probabilities, list(explained), top),
     )
+    candidates = [k for k in range(len(slices)) if explained[k]] or list(range(len(slices)))
+    ranked = sorted(candidates, key=lambda k: -probabilities[k])[:STRONGEST_SLICES]
+    volume.volume.strongest = [(k, slices[k]) for k in ranked]
     for method, result in best.methods.items():
         stacked = np.stack([item.methods[method].saliency_in_source_grid for item in slices], axis=axis)
         volume.methods[method] = ExplainedMethod(
@@ -181,13 +191,26 @@ def _write_in_source_geometry(item: ExplainedImage, array: np.ndarray, path: Pat
 
 class PanelWriter:
     """``<stem>_panel.png``: the image, the counterfactual of the first panel method that has one, and the maps of
-    the panel methods over the image (captioned with the methods' titles), in the model's grid."""
+    the panel methods over the image (captioned with the methods' titles), in the model's grid. A volume: one such
+    row for each of its slices with the strongest evidence (the most positive ones, up to ``slices_shown``)."""
+
+    def __init__(self, slices_shown: int = 3) -> None:
+        self.slices_shown = slices_shown
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
+        if item.volume is None:
+            rows = [self._row(item, f"image\np={item.probability:.2f}")]
+        else:
+            count = len(item.volume.slice_sources)
+            rows = [
+                self._row(piece, f"slice {index} of {count}\np={piece.probability:.2f}")
+                for index, piece in item.volume.strongest[: self.slices_shown]
+            ]
+        write_panel_rows(folder / f"{item.stem}_panel.png", rows, overwrite=False)
+
+    @staticmethod
+    def _row(item: ExplainedImage, caption: str) -> tuple:
         shown = {m: r for m, r in item.methods.items() if r.in_panel}
-        caption = f"image\np={item.probability:.2f}"
-        if item.volume is not None:  # the most positive slice stands for the volume
-            caption = f"slice {item.volume.top_slice} of {len(item.volume.slice_sources)}\np={item.probability:.2f}"
         captions = {"image": caption} | {m: r.title for m, r in shown.items()}
         counterfactual = np.zeros_like(item.image)
         names = [r.counterfactual_name for r in shown.values() if r.counterfactual_name in item.counterfactuals]
@@ -197,14 +220,7 @@ class PanelWriter:
             label = names[0].replace("_", " ")
             captions["counterfactual"] = f"{label}\np={shown_counterfactual.probability:.2f}"
         # MONAI's arrays are (x, y): transpose so the PNG shows rows as a viewer would
-        write_panel(
-            folder / f"{item.stem}_panel.png",
-            item.image.T,
-            counterfactual.T,
-            {m: r.saliency.T for m, r in shown.items()},
-            captions,
-            overwrite=False,
-        )
+        return item.image.T, counterfactual.T, {m: r.saliency.T for m, r in shown.items()}, captions
 
 
 class SweepWriter:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from medxgan_monai.io.atomic import atomic_output
 
-__all__ = ["saliency_overlay", "write_panel", "write_sweep_gif"]
+__all__ = ["saliency_overlay", "write_panel", "write_panel_rows", "write_sweep_gif"]
 
 
 def _colormap(name: str):
@@ -56,6 +56,28 @@ def write_panel(
         maps: method name -> (H, W) saliency in [0, 1], in display order.
         captions: text under each tile, keyed by ``"image"``, ``"counterfactual"`` or the method name.
     """
+    write_panel_rows(path, [(image, counterfactual, maps, captions)], scale, overwrite)
+
+
+def write_panel_rows(
+    path: str | os.PathLike,
+    rows: Sequence[tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray], Mapping[str, str]]],
+    scale: int = 3,
+    overwrite: bool = False,
+) -> None:
+    """Several :func:`write_panel` rows, one under the other (e.g. a volume's slices with the strongest evidence);
+    each row is ``(image, counterfactual, maps, captions)`` as there, all rows of one size and the same maps."""
+    pictures = [_panel_row(*row, scale=scale) for row in rows]
+    panel = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
+    top = 0
+    for picture in pictures:
+        panel.paste(picture, (0, top))
+        top += picture.height
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        panel.save(tmp, format="PNG")
+
+
+def _panel_row(image, counterfactual, maps, captions, scale: int) -> Image.Image:
     tiles = [("image", _gray(image)), ("counterfactual", _gray(counterfactual))]
     tiles += [(name, saliency_overlay(image, saliency, opacity=0.7)) for name, saliency in maps.items()]
     rendered = [_tile(np.repeat(t[..., None], 3, -1) if t.ndim == 2 else t, scale) for _, t in tiles]
@@ -65,8 +87,7 @@ def write_panel(
     for index, ((name, _), tile) in enumerate(zip(tiles, rendered, strict=True)):
         panel.paste(tile, (index * width, 0))
         draw.multiline_text((index * width + 3, height + 2), captions.get(name, name), fill="black", spacing=1)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        panel.save(tmp, format="PNG")
+    return panel
 
 
 def write_sweep_gif(
