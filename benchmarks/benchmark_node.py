@@ -15,6 +15,7 @@ node's batches, no MLflow run of its own; the ratio is the node's overhead.
 Usage::
 
     python scripts/benchmark_node.py [--sizes 64 256] [--instances 8] [--single 5] [--methods medxgan_ig] [--overlay]
+        [--series 16 64 --series-quiet 1]
 """
 
 from __future__ import annotations
@@ -112,6 +113,49 @@ def measure(size: int, count: int, overrides: dict, workdir: Path, overlay: bool
     }
 
 
+def measure_series(size: int, count: int, overrides: dict, workdir: Path, quiet: float) -> dict:
+    """The node by series (``series_quiet_seconds=quiet``): ``count`` slices of one series routed at once come back
+    as one Parametric Map and one Segmentation; seconds from the routing request until both are in Orthanc, against
+    the bundle explaining the same series folder directly (no networking, no quiet time)."""
+    import pydicom
+    import torch
+
+    from medxgan_monai.bundle import run_inference
+    from medxgan_monai.io.explanation_outputs import DicomDerivedWriter
+    from medxgan_monai.node import DicomNode, DimseSender, ExplanationProcessor, OrthancServer, Spool
+    from medxgan_monai.node.orthanc import free_port
+    from medxgan_monai.node.processor import default_torch_threads
+
+    folder = workdir / f"series_{size}_{count}"
+    sources = _write_study(folder, size, count)
+    torch.set_num_threads(default_torch_threads())
+    start = time.perf_counter()
+    direct_run = {"input": [str(folder)], "output_dir": str(workdir / f"direct_series_{size}_{count}")}
+    run_inference({**overrides, **direct_run, "writers": [DicomDerivedWriter(overlay=False)], "tracking_uri": None})
+    direct = time.perf_counter() - start
+    node_port = free_port()
+    modalities = {"node": ("MEDXGAN", "127.0.0.1", node_port)}
+    with OrthancServer(workdir / f"orthanc_series_{size}_{count}", modalities=modalities) as orthanc:
+        ids = [orthanc.upload(path) for path in sources]
+        sender = DimseSender("127.0.0.1", orthanc.dicom_port, orthanc.ae_title)
+        spool = Spool(workdir / f"spool_series_{size}_{count}")
+        processor = ExplanationProcessor(spool, sender, overrides, series_quiet_seconds=quiet)
+        node = DicomNode(processor, "MEDXGAN", node_port, allowed_calling_ae_titles=[orthanc.ae_title])
+        node.start()
+        try:
+            (study,) = orthanc.rest("/tools/lookup", data=pydicom.dcmread(sources[0]).StudyInstanceUID.encode())
+            start = time.perf_counter()
+            orthanc.send_to_modality("node", ids)
+            while len(orthanc.rest(f"/studies/{study['ID']}/instances")) < count + 2:
+                if time.perf_counter() - start > 600:
+                    raise TimeoutError("the series' results did not arrive within 10 minutes")
+                time.sleep(0.1)
+            through_node = time.perf_counter() - start
+        finally:
+            node.stop()
+    return {"size": size, "slices": count, "quiet": quiet, "direct_s": direct, "node_s": through_node}
+
+
 def _single_instances(
     folder: Path, size: int, first: int, repeats: int, orthanc, processor, overrides: dict
 ) -> tuple[float, float, float]:
@@ -155,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["medxgan_ig"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overlay", action="store_true", help="the node also sends Secondary Capture overlays")
+    parser.add_argument(
+        "--series",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="SLICES",
+        help="also time the node by series: one series of each of these slice counts (64 px), routed at once",
+    )
+    parser.add_argument("--series-quiet", type=float, default=1.0, help="the node's quiet time by series (s)")
     args = parser.parse_args(argv)
     import logging
 
@@ -167,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print("Orthanc is not installed: bash scripts/install_orthanc.sh", file=sys.stderr)
         return 2
     overrides = {"methods": list(args.methods), "device": torch.device(args.device)}
-    rows = []
+    rows, series_rows = [], []
     with tempfile.TemporaryDirectory(prefix="medxgan_node_bench_") as scratch:
         for size in args.sizes:
             rows.append(measure(size, args.instances, overrides, Path(scratch), args.overlay, args.single))
+        for count in args.series:
+            series_rows.append(measure_series(64, count, overrides, Path(scratch), args.series_quiet))
     from medxgan_monai.node.processor import default_torch_threads
 
     print(
@@ -191,6 +246,16 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['single_latency']:.2f} | {row['single_explanation']:.2f} "
             f"| {row['single_ratio']:.2f}x |"
         )
+    if series_rows:
+        print(
+            f"\nBy series (--series-quiet {args.series_quiet:g} s; default map on the slices the classifier calls "
+            "positive): routing request to the Parametric Map and the Segmentation stored"
+        )
+        print("| slices | direct bundle s | through node s | node - direct s |")
+        print("|---|---|---|---|")
+        for row in series_rows:
+            extra = row["node_s"] - row["direct_s"]
+            print(f"| {row['slices']} | {row['direct_s']:.1f} | {row['node_s']:.1f} | {extra:.1f} |")
     return 0
 
 
