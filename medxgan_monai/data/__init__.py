@@ -1,8 +1,9 @@
-"""Data: the demo benchmark builder and datalist loading and validation."""
+"""Data: the demo benchmark and demo volume builders and datalist loading and validation."""
 
 from medxgan_monai.data.batching import GrowingBatchSampler
 from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
 from medxgan_monai.data.demo import DemoDataSettings, build_demo_dataset, image_statistics_auc
+from medxgan_monai.data.demo_volumes import DemoVolumeSettings, build_demo_volumes, render_volume
 from medxgan_monai.data.inputs import (
     InputProblem,
     collect_evaluation_items,
@@ -15,15 +16,18 @@ from medxgan_monai.data.lesions import LesionSettings
 __all__ = [
     "DatalistError",
     "DemoDataSettings",
+    "DemoVolumeSettings",
     "GrowingBatchSampler",
     "InputProblem",
     "LesionSettings",
     "build_demo_dataset",
+    "build_demo_volumes",
     "collect_evaluation_items",
     "collect_inputs",
     "image_statistics_auc",
     "load_datalist",
     "output_stem",
+    "render_volume",
     "screen_inputs",
     "validate_datalist",
 ]
