@@ -246,6 +246,12 @@ def test_derived_objects_have_no_dciodvfy_errors(tmp_path, series):
             assert "Laterality" in written and written.Laterality == ""
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
+def test_the_synthetic_mr_slices_have_no_dciodvfy_errors(tmp_path):
+    _write_series(tmp_path / "source", SyntheticPatient(**PATIENT), count=1)
+    assert not _dciodvfy_errors(tmp_path / "source" / "slice0.dcm")
+
+
 def test_a_stated_laterality_is_carried_over(tmp_path, series):
     for source in series:
         source.Laterality = "L"

@@ -159,6 +159,7 @@ def write_mr_slice(
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "Synthetic data: no real patient"
     ds.BodyPartExamined = "BRAIN"
+    ds.PatientPosition = "HFS"  # General Series Type 2C for MR: the synthetic axial slices are head first supine
     ds.ScanningSequence = "RM"
     ds.SequenceVariant = "NONE"
     ds.ScanOptions = ""
