@@ -126,6 +126,24 @@ def slice_affine(settings: DemoDataSettings, z_mm: float, centre_xy: tuple[float
     return affine
 
 
+def anatomical_variation(
+    rng: np.random.Generator, settings: DemoDataSettings, nominal: np.ndarray, centre: np.ndarray
+) -> np.ndarray:
+    """Where in the template the ``nominal`` world points (3, ...) of a sample actually look: a random rotation (yaw
+    and two tilts), in-plane scaling and shift about ``centre``. The elastic warp is drawn after it, by the caller."""
+    rotation = _rotation(
+        np.deg2rad(rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg)),
+        np.deg2rad(rng.uniform(-settings.max_tilt_deg, settings.max_tilt_deg)),
+        np.deg2rad(rng.uniform(-settings.max_tilt_deg, settings.max_tilt_deg)),
+    )
+    scales = rng.uniform(*settings.scale_range, size=3)
+    scales[2] = 1.0
+    shift = np.append(rng.uniform(-settings.max_shift_mm, settings.max_shift_mm, size=2), 0.0)
+    axes = (3, *([1] * (nominal.ndim - 1)))
+    offsets = (nominal - centre.reshape(axes)).reshape(3, -1)
+    return (rotation @ (scales.reshape(3, 1) * offsets)).reshape(nominal.shape) + (centre + shift).reshape(axes)
+
+
 def render_sample(template: _Template, settings: DemoDataSettings, rng: np.random.Generator, positive: bool) -> dict:
     """Render one slice: returns the stored integer image, its mask, the nominal affine and what was drawn."""
     n = settings.size
@@ -136,16 +154,7 @@ def render_sample(template: _Template, settings: DemoDataSettings, rng: np.rando
     nominal = np.stack([affine[0, 0] * i + affine[0, 3], affine[1, 1] * j + affine[1, 3], np.full(i.shape, z_mm)])
 
     # anatomical variation: where in the template each nominal point actually looks
-    rotation = _rotation(
-        np.deg2rad(rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg)),
-        np.deg2rad(rng.uniform(-settings.max_tilt_deg, settings.max_tilt_deg)),
-        np.deg2rad(rng.uniform(-settings.max_tilt_deg, settings.max_tilt_deg)),
-    )
-    scales = rng.uniform(*settings.scale_range, size=3)
-    scales[2] = 1.0
-    shift = np.append(rng.uniform(-settings.max_shift_mm, settings.max_shift_mm, size=2), 0.0)
-    offsets = (nominal - centre.reshape(3, 1, 1)).reshape(3, -1)
-    warped = (rotation @ (scales.reshape(3, 1) * offsets)).reshape(3, n, n) + (centre + shift).reshape(3, 1, 1)
+    warped = anatomical_variation(rng, settings, nominal, centre)
     elastic = np.stack([smooth_noise(rng, (n, n), sigma=n / 8) for _ in range(2)]) * settings.elastic_mm / 2
     warped[:2] += elastic
     anatomy, brain = template.sample(warped)

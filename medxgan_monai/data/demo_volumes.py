@@ -36,12 +36,12 @@ from medxgan_monai.data.demo import (
     UID_ROOT,
     DemoDataSettings,
     _dicom_geometry,
-    _rotation,
     _Template,
     _write_json,
+    anatomical_variation,
     slice_affine,
 )
-from medxgan_monai.data.lesions import LesionSettings, smooth_noise
+from medxgan_monai.data.lesions import LesionSettings, lesion_change, perturbed_ellipse, smooth_noise
 from medxgan_monai.io import SyntheticPatient, atomic_replace_dir, read_dicom_series, write_mr_slice, write_nifti
 
 __all__ = ["DemoVolumeSettings", "build_demo_volumes", "render_volume", "volume_affine"]
@@ -123,15 +123,7 @@ def _lesion_shape(
     pi * ``radius``**2 pixels) and whose semi-axis along k is ``half_extent`` slices, its boundary perturbed by the
     same low in-plane harmonics and smooth noise as :mod:`medxgan_monai.data.lesions`."""
     i, j, k = np.meshgrid(*(np.arange(size) for size in shape), indexing="ij")
-    aspect = rng.uniform(0.65, 1.0)
-    tilt = rng.uniform(0, np.pi)
-    di, dj = i - centre[0], j - centre[1]
-    u = di * np.cos(tilt) + dj * np.sin(tilt)
-    v = (-di * np.sin(tilt) + dj * np.cos(tilt)) / aspect
-    theta = np.arctan2(v, u)
-    boundary = np.ones_like(theta)
-    for harmonic in range(2, 6):
-        boundary += rng.uniform(0, 0.22 / harmonic) * np.cos(harmonic * theta + rng.uniform(0, 2 * np.pi))
+    u, v, boundary, aspect = perturbed_ellipse(rng, i - centre[0], j - centre[1])
     # as in 2D, the ellipse's area is compensated for its aspect, so the central cross-section has the requested area
     rho = np.sqrt((u**2 + v**2) / (radius / np.sqrt(aspect)) ** 2 + ((k - centre[2]) / half_extent) ** 2)
     noise_sigma = (max(radius / 3, 1.0), max(radius / 3, 1.0), max(half_extent / 3, 0.5))
@@ -188,18 +180,9 @@ def _draw_volume_lesions(
                 break
         if not blob.any():
             continue
-        hyper = bool(rng.random() < lesions.hyper_probability)
-        contrast = rng.uniform(*lesions.contrast)
-        depth = ndimage.distance_transform_edt(blob, sampling=voxel_sampling)
-        ramp = np.clip(0.45 + 0.55 * depth / 2.0, 0, 1)
         texture_sigma = (1.2, 1.2, 1.2 / voxel_sampling[2])
-        texture = np.clip(1 + 0.3 * smooth_noise(rng, shape, sigma=texture_sigma), 0.4, 1.6)
-        change = contrast * brain_level * ramp * texture
-        if hyper and rng.random() < lesions.necrotic_core_probability:
-            core = depth > 0.55 * depth.max()
-            change = np.where(core, -0.6 * change, change)
-        sign = 1.0 if hyper else -1.0
-        image[blob] = np.clip(image[blob] + sign * change[blob], low, high)
+        change, hyper, contrast = lesion_change(blob, rng, lesions, brain_level, voxel_sampling, texture_sigma)
+        image[blob] = np.clip(image[blob] + change[blob], low, high)
         drawn |= blob
         lesion_slices = np.flatnonzero(blob.any(axis=(0, 1)))
         records.append(
@@ -248,17 +231,7 @@ def render_volume(settings: DemoVolumeSettings, index: int, positive: bool, temp
     nominal = np.tensordot(affine[:3, :3], grid, axes=1) + affine[:3, 3].reshape(3, 1, 1, 1)
 
     # anatomical variation, as in 2D, drawn once for the whole volume so that anatomy is continuous across slices
-    rotation = _rotation(
-        np.deg2rad(rng.uniform(-demo.max_rotation_deg, demo.max_rotation_deg)),
-        np.deg2rad(rng.uniform(-demo.max_tilt_deg, demo.max_tilt_deg)),
-        np.deg2rad(rng.uniform(-demo.max_tilt_deg, demo.max_tilt_deg)),
-    )
-    scales = rng.uniform(*demo.scale_range, size=3)
-    scales[2] = 1.0
-    shift = np.append(rng.uniform(-demo.max_shift_mm, demo.max_shift_mm, size=2), 0.0)
-    offsets = (nominal - centre.reshape(3, 1, 1, 1)).reshape(3, -1)
-    warped = (rotation @ (scales.reshape(3, 1) * offsets)).reshape(nominal.shape)
-    warped += (centre + shift).reshape(3, 1, 1, 1)
+    warped = anatomical_variation(rng, demo, nominal, centre)
     # the 2D warp's smoothness (n / 8 pixels) in millimetres along the slice normal too
     elastic_sigma = (n / 8, n / 8, n / 8 * demo.pixel_spacing_mm / step)
     shape = (n, n, n_slices)

@@ -45,21 +45,54 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float)
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
-def _lesion_shape(rng: np.random.Generator, shape: tuple[int, int], centre: np.ndarray, radius: float) -> np.ndarray:
-    """An irregular blob: an ellipse whose boundary is perturbed by low harmonics and smooth noise."""
-    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+def perturbed_ellipse(
+    rng: np.random.Generator, first: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The in-plane frame of an irregular blob, from each pixel's offsets ``first`` and ``second`` (any shape) to its
+    centre: the ellipse coordinates ``u`` and ``v`` (a random tilt; ``v`` stretched by ``1 / aspect``), the boundary
+    perturbed by low harmonics of the polar angle, and the aspect (0.65..1). Shared by 2D and 3D lesions."""
     aspect = rng.uniform(0.65, 1.0)
     tilt = rng.uniform(0, np.pi)
-    dr, dc = rows - centre[0], cols - centre[1]
-    u = dr * np.cos(tilt) + dc * np.sin(tilt)
-    v = (-dr * np.sin(tilt) + dc * np.cos(tilt)) / aspect
+    u = first * np.cos(tilt) + second * np.sin(tilt)
+    v = (-first * np.sin(tilt) + second * np.cos(tilt)) / aspect
     theta = np.arctan2(v, u)
     boundary = np.ones_like(theta)
     for harmonic in range(2, 6):
         boundary += rng.uniform(0, 0.22 / harmonic) * np.cos(harmonic * theta + rng.uniform(0, 2 * np.pi))
+    return u, v, boundary, aspect
+
+
+def _lesion_shape(rng: np.random.Generator, shape: tuple[int, int], centre: np.ndarray, radius: float) -> np.ndarray:
+    """An irregular blob: an ellipse whose boundary is perturbed by low harmonics and smooth noise."""
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    u, v, boundary, aspect = perturbed_ellipse(rng, rows - centre[0], cols - centre[1])
     # the ellipse shrinks the area by `aspect`; compensate so that the drawn area matches the requested one
     rho = np.hypot(u, v) / (radius / np.sqrt(aspect))
     return rho + 0.12 * smooth_noise(rng, shape, sigma=max(radius / 3, 1.0)) < boundary
+
+
+def lesion_change(
+    blob: np.ndarray,
+    rng: np.random.Generator,
+    settings: LesionSettings,
+    brain_level: float,
+    sampling: tuple[float, ...] | None = None,
+    texture_sigma: float | tuple[float, ...] = 1.2,
+) -> tuple[np.ndarray, bool, float]:
+    """The signed intensity change of a lesion on ``blob`` (2D or 3D): hyper- or hypointense by a contrast relative to
+    ``brain_level``, a ramp from the edge inwards (distances in pixels; ``sampling`` per axis), texture, and for a
+    hyperintense lesion sometimes a necrotic core. Returns the change, whether it is hyperintense and its contrast."""
+    hyper = bool(rng.random() < settings.hyper_probability)
+    contrast = rng.uniform(*settings.contrast)
+    # a ramp from the edge inwards keeps borders plausible while the mask stays exact
+    depth = ndimage.distance_transform_edt(blob, sampling=sampling)
+    ramp = np.clip(0.45 + 0.55 * depth / 2.0, 0, 1)
+    texture = np.clip(1 + 0.3 * smooth_noise(rng, blob.shape, sigma=texture_sigma), 0.4, 1.6)
+    change = contrast * brain_level * ramp * texture
+    if hyper and rng.random() < settings.necrotic_core_probability:
+        core = depth > 0.55 * depth.max()
+        change = np.where(core, -0.6 * change, change)
+    return (1.0 if hyper else -1.0) * change, hyper, float(contrast)
 
 
 def draw_lesions(
@@ -94,18 +127,8 @@ def draw_lesions(
                 break
         if not blob.any():
             continue
-        hyper = bool(rng.random() < settings.hyper_probability)
-        contrast = rng.uniform(*settings.contrast)
-        # a ramp from the edge inwards keeps borders plausible while the mask stays exact
-        depth = ndimage.distance_transform_edt(blob)
-        ramp = np.clip(0.45 + 0.55 * depth / 2.0, 0, 1)
-        texture = np.clip(1 + 0.3 * smooth_noise(rng, shape, sigma=1.2), 0.4, 1.6)
-        change = contrast * brain_level * ramp * texture
-        if hyper and rng.random() < settings.necrotic_core_probability:
-            core = depth > 0.55 * depth.max()
-            change = np.where(core, -0.6 * change, change)
-        sign = 1.0 if hyper else -1.0
-        image[blob] = np.clip(image[blob] + sign * change[blob], low, high)
+        change, hyper, contrast = lesion_change(blob, rng, settings, brain_level)
+        image[blob] = np.clip(image[blob] + change[blob], low, high)
         mask |= blob
         records.append(
             {
