@@ -175,8 +175,16 @@ def collect_evaluation_items(
 
     Returns items ``{"image", "mask", "label", "stem", "source"}`` (absolute paths; ``source`` keeps the image path
     once the image is loaded) for the entries whose label is in ``labels`` (the positives by default: the class
-    whose evidence is explained), and one :class:`InputProblem` per such entry without a ``"mask"``, which is
-    skipped. A structurally broken datalist raises :class:`~medxgan_monai.data.DatalistError` listing every problem.
+    whose evidence is explained), and one :class:`InputProblem` per such entry that is skipped: one without a
+    ``"mask"``, and a volume whose mask is not in its grid. A structurally broken datalist raises
+    :class:`~medxgan_monai.data.DatalistError` listing every problem.
+
+    A volume entry is a 3D NIfTI image or a folder holding one DICOM series; its item also has ``"volume"``
+    (``"nifti"`` or ``"dicom_series"``, and a series its ``"files"``), as :func:`collect_inputs` gives, so that
+    :func:`screen_inputs` cuts it into slices. Its ``"mask"`` must be a 3D NIfTI in the volume's own grid: the shape
+    and affine of the NIfTI volume, or for a series the (columns, rows, slices) shape and the affine of
+    :func:`~medxgan_monai.io.series.read_dicom_series` (affines within :data:`MASK_AFFINE_TOLERANCE_MM`), since its
+    scores are computed on the maps in that grid.
 
     Example::
 
@@ -189,8 +197,69 @@ def collect_evaluation_items(
         if not item.get("mask"):
             problems.append(InputProblem(stem, item["image"], "no 'mask' in the datalist entry; cannot score"))
             continue
-        items.append({**item, "stem": stem, "source": item["image"]})
+        try:
+            volume = _evaluation_volume(item["image"])
+            problem = _mask_grid_problem(item["image"], item["mask"], volume) if volume else None
+        except (ImageReadError, SeriesError, NoImagesFound) as error:
+            problem = str(error) if isinstance(error, NoImagesFound) else _describe(error)
+        if problem:
+            problems.append(InputProblem(stem, item["image"], problem))
+            continue
+        items.append({**item, **volume, "stem": stem, "source": item["image"]})
     return items, problems
+
+
+#: how far (mm, per affine entry) a volume's mask affine may be from the volume's: float32 storage of the same grid
+MASK_AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _evaluation_volume(image: str) -> dict:
+    """The volume keys of an evaluation entry's image: ``{}`` for a 2D image, ``{"volume": "nifti"}`` for a 3D
+    NIfTI, ``{"volume": "dicom_series", "files": [...]}`` for a folder holding one DICOM series and nothing else.
+
+    Raises:
+        ImageReadError: a folder that does not hold exactly one series.
+        NoImagesFound: a folder without image files.
+    """
+    path = Path(image)
+    if not path.is_dir():
+        return {key: value for key, value in _file_item(image).items() if key != "image"}
+    found = _folder_items(path, series=True)
+    series = [item for item in found if item.get("volume") == DICOM_SERIES]
+    if len(series) != 1 or len(found) != 1:
+        raise ImageReadError(
+            image,
+            f"a volume's folder must hold one DICOM series (two or more instances of one SeriesInstanceUID) and "
+            f"no other image; found {len(series)} series and {len(found) - len(series)} other image(s)",
+        )
+    return {"volume": DICOM_SERIES, "files": series[0]["files"]}
+
+
+def _mask_grid_problem(image: str, mask: str, volume: dict) -> str | None:
+    """Why ``mask`` is not in the grid of the volume ``image`` (shape and affine, read from headers), or ``None``."""
+    import nibabel as nib
+
+    from medxgan_monai.io.series import read_dicom_series
+
+    if volume["volume"] == DICOM_SERIES:
+        series = read_dicom_series(volume["files"], origin=image)
+        shape, affine = tuple(series.shape), np.asarray(series.affine)
+    else:
+        header = nib.load(image)
+        shape, affine = tuple(header.shape), np.asarray(header.affine)
+    try:
+        mask_header = nib.load(mask)
+    except Exception as error:  # nibabel raises many types; the user needs the file and the reason
+        return f"mask {mask}: cannot read as a NIfTI volume ({type(error).__name__})"
+    if tuple(mask_header.shape) != shape:
+        return f"mask {mask}: shape {tuple(mask_header.shape)} is not the volume's grid {shape}"
+    distance = float(np.abs(np.asarray(mask_header.affine) - affine).max())
+    if not distance <= MASK_AFFINE_TOLERANCE_MM:
+        return (
+            f"mask {mask}: its affine differs from the volume's by up to {distance:.3g} mm "
+            f"(tolerance {MASK_AFFINE_TOLERANCE_MM:g} mm): not the volume's grid"
+        )
+    return None
 
 
 def _datalist_paths(path: Path, section: str) -> list[str]:

@@ -1,9 +1,11 @@
 """Ignite handlers that score explanations against ground-truth masks and write the evaluation report.
 
 In ``evaluate.json`` they follow the :class:`~medxgan_monai.handlers.ExplanationHandler` on a MONAI evaluator:
-:class:`ExplanationScorer` scores every explained batch, :class:`RandomizationTest` runs the sanity test on the first
-images at the end, and :class:`EvaluationReport` writes the CSVs, the markdown summary and the charts, and hands the
-summary to the MLflow handler through ``engine.state.metrics``.
+:class:`ExplanationScorer` scores every explained batch (2D images itself; the slices of volumes through its
+:class:`VolumeScorer`, which scores each volume in 3D and per slice once its last slice is explained),
+:class:`RandomizationTest` runs the sanity test on the first images at the end, and :class:`EvaluationReport` writes
+the CSVs, the markdown summary and the charts, and hands the summary to the MLflow handler through
+``engine.state.metrics``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.utils import CommonKeys
 from torch import nn
 
 from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
-from medxgan_monai.handlers.explanation import ATTRIBUTIONS, FAILURE, SECONDS, InferenceReport, explained_output
+from medxgan_monai.handlers.explanation import (
+    ATTRIBUTIONS,
+    EXPLAINED,
+    FAILURE,
+    SECONDS,
+    SLICE_ROWS,
+    ExplanationWriter,
+    InferenceReport,
+    _VolumeKeys,
+    explained_output,
+)
 from medxgan_monai.io.atomic import atomic_write_csv, atomic_write_text
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
+from medxgan_monai.io.explanation_outputs import ExplainedImage, NiftiMapWriter, stack_slices
+from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.metrics import (
     METRICS,
     ExplanationMetric,
@@ -35,7 +51,7 @@ from medxgan_monai.metrics import (
 )
 from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities
 
-__all__ = ["METRICS", "EvaluationReport", "ExplanationScorer", "RandomizationTest"]
+__all__ = ["METRICS", "EvaluationReport", "ExplanationScorer", "RandomizationTest", "VolumeScorer", "volume_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +61,8 @@ IDENTITY_COLUMNS = ("stem", "source", "label", "probability", "method", "seconds
 #: ``completeness_gap`` is |sum of the attributions - (p(x) - p(baseline))| of the Integrated-Gradients-type maps
 #: (``ig``, ``medxgan_ig``, ``medxgan_lig``), in probability units; NaN for the other methods
 DETAIL_COLUMNS = ("completeness_gap",)
+#: the columns of every summary CSV (one row per method and metric)
+SUMMARY_COLUMNS = ("method", "metric", "mean", "ci_low", "ci_high", "n")
 
 
 @dataclass
@@ -66,7 +84,10 @@ class ExplanationScorer:
     failures go to ``report``.
 
     Attach after :class:`~medxgan_monai.handlers.ExplanationHandler` on an evaluator with ``decollate=False`` whose
-    batches carry ``mask``, ``stem`` and ``source``.
+    batches carry ``mask``, ``stem`` and ``source``. The slices of a volume (items with ``"slice" >= 0``, see
+    :mod:`medxgan_monai.data.volumes`) are not images of this table: they go to ``volumes``, which scores each
+    volume as a whole (:class:`VolumeScorer`); without one, each volume is reported as a problem, never dropped
+    silently.
 
     Args:
         classifier: the explained classifier (for deletion and insertion).
@@ -76,6 +97,7 @@ class ExplanationScorer:
         ranking_metric: the metric that picks the best and worst examples.
         examples: how many best and how many worst images to keep per method.
         metrics: the metric table (name -> :class:`~medxgan_monai.metrics.ExplanationMetric`); the report's columns.
+        volumes: scores the volumes (a section of the report, which adds it itself).
     """
 
     def __init__(
@@ -89,6 +111,7 @@ class ExplanationScorer:
         mask_key: str = "mask",
         image_key: str = CommonKeys.IMAGE,
         metrics: Mapping[str, ExplanationMetric] = METRICS,
+        volumes: VolumeScorer | None = None,
     ) -> None:
         if ranking_metric not in metrics:
             raise ValueError(f"unknown ranking metric {ranking_metric!r}; one of {list(metrics)}")
@@ -100,39 +123,75 @@ class ExplanationScorer:
         self.ranking_metric = ranking_metric
         self.examples = examples
         self.mask_key, self.image_key = mask_key, image_key
+        self.volumes = volumes
         self.rows: list[dict] = []
         self.candidates: dict[str, list[_Candidate]] = {}
+        self._unscored_volumes: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if self.volumes is not None:
+            # the volumes' ledger locks the output folder when it writes the first volume; the run ends the lock
+            engine.add_event_handler(Events.COMPLETED, lambda _: self.volumes.ledger.release())
 
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, explained_output(engine, type(self).__name__)
         stems, sources = list(batch["stem"]), [str(s) for s in batch["source"]]
+        numbers = _VolumeKeys.of(batch, len(stems)).slice
+        images = [index for index, number in enumerate(numbers) if number < 0]
+        if len(images) < len(stems):
+            self._add_volume_slices(batch, output, [index for index, number in enumerate(numbers) if number >= 0])
+        if not images:
+            return
+        stems, sources = [stems[i] for i in images], [sources[i] for i in images]
         if FAILURE in output:
             for stem, source in zip(stems, sources, strict=True):
                 self.report.add_problem(stem, source, output[FAILURE])
             return
         try:
-            rows = self._score(batch, output, stems, sources)
+            rows = self._score(batch, output, images, stems, sources)
         except Exception as error:  # one batch's failure must not stop the evaluation
             logger.exception("scoring failed for iteration %d", engine.state.iteration)
             for stem, source in zip(stems, sources, strict=True):
                 self.report.add_problem(stem, source, f"scoring failed: {type(error).__name__}: {error}")
             return
         self.rows.extend(rows)
-        for index, (stem, source) in enumerate(zip(stems, sources, strict=True)):
+        for index, stem, source in zip(images, stems, sources, strict=True):
             self.report.add_prediction(stem, source, output, index)
 
-    def _score(self, batch: Mapping, output: Mapping, stems: list[str], sources: list[str]) -> list[dict]:
-        images = torch.as_tensor(output[self.image_key])
-        masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()
-        labels = torch.as_tensor(output[CommonKeys.LABEL]).detach().cpu().view(-1)
+    def _add_volume_slices(self, batch: Mapping, output: Mapping, indices: list[int]) -> None:
+        """Hand the batch's slices of volumes to :attr:`volumes`; without it, report each volume once."""
+        if self.volumes is None:
+            for index in indices:
+                stem = str(batch["stem"][index])
+                if stem not in self._unscored_volumes:
+                    self._unscored_volumes.add(stem)
+                    problem = "a volume, and this evaluation scores no volumes (its ExplanationScorer has no volumes)"
+                    self.report.add_problem(stem, str(batch["source"][index]), problem)
+            return
         probabilities = class_probabilities(output[CommonKeys.PRED]).detach().cpu()[:, self.target]
+        self.volumes.add(batch, output, indices, probabilities)
+
+    def _score(
+        self, batch: Mapping, output: Mapping, indices: list[int], stems: list[str], sources: list[str]
+    ) -> list[dict]:
+        """The rows of the batch's 2D images ``indices``."""
+        whole = len(indices) == len(batch["stem"])
+        chosen = torch.as_tensor(indices, dtype=torch.long)
+
+        def rows_of(values: torch.Tensor) -> torch.Tensor:
+            # a batch of 2D images only is scored as it is; one with slices of volumes, on its 2D images
+            return values if whole else values[chosen.to(values.device)]
+
+        images = rows_of(torch.as_tensor(output[self.image_key]))
+        masks = rows_of((torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float())
+        labels = rows_of(torch.as_tensor(output[CommonKeys.LABEL]).detach().cpu().view(-1))
+        probabilities = rows_of(class_probabilities(output[CommonKeys.PRED]).detach().cpu()[:, self.target])
         rows = []
         for method, attribution in output[ATTRIBUTIONS].items():
-            maps = attribution.maps.detach()
+            maps = rows_of(attribution.maps.detach())
             counterfactual = attribution.counterfactual_probability
+            counterfactual = None if counterfactual is None else rows_of(counterfactual)
             scores = score_maps(
                 maps,
                 masks=masks,
@@ -147,7 +206,7 @@ class ExplanationScorer:
             )
             seconds = output[SECONDS].get(method, float("nan"))
             details = {
-                name: attribution.details[name].detach().cpu().view(-1)
+                name: rows_of(attribution.details[name].detach().cpu().view(-1))
                 for name in DETAIL_COLUMNS
                 if name in attribution.details
             }
@@ -194,13 +253,349 @@ class ExplanationScorer:
         return [c.case for c in best], [c.case for c in worst]
 
 
+def volume_metrics(metrics: Mapping[str, ExplanationMetric] = METRICS) -> dict[str, ExplanationMetric]:
+    """The metrics of a table that score a volume: those that need no classifier (deletion, insertion and ROAD
+    perturb the 2D classifier's input picture, which a volume is not).
+
+    Example::
+
+        list(volume_metrics())   # ['pointing_game', 'relevance_mass', 'top_k_iou', ..., 'entropy']
+    """
+    return {name: metric for name, metric in metrics.items() if "classifier" not in metric.needs}
+
+
+#: the identity columns of ``metrics_per_volume.csv`` and ``metrics_per_slice.csv``, before the metrics
+VOLUME_COLUMNS = (
+    "stem",
+    "source",
+    "label",
+    "probability",
+    "method",
+    "seconds",
+    "slices",
+    "explained_slices",
+    "lesion_slices",
+    "top_slice",
+    "peak_slices",
+)
+SLICE_COLUMNS = ("stem", "source", "slice", "label", "probability", "method", "explained")
+
+
+@dataclass
+class _KeptSlice:
+    """One slice of a volume, kept until the volume's last slice is explained."""
+
+    image: ExplainedImage  # in both grids, its maps in the source grid
+    row: dict  # its predictions.csv row
+    explained: bool
+    counterfactual_probability: dict[str, float]  # per method; NaN without a counterfactual or not explained
+
+
+class VolumeScorer:
+    """Score every volume (a 3D NIfTI, a DICOM series) explained slice by slice against its 3D mask, in the volume's
+    own grid, as a whole and per slice; a section of the :class:`EvaluationReport`.
+
+    The :class:`ExplanationScorer` hands it the slices of each batch. A slice is loaded again with ``preprocessing``
+    (the evaluation's batches drop the metadata that the way back needs), its maps are brought back to the source
+    grid as the inference bundle brings them (:meth:`~medxgan_monai.handlers.ExplanationWriter.explained_image`),
+    and when a volume's last slice comes, :func:`~medxgan_monai.io.explanation_outputs.stack_slices` assembles the
+    volume, its maps are written (``<stem>_<method>.nii.gz``, through ``ledger``: into the evaluation's output
+    folder, as inference writes them) and scored on exactly those arrays against the volume's ``mask``, a 3D NIfTI
+    in the volume's grid (:func:`~medxgan_monai.data.collect_evaluation_items` checks it; voxels above 0.5).
+
+    Per volume and method (``metrics_per_volume.csv``): each metric of :func:`volume_metrics` over all voxels at once:
+    the 3D pointing game (the map's maximum over the whole volume lies in the mask; ties count as a hit only if
+    every tied voxel is inside), relevance mass (the share of the map's total inside the mask), top-|GT| IoU (the
+    |mask| highest voxels), pixel AUROC, Otsu IoU, sparseness, entropy; counterfactual validity is that of the most
+    positive slice's counterfactual (the volume's probability is that slice's, the maximum over its slices); seconds
+    are the sum over its slices. Per slice with mask voxels (``metrics_per_slice.csv``): the same metrics on that
+    slice of the written map and of the mask, with the slice's own counterfactual. Summaries with the report's
+    bootstrap CIs: ``metrics_summary_volumes.csv`` and ``metrics_summary_slices.csv``; ``summary.md``: a "Volumes"
+    part (one table per metric group, then the slices'); MLflow: ``<method>_volume_<metric>`` and
+    ``<method>_slice_<metric>``. ``predictions.csv`` gets each volume's row, then its slices' rows, as inference
+    writes them.
+
+    How to read the scores:
+
+    * Each slice's map is normalized to its own maximum (the 2D convention, :func:`~medxgan_monai.explain.
+      normalize_saliency`), so slices weigh alike whatever their evidence: every explained slice has a peak of 1 in
+      the model's grid (the same in the source grid when the two grids are equal, near 1 through interpolation
+      otherwise). The volume's maximum is the highest of these peaks; where several slices hold it, the tie rule
+      decides (``peak_slices`` counts the slices holding the maximum: above 1, the pointing game is 0 unless every
+      one of them is inside the mask).
+    * Slices not explained (the :class:`~medxgan_monai.handlers.ExplanationHandler`'s ``slices``: ``evaluate.json``
+      explains all, so that the scores measure the maps and not the classifier's choice of slices) have zero maps:
+      in the volume's scores they hold no mass and never the maximum (an all-zero map scores 0); in the per-slice
+      table they are NaN (``explained`` 0: there is no map to score).
+    * The slices of a volume are not independent: the per-slice intervals are narrower than the data justify;
+      compare methods on the volumes.
+    * 2D-only parts of the evaluation: deletion, insertion and ROAD are not scored for volumes, the paired
+      comparisons are over the 2D images only, and the :class:`RandomizationTest` leaves slices out (:meth:`write`
+      logs this when volumes were scored). The robustness section is 2D-only as well: its rows name images by stem,
+      which a volume's slices share, so it must be given 2D images only.
+
+    Args:
+        items: the evaluated items (``screen_inputs``' good ones: each slice with its file, mask and label), found by
+            stem and slice.
+        preprocessing: the transform that made the model's image of an item, with metadata (``evaluate.json``:
+            ``image_preprocessing``).
+        ledger: writes each volume's maps atomically into its output folder.
+        report: takes each volume's predictions (a volume row, then its slice rows) and problems.
+        metrics: the metric table (:func:`volume_metrics` of it are scored).
+
+    Example (config)::
+
+        "volume_scorer": {"_target_": "medxgan_monai.handlers.evaluation.VolumeScorer", "items": "$@screened[0]",
+                          "preprocessing": "@image_preprocessing", "ledger": "@ledger", "report": "@report"}
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Mapping],
+        preprocessing,
+        ledger: OutputLedger,
+        report: InferenceReport,
+        metrics: Mapping[str, ExplanationMetric] = METRICS,
+        mask_key: str = "mask",
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        self.items = {(str(i["stem"]), int(i["slice"])): i for i in items if int(i.get("slice", -1)) >= 0}
+        self.preprocessing = preprocessing
+        self.ledger, self.report = ledger, report
+        self.metrics = volume_metrics(metrics)
+        self.mask_key, self.image_key = mask_key, image_key
+        self.writers = [NiftiMapWriter()]
+        # used for its explained_image only: a slice's maps back to the source grid exactly as inference does
+        self._source_grid = ExplanationWriter(
+            ledger.output_dir, preprocessing, report, writers=[], ledger=ledger, image_key=image_key
+        )
+        self.rows: list[dict] = []
+        self.slice_rows: list[dict] = []
+        self.summary: list[dict] = []
+        self.slice_summary: list[dict] = []
+        self._kept: dict[str, dict[int, _KeptSlice]] = {}
+        self._failed: set[str] = set()
+
+    def add(self, batch: Mapping, output: Mapping, indices: Sequence[int], probabilities: torch.Tensor) -> None:
+        """Keep the slices ``indices`` of an explained batch (``probabilities``: the explained class's, per image of
+        the batch); score each volume whose last slice this is. A volume with a slice that failed is one problem."""
+        keys = _VolumeKeys.of(batch, len(batch["stem"]))
+        explained = output.get(EXPLAINED)
+        for index in indices:
+            stem, number, source = str(batch["stem"][index]), keys.slice[index], keys.source[index]
+            if stem in self._failed:
+                continue
+            if FAILURE in output:
+                self._fail(stem, source, f"slice {number}: {output[FAILURE]}")
+                continue
+            try:
+                is_explained = explained is None or bool(explained[index])
+                kept = self._slice(stem, number, output, index, float(probabilities[index]), is_explained)
+            except Exception as error:  # one volume's failure must not stop the evaluation
+                logger.exception("volume %s: slice %d could not be kept", stem, number)
+                self._fail(stem, source, f"slice {number}: {type(error).__name__}: {error}")
+                continue
+            slices = self._kept.setdefault(stem, {})
+            slices[number] = kept
+            if len(slices) < keys.count[index]:
+                continue
+            try:
+                self._finish(stem, source, keys.axis[index])
+            except Exception as error:  # one volume's failure must not stop the evaluation
+                logger.exception("volume %s could not be scored", stem)
+                self._fail(stem, source, f"scoring the volume failed: {type(error).__name__}: {error}")
+
+    def _slice(
+        self, stem: str, number: int, output: Mapping, index: int, probability: float, explained: bool
+    ) -> _KeptSlice:
+        image = self.preprocessing(dict(self.items[(stem, number)]))[self.image_key]
+        attributions = output[ATTRIBUTIONS]
+        in_both_grids = self._source_grid.explained_image(stem, image, attributions, index, probability)
+        row = InferenceReport.prediction_row(stem, in_both_grids.source, output, index)
+        row["slice"] = number
+        if not explained:
+            row[SECONDS] = dict.fromkeys(row[SECONDS], 0.0)
+        counterfactual = {
+            method: math.nan if a.counterfactual_probability is None else float(a.counterfactual_probability[index])
+            for method, a in attributions.items()
+        }
+        return _KeptSlice(in_both_grids, row, explained, counterfactual)
+
+    def _finish(self, stem: str, source: str, axis: int) -> None:
+        """Assemble the volume ``stem``, score it, write its maps and its predictions."""
+        kept = self._kept.pop(stem)
+        ordered = [kept[number] for number in sorted(kept)]
+        volume = stack_slices(stem, source, [s.image for s in ordered], axis, [s.explained for s in ordered])
+        item = self.items[(stem, min(kept))]
+        rows, slice_rows = self._score(volume, ordered, _volume_mask(item[self.mask_key]), int(item["label"]))
+        folder = self.ledger.staging(stem)
+        for writer in self.writers:
+            writer(volume, folder)
+        prediction = _volume_prediction(volume, ordered)
+        self.ledger.commit(stem, prediction)
+        self.report.predictions.append(prediction)
+        self.rows += rows
+        self.slice_rows += slice_rows
+
+    def _score(
+        self, volume: ExplainedImage, ordered: list[_KeptSlice], mask: np.ndarray, label: int
+    ) -> tuple[list[dict], list[dict]]:
+        axis, top = volume.volume.slice_axis, volume.volume.top_slice
+        in_plane = tuple(a for a in range(mask.ndim) if a != axis)
+        lesion = [k for k in range(mask.shape[axis]) if np.take(mask, k, axis=axis).any()]
+        rows, slice_rows = [], []
+        for method, result in volume.methods.items():
+            # the array NiftiMapWriter writes
+            array = result.saliency_in_source_grid.reshape(volume.shape or result.saliency_in_source_grid.shape)
+            if array.shape != mask.shape:
+                raise ValueError(f"the mask's shape {mask.shape} is not the volume's {array.shape}")
+            counterfactual = [s.counterfactual_probability[method] for s in ordered]
+            scores = self._scores(array[None], mask[None], [volume.probability], [counterfactual[top]], [volume.stem])
+            row = {
+                "stem": volume.stem,
+                "source": volume.source,
+                "label": label,
+                "probability": volume.probability,
+                "method": method,
+                "seconds": sum(float(s.row[SECONDS].get(method, 0.0)) for s in ordered),
+                "slices": len(ordered),
+                "explained_slices": sum(s.explained for s in ordered),
+                "lesion_slices": len(lesion),
+                "top_slice": top,
+                "peak_slices": int((array == array.max()).any(axis=in_plane).sum()),
+            }
+            rows.append(row | {name: float(values[0]) for name, values in scores.items()})
+            if not lesion:
+                continue
+            planes = np.stack([np.take(array, k, axis=axis) for k in lesion])
+            truth = np.stack([np.take(mask, k, axis=axis) for k in lesion])
+            probabilities = [ordered[k].image.probability for k in lesion]
+            names = [f"{volume.stem}_slice{k}" for k in lesion]
+            scores = self._scores(planes, truth, probabilities, [counterfactual[k] for k in lesion], names)
+            for position, k in enumerate(lesion):
+                piece = ordered[k]
+                row = {
+                    "stem": volume.stem,
+                    "source": piece.image.source,
+                    "slice": k,
+                    "label": label,
+                    "probability": piece.image.probability,
+                    "method": method,
+                    "explained": int(piece.explained),
+                }
+                # a slice not explained has no map to score
+                values = {name: float(v[position]) if piece.explained else math.nan for name, v in scores.items()}
+                slice_rows.append(row | values)
+        return rows, slice_rows
+
+    def _scores(self, maps, masks, probabilities, counterfactual, names) -> dict[str, torch.Tensor]:
+        """:func:`score_maps` of ``maps`` (B, *spatial) against ``masks``, with the volume metrics."""
+        counterfactual = torch.tensor(counterfactual, dtype=torch.float32)
+        return score_maps(
+            torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).unsqueeze(1),
+            masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(1),
+            probabilities=torch.tensor(probabilities, dtype=torch.float32),
+            # a method without a counterfactual, or a slice not explained: no validity, not "not flipped"
+            counterfactual_probability=None if bool(torch.isnan(counterfactual).all()) else counterfactual,
+            metrics=self.metrics,
+            names=names,
+        )
+
+    def _fail(self, stem: str, source: str, problem: str) -> None:
+        self._kept.pop(stem, None)
+        self._failed.add(stem)
+        self.ledger.discard([stem])
+        self.report.add_problem(stem, source, problem)
+
+    # the report section
+
+    def write(self, report: EvaluationReport) -> None:
+        """``metrics_per_volume.csv``, ``metrics_per_slice.csv`` and their summaries with bootstrap CIs
+        (``metrics_summary_volumes.csv``, ``metrics_summary_slices.csv``); nothing when no volume was scored."""
+        for stem, kept in list(self._kept.items()):  # a volume whose other slices never came: reported, not lost
+            self._fail(stem, str(self.items[(stem, min(kept))]["source"]), f"only {len(kept)} slice(s) were explained")
+        if not self.rows:
+            return
+        self.summary = summarize(self.rows, [*self.metrics, "seconds"], "method", report.bootstrap_samples, report.seed)
+        self.slice_summary = summarize(
+            self.slice_rows, list(self.metrics), "method", report.bootstrap_samples, report.seed
+        )
+        for name, identity, rows in (
+            ("metrics_per_volume.csv", VOLUME_COLUMNS, self.rows),
+            ("metrics_per_slice.csv", SLICE_COLUMNS, self.slice_rows),
+        ):
+            columns = [*identity, *self.metrics]
+            report.write_csv(name, columns, [[_cell(row[c]) for c in columns] for row in rows])
+        for name, summary in (
+            ("metrics_summary_volumes.csv", self.summary),
+            ("metrics_summary_slices.csv", self.slice_summary),
+        ):
+            report.write_csv(name, SUMMARY_COLUMNS, [[_cell(row[c]) for c in SUMMARY_COLUMNS] for row in summary])
+        logger.info(
+            "%d volume(s) scored in 3D and per slice (metrics_per_volume.csv, metrics_per_slice.csv); deletion, "
+            "insertion, ROAD and the paired comparisons are 2D-only and leave them out, and the randomization test "
+            "leaves their slices out",
+            len({row["stem"] for row in self.rows}),
+        )
+
+    def markdown(self, report: EvaluationReport) -> list[str]:
+        if not self.rows:
+            return []
+        volumes = len({row["stem"] for row in self.rows})
+        slices = len({(row["stem"], row["slice"]) for row in self.slice_rows if row["explained"]})
+        return [
+            "## Volumes, scored in each volume's own grid",
+            "",
+            f"{volumes} volume(s), explained slice by slice and scored against their 3D masks on the maps as written "
+            "(`<stem>_<method>.nii.gz`): the pointing game asks whether the map's maximum over the whole volume lies "
+            "in the mask, relevance mass and top-\\|GT\\| IoU are over all its voxels, counterfactual validity is "
+            "that of the most positive slice's counterfactual (metrics_per_volume.csv, "
+            "metrics_summary_volumes.csv). Each slice's map is normalized to its own maximum, so slices weigh alike "
+            "whatever their evidence; slices not explained count as zero maps. Deletion, insertion and ROAD perturb "
+            "the 2D classifier's input and are not scored for volumes.",
+            "",
+            *_summary_tables(self.summary, self.metrics, unit="volume"),
+            "",
+            "### Per slice with mask voxels",
+            "",
+            f"{slices} explained slice(s) with mask voxels, each slice of the written map against that slice of the "
+            "mask (metrics_per_slice.csv, metrics_summary_slices.csv; slices not explained are left out). The slices "
+            "of a volume are not independent, so these intervals are narrower than the data justify: compare "
+            "methods on the volumes.",
+            "",
+            *_summary_tables(self.slice_summary, self.metrics, level="####", seconds=False, unit="slice"),
+        ]
+
+    def tracked_metrics(self, report: EvaluationReport) -> dict[str, float]:
+        """``<method>_volume_<metric>`` and ``<method>_slice_<metric>``: means and CI bounds."""
+        return {**_tracked(self.summary, "volume_"), **_tracked(self.slice_summary, "slice_")}
+
+
+def _volume_mask(path: str) -> np.ndarray:
+    """A volume's 3D mask in its own grid, as booleans (voxels above 0.5, as the 2D masks are binarized)."""
+    return np.asarray(nib.load(path).get_fdata(dtype=np.float32)) > 0.5
+
+
+def _volume_prediction(volume: ExplainedImage, ordered: list[_KeptSlice]) -> dict:
+    """The volume's predictions.csv row, as the inference bundle writes it: the most positive slice's row with the
+    volume's probability (the maximum over its slices) and seconds (their sum), then its slices' rows."""
+    slice_rows = [piece.row for piece in ordered]
+    top = slice_rows[volume.volume.top_slice]
+    row = {**top, "source": volume.source, "slice": "", "probability": f"{volume.probability:.6f}"}
+    row["predicted_label"] = int(volume.probability >= 0.5)
+    row[SECONDS] = {m: float(sum(r[SECONDS].get(m, 0.0) for r in slice_rows)) for m in top[SECONDS]}
+    row[SLICE_ROWS] = slice_rows
+    return row
+
+
 class RandomizationTest:
     """The cascading model-parameter randomization test (:func:`~medxgan_monai.metrics.cascading_randomization`)
     of every method, on the first ``images`` images the evaluator explains, run when the evaluation ends.
 
     After the run, :attr:`layers` holds the re-initialized layers in cascade order and :attr:`correlations` the
     per-method (L, B) Spearman correlations; if the test itself fails, :attr:`failure` says why (the evaluation's
-    other results are kept).
+    other results are kept). The slices of volumes are left out (logged once): the first images of a volume explained
+    slice by slice are often its empty border slices, on which a map's rank correlation means nothing.
 
     Args:
         network: the classifier the explainers use (a ``FrozenClassifier`` is unwrapped); its weights are
@@ -230,6 +625,7 @@ class RandomizationTest:
         self.layers: list[str] = []
         self.correlations: dict[str, torch.Tensor] = {}
         self.failure: str | None = None
+        self._slices_left_out = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
@@ -240,7 +636,12 @@ class RandomizationTest:
         if FAILURE in output or len(self.images) >= self.count:
             return
         batch = torch.as_tensor(output[self.image_key]).detach()
-        self.images.extend(batch[: self.count - len(self.images)])
+        numbers = _VolumeKeys.of(engine.state.batch, len(batch)).slice
+        images = [image for image, number in zip(batch, numbers, strict=True) if number < 0]
+        if len(images) < len(batch) and not self._slices_left_out:
+            self._slices_left_out = True
+            logger.info("randomization test: the slices of volumes are left out; it runs on the 2D images")
+        self.images.extend(images[: self.count - len(self.images)])
 
     def __call__(self, engine: Engine | None = None) -> None:
         if self.count <= 0 or not self.images:
@@ -313,12 +714,14 @@ def _metric_groups(metrics: Mapping[str, ExplanationMetric]) -> dict[str, dict[s
     return groups
 
 
-def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric], seconds: bool = True) -> list[str]:
+def _summary_table(
+    summary: list[dict], metrics: Mapping[str, ExplanationMetric], seconds: bool = True, unit: str = "image"
+) -> list[str]:
     """Markdown lines of a :func:`summarize` result: one row per method, best mean per column in bold, and the
-    seconds per image as the last column if ``seconds``."""
+    seconds per ``unit`` (what a row of the scores is: an image, a volume) as the last column if ``seconds``."""
     methods = list(dict.fromkeys(row["method"] for row in summary))
     cells = {(row["method"], row["metric"]): row for row in summary}
-    header = [m.markdown_heading for m in metrics.values()] + (["s / image"] if seconds else [])
+    header = [m.markdown_heading for m in metrics.values()] + ([f"s / {unit}"] if seconds else [])
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     best = {}
     for metric, definition in metrics.items():
@@ -338,22 +741,28 @@ def _summary_table(summary: list[dict], metrics: Mapping[str, ExplanationMetric]
     return lines
 
 
-def _summary_tables(summary: list[dict], metrics: Mapping[str, ExplanationMetric], level: str = "###") -> list[str]:
+def _summary_tables(
+    summary: list[dict],
+    metrics: Mapping[str, ExplanationMetric],
+    level: str = "###",
+    seconds: bool = True,
+    unit: str = "image",
+) -> list[str]:
     """One :func:`_summary_table` per metric group, each under a ``level`` heading naming the group and the range of
-    images its means are over (n: the costly metrics score a subset, some apply to some methods or images only);
-    seconds per image in the first table only."""
+    images (or other ``unit``) its means are over (n: the costly metrics score a subset, some apply to some methods
+    or images only); with ``seconds``, seconds per image in the first table only (the summary must then have them)."""
     lines: list[str] = []
     for position, (group, members) in enumerate(_metric_groups(metrics).items()):
         counts = [row["n"] for row in summary if row["metric"] in members and row["n"]]
         span = (
             "" if not counts else f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
         )
-        scored = f" (n = {span} images per method and metric)" if span else ""
+        scored = f" (n = {span} {unit}s per method and metric)" if span else ""
         lines += [
             *([""] if position else []),
             f"{level} {group.capitalize()}{scored}",
             "",
-            *_summary_table(summary, members, seconds=position == 0),
+            *_summary_table(summary, members, seconds=seconds and position == 0, unit=unit),
         ]
     return lines
 
@@ -396,7 +805,8 @@ class EvaluationReport:
     methods, each given this report (its ``output_dir``, ``scorer``, ``bootstrap_samples``, ``seed``, ``overwrite``
     and :meth:`write_csv`): ``write(report)`` writes its files, ``markdown(report) -> list[str]`` its part of
     ``summary.md``, ``tracked_metrics(report) -> dict[str, float]`` its metrics for MLflow. Sections run in order,
-    after the metric tables.
+    after the metric tables: the scorer's :class:`VolumeScorer` first (it adds nothing when no volume was scored),
+    then ``randomization``, then ``sections``.
 
     Args:
         output_dir: destination folder.
@@ -421,7 +831,12 @@ class EvaluationReport:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.scorer, self.report = scorer, report
-        self.sections = [*([randomization] if randomization is not None else []), *sections]
+        volumes = getattr(scorer, "volumes", None)
+        self.sections = [
+            *([volumes] if volumes is not None else []),
+            *([randomization] if randomization is not None else []),
+            *sections,
+        ]
         self.description = description
         self.bootstrap_samples, self.seed = bootstrap_samples, seed
         self.overwrite = overwrite
@@ -440,12 +855,11 @@ class EvaluationReport:
         self.detected_summary = summarize(detected, summarized, "method", self.bootstrap_samples, self.seed)
         columns = [*IDENTITY_COLUMNS, *metrics, *DETAIL_COLUMNS]
         self.write_csv("metrics_per_image.csv", columns, [[_cell(row[c]) for c in columns] for row in rows])
-        summary_columns = ["method", "metric", "mean", "ci_low", "ci_high", "n"]
         for name, summary in (
             ("metrics_summary.csv", self.summary),
             ("metrics_summary_detected.csv", self.detected_summary),
         ):
-            self.write_csv(name, summary_columns, [[_cell(r[c]) for c in summary_columns] for r in summary])
+            self.write_csv(name, SUMMARY_COLUMNS, [[_cell(r[c]) for c in SUMMARY_COLUMNS] for r in summary])
         if rows:
             bar_titles = {
                 name: f"{m.title} ({'higher' if m.higher_is_better else 'lower'} is better)"
@@ -473,12 +887,7 @@ class EvaluationReport:
 
     def tracked_metrics(self) -> dict[str, float]:
         """``<method>_<metric>`` means and CI bounds of the summary (finite values only)."""
-        tracked = {}
-        for row in self.summary:
-            if row["n"] == 0:
-                continue
-            name = f"{row['method']}_{row['metric']}"
-            tracked.update({name: row["mean"], f"{name}_ci_low": row["ci_low"], f"{name}_ci_high": row["ci_high"]})
+        tracked = _tracked(self.summary)
         for section in self.sections:
             tracked.update(section.tracked_metrics(self))
         return tracked
@@ -487,10 +896,13 @@ class EvaluationReport:
         """The summary as markdown: one metrics table per metric group (best mean per column in bold), over all
         scored images, then over those the classifier detects; then each section's part."""
         images = len({row["stem"] for row in self.scorer.rows})
+        volumes = getattr(self.scorer, "volumes", None)
+        volumes = len({row["stem"] for row in volumes.rows}) if volumes is not None else 0
         lines = [
             "# Explanation evaluation",
             "",
-            f"{images} image(s) scored{' from ' + self.description if self.description else ''}; "
+            f"{images} image(s){f' and {volumes} volume(s)' if volumes else ''} scored"
+            f"{' from ' + self.description if self.description else ''}; "
             f"{len(self.report.problems)} skipped (see errors.csv). "
             "Mean [95% bootstrap CI] over images; arrows give the better direction; the best mean per column is bold.",
             "",
@@ -513,6 +925,16 @@ class EvaluationReport:
             if part:
                 lines += ["", *part]
         return "\n".join(lines) + "\n"
+
+
+def _tracked(summary: list[dict], prefix: str = "") -> dict[str, float]:
+    """``<method>_<prefix><metric>`` means and CI bounds of a :func:`summarize` result (metrics with a value only)."""
+    tracked = {}
+    for row in summary:
+        if row["n"]:
+            name = f"{row['method']}_{prefix}{row['metric']}"
+            tracked.update({name: row["mean"], f"{name}_ci_low": row["ci_low"], f"{name}_ci_high": row["ci_high"]})
+    return tracked
 
 
 def summary_interval(cell: Mapping | None) -> str:
