@@ -10,7 +10,7 @@ from torch import nn
 
 from medxgan_monai.networks.classifier import FrozenClassifier, class_probabilities, floating
 
-__all__ = ["Attribution", "SaliencyExplainer", "Sweep", "class_probability", "normalize_saliency"]
+__all__ = ["Attribution", "SaliencyExplainer", "Sweep", "class_probability", "normalize_saliency", "saliency_peak"]
 
 
 def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -25,8 +25,15 @@ def normalize_saliency(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         maps = normalize_saliency(torch.randn(2, 1, 64, 64))   # (2, 1, 64, 64), max 1 per image
     """
     magnitude = floating(maps.detach()).abs().sum(dim=1, keepdim=True)
-    peak = magnitude.flatten(1).amax(dim=1).clamp_min(eps)
+    peak = saliency_peak(maps).clamp_min(eps)
     return magnitude / peak.view(-1, *([1] * (magnitude.ndim - 1)))
+
+
+def saliency_peak(maps: torch.Tensor) -> torch.Tensor:
+    """Each raw map's largest magnitude (B,): what :func:`normalize_saliency` divides by. The slices of a volume,
+    normalized one by one, are brought back to one scale with it (:func:`~medxgan_monai.io.explanation_outputs.
+    stack_slices`)."""
+    return floating(maps.detach()).abs().sum(dim=1).flatten(1).amax(dim=1)
 
 
 def class_probability(classifier: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Tensor:
@@ -58,6 +65,8 @@ class Attribution:
         counterfactual_probability: (B,), the classifier's target-class probability of ``counterfactual``.
         sweep: frames from the counterfactual to the image, for methods that walk a latent path.
         details: further per-image values (B,) by name, e.g. ``completeness_gap``.
+        peak: (B,), each raw map's largest magnitude, which the normalized ``maps`` were divided by
+            (:func:`saliency_peak`; set by :meth:`SaliencyExplainer.explain`).
     """
 
     maps: torch.Tensor
@@ -65,6 +74,7 @@ class Attribution:
     counterfactual_probability: torch.Tensor | None = None
     sweep: Sweep | None = None
     details: dict[str, torch.Tensor] = field(default_factory=dict)
+    peak: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -73,10 +83,11 @@ class Attribution:
     def nothing(images: torch.Tensor, counterfactual: bool) -> Attribution:
         """No image of the batch explained (see :meth:`placed`), for a method with or without a counterfactual."""
         maps = torch.zeros((images.shape[0], 1, *images.shape[2:]), dtype=torch.float32, device=images.device)
+        peak = torch.zeros(images.shape[0], device=images.device)
         if not counterfactual:
-            return Attribution(maps)
+            return Attribution(maps, peak=peak)
         probability = torch.full((images.shape[0],), float("nan"), device=images.device)
-        return Attribution(maps, images.detach().clone(), probability)
+        return Attribution(maps, images.detach().clone(), probability, peak=peak)
 
     def placed(self, rows: torch.Tensor, images: torch.Tensor) -> Attribution:
         """This attribution of ``images[rows]`` placed into a batch of all ``images``; each other row is "not
@@ -106,7 +117,8 @@ class Attribution:
                 spread(self.sweep.probabilities, float("nan")),
             )
         details = {name: spread(values, float("nan")) for name, values in self.details.items()}
-        return Attribution(maps, counterfactual, probability, sweep, details)
+        peak = None if self.peak is None else spread(self.peak, 0.0)
+        return Attribution(maps, counterfactual, probability, sweep, details, peak)
 
 
 class SaliencyExplainer:
@@ -144,7 +156,7 @@ class SaliencyExplainer:
         images = convert_to_tensor(images, track_meta=False)
         with torch.enable_grad():
             raw = self.raw_attribution(images)
-        return replace(raw, maps=normalize_saliency(raw.maps))
+        return replace(raw, maps=normalize_saliency(raw.maps), peak=saliency_peak(raw.maps))
 
     def raw_attribution(self, images: torch.Tensor) -> Attribution:
         """The :class:`Attribution` with raw maps; by default :meth:`attribute`'s maps and nothing else."""

@@ -30,11 +30,11 @@ from medxgan_monai.handlers.explanation import (
     EXPLAINED,
     FAILURE,
     SECONDS,
-    SLICE_ROWS,
     ExplanationWriter,
     InferenceReport,
-    _VolumeKeys,
+    VolumeKeys,
     explained_output,
+    volume_row,
 )
 from medxgan_monai.io.atomic import atomic_write_csv, atomic_write_text
 from medxgan_monai.io.charts import ExampleCase, write_example_cases, write_metric_bars, write_randomization_curves
@@ -137,7 +137,7 @@ class ExplanationScorer:
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, explained_output(engine, type(self).__name__)
         stems, sources = list(batch["stem"]), [str(s) for s in batch["source"]]
-        numbers = _VolumeKeys.of(batch, len(stems)).slice
+        numbers = VolumeKeys.of(batch, len(stems)).slice
         images = [index for index, number in enumerate(numbers) if number < 0]
         if len(images) < len(stems):
             self._add_volume_slices(batch, output, [index for index, number in enumerate(numbers) if number >= 0])
@@ -317,12 +317,12 @@ class VolumeScorer:
 
     How to read the scores:
 
-    * Each slice's map is normalized to its own maximum (the 2D convention, :func:`~medxgan_monai.explain.
-      normalize_saliency`), so slices weigh alike whatever their evidence: every explained slice has a peak of 1 in
-      the model's grid (the same in the source grid when the two grids are equal, near 1 through interpolation
-      otherwise). The volume's maximum is the highest of these peaks; where several slices hold it, the tie rule
-      decides (``peak_slices`` counts the slices holding the maximum: above 1, the pointing game is 0 unless every
-      one of them is inside the mask).
+    * Each slice's map is explained and normalized on its own (the 2D convention, :func:`~medxgan_monai.explain.
+      normalize_saliency`), then brought back to one scale across the volume with the slices' raw peaks
+      (:func:`~medxgan_monai.io.explanation_outputs.stack_slices`): the volume's maximum lies on the slice with the
+      strongest raw evidence, and a weak slice stays weak. ``peak_slices`` counts the slices holding the maximum
+      (above 1 only for exactly equal raw peaks: then the pointing game is 0 unless every one of them is inside the
+      mask).
     * Slices not explained (the :class:`~medxgan_monai.handlers.ExplanationHandler`'s ``slices``: ``evaluate.json``
       explains all, so that the scores measure the maps and not the classifier's choice of slices) have zero maps:
       in the volume's scores they hold no mass and never the maximum (an all-zero map scores 0); in the per-slice
@@ -379,7 +379,7 @@ class VolumeScorer:
     def add(self, batch: Mapping, output: Mapping, indices: Sequence[int], probabilities: torch.Tensor) -> None:
         """Keep the slices ``indices`` of an explained batch (``probabilities``: the explained class's, per image of
         the batch); score each volume whose last slice this is. A volume with a slice that failed is one problem."""
-        keys = _VolumeKeys.of(batch, len(batch["stem"]))
+        keys = VolumeKeys.of(batch, len(batch["stem"]))
         explained = output.get(EXPLAINED)
         for index in indices:
             stem, number, source = str(batch["stem"][index]), keys.slice[index], keys.source[index]
@@ -431,7 +431,7 @@ class VolumeScorer:
         folder = self.ledger.staging(stem)
         for writer in self.writers:
             writer(volume, folder)
-        prediction = _volume_prediction(volume, ordered)
+        prediction = volume_row(volume, [piece.row for piece in ordered])
         self.ledger.commit(stem, prediction)
         self.report.predictions.append(prediction)
         self.rows += rows
@@ -550,8 +550,8 @@ class VolumeScorer:
             "(`<stem>_<method>.nii.gz`): the pointing game asks whether the map's maximum over the whole volume lies "
             "in the mask, relevance mass and top-\\|GT\\| IoU are over all its voxels, counterfactual validity is "
             "that of the most positive slice's counterfactual (metrics_per_volume.csv, "
-            "metrics_summary_volumes.csv). Each slice's map is normalized to its own maximum, so slices weigh alike "
-            "whatever their evidence; slices not explained count as zero maps. Deletion, insertion and ROAD perturb "
+            "metrics_summary_volumes.csv). The slices' maps are on one scale across the volume (each slice's raw "
+            "peak); slices not explained count as zero maps. Deletion, insertion and ROAD perturb "
             "the 2D classifier's input and are not scored for volumes.",
             "",
             *_summary_tables(self.summary, self.metrics, unit="volume"),
@@ -574,18 +574,6 @@ class VolumeScorer:
 def _volume_mask(path: str) -> np.ndarray:
     """A volume's 3D mask in its own grid, as booleans (voxels above 0.5, as the 2D masks are binarized)."""
     return np.asarray(nib.load(path).get_fdata(dtype=np.float32)) > 0.5
-
-
-def _volume_prediction(volume: ExplainedImage, ordered: list[_KeptSlice]) -> dict:
-    """The volume's predictions.csv row, as the inference bundle writes it: the most positive slice's row with the
-    volume's probability (the maximum over its slices) and seconds (their sum), then its slices' rows."""
-    slice_rows = [piece.row for piece in ordered]
-    top = slice_rows[volume.volume.top_slice]
-    row = {**top, "source": volume.source, "slice": "", "probability": f"{volume.probability:.6f}"}
-    row["predicted_label"] = int(volume.probability >= 0.5)
-    row[SECONDS] = {m: float(sum(r[SECONDS].get(m, 0.0) for r in slice_rows)) for m in top[SECONDS]}
-    row[SLICE_ROWS] = slice_rows
-    return row
 
 
 class RandomizationTest:
@@ -636,7 +624,7 @@ class RandomizationTest:
         if FAILURE in output or len(self.images) >= self.count:
             return
         batch = torch.as_tensor(output[self.image_key]).detach()
-        numbers = _VolumeKeys.of(engine.state.batch, len(batch)).slice
+        numbers = VolumeKeys.of(engine.state.batch, len(batch)).slice
         images = [image for image, number in zip(batch, numbers, strict=True) if number < 0]
         if len(images) < len(batch) and not self._slices_left_out:
             self._slices_left_out = True

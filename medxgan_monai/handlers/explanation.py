@@ -31,7 +31,7 @@ from medxgan_monai.io.nifti import SOURCE_FORMAT, output_geometry
 from medxgan_monai.networks.classifier import class_probabilities
 
 __all__ = ["ATTRIBUTIONS", "FAILURE", "SECONDS", "ExplanationHandler", "ExplanationWriter", "InferenceFailed"]
-__all__ += ["InferenceReport", "explained_output"]
+__all__ += ["InferenceReport", "VolumeKeys", "explained_output", "parse_slice_range", "volume_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class ExplanationWriter:
             output_stem(Path(str(image.meta["filename_or_obj"]))) for image in images
         ]
         probabilities = class_probabilities(output[CommonKeys.PRED])[:, 1]
-        volume = _VolumeKeys.of(engine.state.batch, len(images))
+        volume = VolumeKeys.of(engine.state.batch, len(images))
         for index, (image, stem) in enumerate(zip(images, stems, strict=True)):
             source = str(image.meta["filename_or_obj"])
             if volume.slice[index] >= 0:
@@ -365,12 +365,7 @@ class ExplanationWriter:
         folder = self.ledger.staging(stem)
         for writer in self.writers:
             writer(item, folder)
-        slice_rows = [s[1] for s in ordered]
-        top = slice_rows[item.volume.top_slice]
-        row = {**top, "source": source, "slice": "", "probability": f"{item.probability:.6f}"}
-        row["predicted_label"] = int(item.probability >= 0.5)
-        row[SECONDS] = {m: float(sum(r[SECONDS].get(m, 0.0) for r in slice_rows)) for m in top[SECONDS]}
-        row[SLICE_ROWS] = slice_rows
+        row = volume_row(item, [s[1] for s in ordered])
         self.ledger.commit(stem, row)
         self.report.predictions.append(row)
 
@@ -405,6 +400,7 @@ class ExplanationWriter:
                 saliency=attribution.maps[index, 0].detach().cpu().numpy(),
                 saliency_in_source_grid=in_source_grid[method],
                 counterfactual_name=METHODS[method].counterfactual if attribution.counterfactual is not None else None,
+                peak=None if attribution.peak is None else float(attribution.peak[index]),
             )
             if attribution.sweep is not None:
                 sweep = attribution.sweep
@@ -432,12 +428,23 @@ class ExplanationWriter:
 SLICE_ROWS = "slice_rows"
 
 
+def volume_row(volume: ExplainedImage, slice_rows: list[dict]) -> dict:
+    """A volume's predictions.csv row: its most positive slice's row with the volume's source, probability (the
+    maximum over its slices) and seconds (their sum), and its slices' rows under :data:`SLICE_ROWS`."""
+    top = slice_rows[volume.volume.top_slice]
+    row = {**top, "source": volume.source, "slice": "", "probability": f"{volume.probability:.6f}"}
+    row["predicted_label"] = int(volume.probability >= 0.5)
+    row[SECONDS] = {m: float(sum(r[SECONDS].get(m, 0.0) for r in slice_rows)) for m in top[SECONDS]}
+    row[SLICE_ROWS] = slice_rows
+    return row
+
+
 class _VolumeFailed(RuntimeError):
     """A batch holding a slice of the volume could not be explained."""
 
 
 @dataclass(frozen=True)
-class _VolumeKeys:
+class VolumeKeys:
     """A batch's slice keys (see :mod:`medxgan_monai.data.volumes`), one value per image."""
 
     slice: list[int]
@@ -446,7 +453,7 @@ class _VolumeKeys:
     source: list[str]
 
     @classmethod
-    def of(cls, batch: Mapping, size: int) -> _VolumeKeys:
+    def of(cls, batch: Mapping, size: int) -> VolumeKeys:
         def ints(key: str, default: int) -> list[int]:
             return [int(v) for v in torch.as_tensor(batch.get(key, [default] * size)).reshape(-1).tolist()]
 

@@ -23,7 +23,7 @@ from medxgan_monai.explain.registry import Explainers
 from medxgan_monai.handlers._ignite import Engine, Events
 from medxgan_monai.handlers.comparisons import difference_interval, reference_method
 from medxgan_monai.handlers.evaluation import _cell, summary_interval
-from medxgan_monai.handlers.explanation import FAILURE
+from medxgan_monai.handlers.explanation import FAILURE, VolumeKeys
 from medxgan_monai.io.charts import write_robustness_curves
 from medxgan_monai.metrics.robustness import CLEAN, MEASURES, PERTURBATIONS, robustness_test
 from medxgan_monai.metrics.statistics import REFERENCE_BETTER, REFERENCE_WORSE, paired_comparisons, summarize
@@ -114,6 +114,7 @@ class RobustnessTest:
         self.requested_reference = reference
         self.comparisons: list[dict] = []
         self.failure: str | None = None
+        self._slices_left_out = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
@@ -124,11 +125,19 @@ class RobustnessTest:
         wanted = self.count - len(self.images)
         if FAILURE in output or wanted <= 0:
             return
-        images = torch.as_tensor(output[self.image_key]).detach()[:wanted]
-        masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()[:wanted]
+        images = torch.as_tensor(output[self.image_key]).detach()
+        # the slices of volumes are not images of this test: rows name images by stem, which a volume's slices share
+        chosen = [i for i, number in enumerate(VolumeKeys.of(batch, len(images)).slice) if number < 0][:wanted]
+        if len(chosen) < min(len(images), wanted) and not self._slices_left_out:
+            self._slices_left_out = True
+            logger.info("robustness test: the slices of volumes are left out; it runs on the 2D images")
+        images = images[torch.as_tensor(chosen, dtype=torch.long, device=images.device)]
+        masks = (torch.as_tensor(batch[self.mask_key]).detach().cpu().float() > 0.5).float()[chosen]
         count = len(images)
         # rows name images by stem (as metrics_per_image.csv does); by position when the batch has none
-        stems = batch["stem"][:count] if "stem" in batch else range(len(self.stems), len(self.stems) + count)
+        stems = (
+            [batch["stem"][i] for i in chosen] if "stem" in batch else range(len(self.stems), len(self.stems) + count)
+        )
         self.stems.extend(str(stem) for stem in stems)
         self.images.extend(images)
         self.masks.extend(masks)

@@ -52,6 +52,7 @@ class ExplainedMethod:
     saliency_in_source_grid: np.ndarray
     counterfactual_name: str | None = None
     sweep: tuple[np.ndarray, list[float], list[float]] | None = None  # frames (K, x, y), probabilities, alphas
+    peak: float | None = None  # the raw map's largest magnitude, which normalization divided by
 
 
 @dataclass
@@ -124,6 +125,9 @@ def stack_slices(
 ) -> ExplainedImage:
     """One :class:`ExplainedImage` of a volume from its slices' (in slice order), with the volume's geometry.
 
+    Every method's slices were normalized one by one (each to its own peak); stacked, they are brought back to one
+    scale with their raw peaks (:func:`~medxgan_monai.explain.base.saliency_peak`), so the volume's map is at most 1,
+    reached on the slice with the strongest raw evidence, and a weak slice stays weak.
     NIfTI volumes: each slice carries the volume's affine and shape (see
     :meth:`~medxgan_monai.transforms.LoadScan.load_slice`), and the slices' source-grid arrays stack along ``axis``
     back into that shape. DICOM series: the slices' own affines make the volume's: the first slice's, with the step
@@ -156,7 +160,18 @@ def stack_slices(
     ranked = sorted(candidates, key=lambda k: -probabilities[k])[:STRONGEST_SLICES]
     volume.volume.strongest = [(k, slices[k]) for k in ranked]
     for method, result in best.methods.items():
-        stacked = np.stack([item.methods[method].saliency_in_source_grid for item in slices], axis=axis)
+        # each slice's map was normalized to its own peak: back to one scale, the volume's largest peak at 1
+        peaks = [item.methods[method].peak for item in slices]
+        weights = np.ones(len(slices))
+        if all(peak is not None for peak in peaks) and max(peaks) > 0:
+            weights = np.asarray(peaks, dtype=np.float64) / max(peaks)
+        stacked = np.stack(
+            [
+                item.methods[method].saliency_in_source_grid * np.float32(w)
+                for item, w in zip(slices, weights, strict=True)
+            ],
+            axis=axis,
+        )
         volume.methods[method] = ExplainedMethod(
             result.title, result.in_panel, result.saliency, stacked, result.counterfactual_name, result.sweep
         )
