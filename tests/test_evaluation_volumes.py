@@ -30,9 +30,8 @@ QUICK = {
     "methods": METHODS,
     "perturbation_steps": 4,
     "randomization_images": 2,
-    # the robustness section takes the first images the evaluator explains, slices of volumes included, and names
-    # them by stem: a volume's slices repeat it (see the report of this change); 2D images only test it here
-    "robustness_images": 0,
+    # the robustness section runs on the 2D images of a mixed datalist and leaves the slices of volumes out
+    "robustness_images": 4,
     "bootstrap_samples": 200,
     "example_cases": 1,
     "counterfactual_max_steps": 2,
