@@ -229,7 +229,7 @@ class ExplanationHandler:
     def chosen(self, batch: Mapping, output: Mapping) -> torch.Tensor:
         """Which images of the batch to explain (bool per image): 2D images always, slices as ``slices`` says."""
         size = output[self.image_key].shape[0]
-        index = torch.as_tensor(batch.get("slice", [-1] * size)).reshape(-1).cpu()
+        index = torch.as_tensor(VolumeKeys.of(batch, size).slice)
         is_slice = index >= 0
         if self.slices == "all" or not bool(is_slice.any()):
             return torch.ones(size, dtype=torch.bool)
