@@ -411,10 +411,7 @@ class VolumeScorer:
         image = self.preprocessing(dict(self.items[(stem, number)]))[self.image_key]
         attributions = output[ATTRIBUTIONS]
         in_both_grids = self._source_grid.explained_image(stem, image, attributions, index, probability)
-        row = InferenceReport.prediction_row(stem, in_both_grids.source, output, index)
-        row["slice"] = number
-        if not explained:
-            row[SECONDS] = dict.fromkeys(row[SECONDS], 0.0)
+        row = InferenceReport.slice_row(stem, in_both_grids.source, output, index, number, explained)
         counterfactual = {
             method: math.nan if a.counterfactual_probability is None else float(a.counterfactual_probability[index])
             for method, a in attributions.items()

@@ -108,6 +108,16 @@ class InferenceReport:
         row[SECONDS] = dict(output.get(SECONDS, {}))
         return row
 
+    @classmethod
+    def slice_row(cls, stem: str, path: str, output: Mapping, index: int, number: int, explained: bool) -> dict:
+        """The predictions.csv row of slice ``number`` of a volume, image ``index`` of the batch ``output``: as
+        :meth:`prediction_row`, with its slice number, and 0 seconds when it was not explained."""
+        row = cls.prediction_row(stem, path, output, index)
+        row["slice"] = number
+        if not explained:
+            row[SECONDS] = dict.fromkeys(row[SECONDS], 0.0)
+        return row
+
     def add_prediction(self, stem: str, path: str, output: Mapping, index: int) -> None:
         """Record image ``index`` of an explained batch ``output`` (prediction, explanation, seconds)."""
         self.predictions.append(self.prediction_row(stem, path, output, index))
@@ -342,11 +352,9 @@ class ExplanationWriter:
             if FAILURE in output:
                 raise _VolumeFailed(output[FAILURE])
             item = self.explained_image(stem, image, output[ATTRIBUTIONS], index, probability)
-            row = self.report.prediction_row(stem, str(image.meta["filename_or_obj"]), output, index)
             explained = bool(output.get(EXPLAINED, torch.ones(index + 1, dtype=torch.bool))[index])
-            if not explained:
-                row[SECONDS] = dict.fromkeys(row[SECONDS], 0.0)
-            row["slice"] = volume.slice[index]
+            path = str(image.meta["filename_or_obj"])
+            row = self.report.slice_row(stem, path, output, index, volume.slice[index], explained)
             slices = self._slices.setdefault(stem, {})
             slices[volume.slice[index]] = (item, row, explained)
             if len(slices) == volume.count[index]:
