@@ -5,7 +5,8 @@ Usage::
     medxgan-node serve --ae-title MEDXGAN --port 11112 --allow ORTHANC --destination ORTHANC@127.0.0.1:4242 \\
         --spool spool/ [--methods medxgan gradcam] [--modality MR CT] [--device cpu] [--overlay] [--series-quiet 2]
         [--host 10.0.0.5 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem --destination-tls]
-    medxgan-node dicomweb --url http://127.0.0.1:8042/dicom-web --study 1.2.3... --spool spool/
+    medxgan-node dicomweb --url http://127.0.0.1:8042/dicom-web --study 1.2.3... --spool spool/ \\
+        [--by-series] [--series 1.2.3.4...]
 
 The SCP listens on 127.0.0.1 unless ``--host`` says otherwise; on any other address it needs an ``--allow`` list (or
 ``--allow-any-calling-ae``). AE titles are not authentication: ``--tls-ca`` makes callers present a certificate.
@@ -96,9 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--dimse-timeout", type=float, default=DIMSE_TIMEOUT, help="s to wait for a DIMSE message")
     limits.add_argument("--max-associations", type=int, default=MAXIMUM_ASSOCIATIONS, help="connections served at once")
-    web = commands.add_parser("dicomweb", parents=[common], help="explain one study of a DICOMweb server")
+    web = commands.add_parser("dicomweb", parents=[common], help="explain one study (or series) of a DICOMweb server")
     web.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
     web.add_argument("--study", required=True, help="StudyInstanceUID")
+    web.add_argument("--series", default=None, metavar="UID", help="pull only this SeriesInstanceUID of the study")
+    web.add_argument(
+        "--by-series",
+        action="store_true",
+        help="explain each series pulled as one volume (one multi-frame Parametric Map and one Segmentation back); "
+        "a study pulled at once holds its series complete, so --series-quiet defaults to 0",
+    )
     return parser
 
 
@@ -120,13 +128,27 @@ def _check_serve_arguments(parser: argparse.ArgumentParser, args: argparse.Names
             parser.error(f"--{name.replace('_', '-')} must be positive")
 
 
+def _check_dicomweb_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse UIDs that are not UIDs (they become part of the request's URL path; the message does not quote them)
+    and settle the series mode: ``--by-series`` explains without waiting (``--series-quiet 0``) unless told
+    otherwise (exit status 2, as any usage error)."""
+    if not is_valid_uid(args.study):
+        parser.error("--study must be a valid Study Instance UID (digits and dots, at most 64 characters)")
+    if args.series is not None and not is_valid_uid(args.series):
+        parser.error("--series must be a valid Series Instance UID (digits and dots, at most 64 characters)")
+    if args.series_quiet is not None and args.series_quiet < 0:
+        parser.error("--series-quiet must be >= 0")
+    if args.by_series and args.series_quiet is None:
+        args.series_quiet = 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         _check_serve_arguments(parser, args)
-    elif not is_valid_uid(args.study):
-        parser.error("--study must be a valid Study Instance UID (digits and dots, at most 64 characters)")
+    else:
+        _check_dicomweb_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         from dicomweb_client.api import DICOMwebClient
 
         client = DICOMwebClient(args.url)
-        parameters.update(url=args.url)
+        parameters.update(url=args.url, series=args.series, by_series=args.by_series)
         sink = StowSender(client)
     processor = ExplanationProcessor(
         spool,
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             maximum_associations=args.max_associations,
         ).serve_forever()
         return 0
-    statistics = explain_study(client, args.study, processor)
+    statistics = explain_study(client, args.study, processor, series_instance_uid=args.series)
     processor.close()
     return 1 if statistics.failed or statistics.delivery_failures else 0
 

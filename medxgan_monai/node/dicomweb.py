@@ -39,27 +39,58 @@ class StowSender:
             raise DeliveryError(f"STOW-RS to {self.client.base_url} refused {len(failed)} instance(s)")
 
 
-def explain_study(client: DICOMwebClient, study_instance_uid: str, processor: ExplanationProcessor) -> NodeStatistics:
-    """Retrieve every instance of a study with WADO-RS, explain those that fit, and deliver the results through
-    the processor's sink (a :class:`StowSender` stores them back in the same study).
+def explain_study(
+    client: DICOMwebClient,
+    study_instance_uid: str,
+    processor: ExplanationProcessor,
+    series_instance_uid: str | None = None,
+) -> NodeStatistics:
+    """Retrieve every instance of a study (or of one of its series) with WADO-RS, explain those that fit, and deliver
+    the results through the processor's sink (a :class:`StowSender` stores them back in the same study).
+
+    A study or series retrieved at once holds each of its series complete, so a processor that explains by series
+    should not wait for more instances: give it ``series_quiet_seconds=0``, and each series comes back as one
+    multi-frame Parametric Map and one Segmentation (a series of one instance as that image's Parametric Map). With a
+    longer quiet time, a series whose ImagesInAcquisition are not all there stays in the spool's queue, unexplained,
+    until a later :meth:`ExplanationProcessor.process_pending` call.
+
+    Args:
+        client: the DICOMweb server the instances come from.
+        study_instance_uid: the study to retrieve.
+        processor: spools, explains and delivers the instances.
+        series_instance_uid: retrieve only this series of the study (default: every series of the study).
+
+    Returns:
+        The processor's statistics after the retrieved instances were handled.
+
+    Raises:
+        ValueError: ``study_instance_uid`` or ``series_instance_uid`` is not a valid UID (each becomes part of the
+            request's URL path).
 
     Example::
 
         client = DICOMwebClient("http://127.0.0.1:8042/dicom-web")
-        processor = ExplanationProcessor(Spool("spool/"), StowSender(client))
-        explain_study(client, "1.2.3...", processor)
-
-    Raises:
-        ValueError: ``study_instance_uid`` is not a valid UID (it becomes part of the request's URL path).
+        processor = ExplanationProcessor(Spool("spool/"), StowSender(client), series_quiet_seconds=0)
+        explain_study(client, "1.2.3...", processor)  # each series as one volume
+        explain_study(client, "1.2.3...", processor, series_instance_uid="1.2.3.4...")  # one series only
     """
     if not is_valid_uid(study_instance_uid):
         raise ValueError("the Study Instance UID is not a valid DICOM UID (digits and dots, at most 64 characters)")
-    instances = client.retrieve_study(study_instance_uid)
-    logger.info("retrieved %d instance(s) of study %s", len(instances), study_instance_uid)
+    if series_instance_uid is None:
+        instances = client.retrieve_study(study_instance_uid)
+        retrieved = f"study {study_instance_uid}"
+    else:
+        if not is_valid_uid(series_instance_uid):
+            raise ValueError(
+                "the Series Instance UID is not a valid DICOM UID (digits and dots, at most 64 characters)"
+            )
+        instances = client.retrieve_series(study_instance_uid, series_instance_uid)
+        retrieved = f"series {series_instance_uid} of study {study_instance_uid}"
+    logger.info("retrieved %d instance(s) of %s", len(instances), retrieved)
     for index, dataset in enumerate(instances):
         try:
             processor.accept(dataset)
         except InvalidUIDError as error:  # one bad instance of the study must not stop the others
-            logger.warning("skipping instance %d of study %s: %s", index + 1, study_instance_uid, error)
+            logger.warning("skipping instance %d of %s: %s", index + 1, retrieved, error)
     processor.process_pending()
     return processor.statistics
