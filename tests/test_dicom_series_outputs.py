@@ -280,7 +280,7 @@ def _other_series_slice(tmp_path, series) -> pydicom.Dataset:
         ("values above 1", r"maps must be finite values in \[0, 1\]"),
         ("not a number", r"maps must be finite values in \[0, 1\]"),
         ("one dataset, not a list", "sources must be a non-empty sequence"),
-        ("no position", "source 3 has no valid ImagePositionPatient/ImageOrientationPatient"),
+        ("no position", r"source 3 has no valid plane geometry \(ImagePositionPatient/ImageOrientationPatient"),
     ],
 )
 @pytest.mark.parametrize("writer", [write_series_parametric_map, write_series_segmentation])

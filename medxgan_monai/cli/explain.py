@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "inputs",
         nargs="+",
-        help="image files, 3D NIfTI volumes, folders (searched recursively; the DICOM instances of one series in a "
-        "folder are one volume) or datalist JSON files",
+        help="image files, 3D NIfTI volumes, enhanced multi-frame DICOM volumes, folders (searched recursively; the "
+        "DICOM instances of one series in a folder are one volume) or datalist JSON files",
     )
     parser.add_argument("--output", required=True, help="output folder")
     add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: the shipped bundle)")
     add_weights_arguments(parser)
-    volumes = parser.add_argument_group("volumes (3D NIfTI, DICOM series), explained slice by slice")
+    volumes = parser.add_argument_group(
+        "volumes (3D NIfTI, DICOM series, enhanced multi-frame DICOM), explained slice by slice"
+    )
     volumes.add_argument(
         "--slices",
         default=None,
@@ -78,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-series",
         action="store_true",
         help="explain each DICOM instance in a folder as a 2D image instead of grouping a series into a volume",
+    )
+    volumes.add_argument(
+        "--volume-overlay",
+        action="store_true",
+        help="also write a DICOM volume's overlay as a series of Secondary Captures, one per slice (default: the "
+        "multi-frame Parametric Map and Segmentation only)",
     )
     parser.add_argument(
         "--overwrite",
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["slice_axis"] = args.slice_axis
     if args.no_series:
         overrides["series"] = False
+    if args.volume_overlay:
+        overrides["dicom_volume_overlay"] = True
     overrides.update(weights_overrides(args))
     try:
         report = run_inference(overrides, args.bundle)

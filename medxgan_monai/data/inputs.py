@@ -13,11 +13,18 @@ import numpy as np
 import torch
 
 from medxgan_monai.data.datalist import load_datalist
-from medxgan_monai.data.volumes import DICOM_SERIES, NIFTI_VOLUME, expand_volume, nifti_volume_shape, series_items
+from medxgan_monai.data.volumes import (
+    DICOM_MULTIFRAME,
+    DICOM_SERIES,
+    NIFTI_VOLUME,
+    expand_volume,
+    nifti_volume_shape,
+    series_items,
+)
 from medxgan_monai.io.ledger import LEDGER_DIR, numbered_item_name, safe_item_name
 from medxgan_monai.io.nifti import output_geometry
-from medxgan_monai.io.series import SeriesError
-from medxgan_monai.transforms.io import NIFTI_SUFFIXES, ImageReadError
+from medxgan_monai.io.series import SeriesError, dicom_frame_count
+from medxgan_monai.transforms.io import BITMAP_SUFFIXES, NIFTI_SUFFIXES, ImageReadError
 
 __all__ = [
     "InputProblem",
@@ -87,8 +94,9 @@ def collect_inputs(
         series: in folders (an input folder, or a folder named by a datalist), the single-frame DICOM instances of
             one SeriesInstanceUID, two or more, are one volume (``False``: each instance is a 2D image).
 
-    A 3D NIfTI file, and a DICOM series in a folder, is one item ``{"image", "stem", "volume"}`` (``"volume"``:
-    ``"nifti"`` or ``"dicom_series"``; a series also has ``"files"``, and ``"image"`` is the folder holding them),
+    A 3D NIfTI file, a DICOM series in a folder, and a multi-frame DICOM instance, is one item ``{"image", "stem",
+    "volume"}`` (``"volume"``: ``"nifti"``, ``"dicom_series"`` or ``"dicom_multiframe"``; a series also has
+    ``"files"``, and ``"image"`` is the folder holding them),
     explained slice by slice (:func:`~medxgan_monai.data.volumes.expand_volume`); its stem is the file's or the
     folder's name.
 
@@ -127,9 +135,12 @@ def collect_inputs(
 
 
 def _file_item(path: str) -> dict:
-    """A file's item: a 3D NIfTI file is a volume."""
-    if path.lower().endswith(NIFTI_SUFFIXES) and nifti_volume_shape(path) is not None:
-        return {"image": path, "volume": NIFTI_VOLUME}
+    """A file's item: a 3D NIfTI file and a multi-frame DICOM instance are volumes."""
+    name = path.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return {"image": path, "volume": NIFTI_VOLUME} if nifti_volume_shape(path) is not None else {"image": path}
+    if not name.endswith(BITMAP_SUFFIXES) and dicom_frame_count(path) > 1:
+        return {"image": path, "volume": DICOM_MULTIFRAME}
     return {"image": path}
 
 
@@ -179,12 +190,13 @@ def collect_evaluation_items(
     ``"mask"``, and a volume whose mask is not in its grid. A structurally broken datalist raises
     :class:`~medxgan_monai.data.DatalistError` listing every problem.
 
-    A volume entry is a 3D NIfTI image or a folder holding one DICOM series; its item also has ``"volume"``
-    (``"nifti"`` or ``"dicom_series"``, and a series its ``"files"``), as :func:`collect_inputs` gives, so that
-    :func:`screen_inputs` cuts it into slices. Its ``"mask"`` must be a 3D NIfTI in the volume's own grid: the shape
-    and affine of the NIfTI volume, or for a series the (columns, rows, slices) shape and the affine of
-    :func:`~medxgan_monai.io.series.read_dicom_series` (affines within :data:`MASK_AFFINE_TOLERANCE_MM`), since its
-    scores are computed on the maps in that grid.
+    A volume entry is a 3D NIfTI image, a folder holding one DICOM series or an enhanced multi-frame DICOM; its item
+    also has ``"volume"`` (``"nifti"``, ``"dicom_series"`` or ``"dicom_multiframe"``, and a series its ``"files"``),
+    as :func:`collect_inputs` gives, so that :func:`screen_inputs` cuts it into slices. Its ``"mask"`` must be a 3D
+    NIfTI in the volume's own grid: the shape and affine of the NIfTI volume, or for a DICOM volume the (columns,
+    rows, slices) shape and the affine of :func:`~medxgan_monai.io.series.read_dicom_series` (or
+    ``read_dicom_multiframe``), within :data:`MASK_AFFINE_TOLERANCE_MM`, since its scores are computed on the maps
+    in that grid.
 
     Example::
 
@@ -239,10 +251,13 @@ def _mask_grid_problem(image: str, mask: str, volume: dict) -> str | None:
     """Why ``mask`` is not in the grid of the volume ``image`` (shape and affine, read from headers), or ``None``."""
     import nibabel as nib
 
-    from medxgan_monai.io.series import read_dicom_series
+    from medxgan_monai.io.series import read_dicom_multiframe, read_dicom_series
 
-    if volume["volume"] == DICOM_SERIES:
-        series = read_dicom_series(volume["files"], origin=image)
+    if volume["volume"] in (DICOM_SERIES, DICOM_MULTIFRAME):
+        if volume["volume"] == DICOM_SERIES:
+            series = read_dicom_series(volume["files"], origin=image)
+        else:
+            series = read_dicom_multiframe(image)
         shape, affine = tuple(series.shape), np.asarray(series.affine)
     else:
         header = nib.load(image)

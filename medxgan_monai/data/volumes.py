@@ -1,15 +1,16 @@
 """Volumes explained slice by slice with a 2D model: which inputs are volumes, and the slice items they become.
 
-A volume is a 3D NIfTI file or a DICOM series (two or more single-frame instances of one SeriesInstanceUID found in an
-input folder). :func:`collect_inputs` gives each volume one item (``{"image", "stem", "volume"}``: one output stem, one
-ledger entry, one row of results); :func:`expand_volume` turns it into one item per slice for the 2D pipeline. Every
-item, a 2D image's too, carries the same slice keys (:data:`SLICE_KEYS`, ``-1`` for a 2D image), so that a batch may
-mix 2D images and slices.
+A volume is a 3D NIfTI file, a DICOM series (two or more single-frame instances of one SeriesInstanceUID found in an
+input folder) or an enhanced multi-frame DICOM instance (Enhanced CT/MR/PET, Legacy Converted Enhanced: frames with
+their own plane positions). :func:`collect_inputs` gives each volume one item (``{"image", "stem", "volume"}``: one
+output stem, one ledger entry, one row of results); :func:`expand_volume` turns it into one item per slice for the 2D
+pipeline. Every item, a 2D image's too, carries the same slice keys (:data:`SLICE_KEYS`, ``-1`` for a 2D image), so
+that a batch may mix 2D images and slices.
 
 The slice axis of a NIfTI volume is the acquisition axis by default: the header's ``slice_dim`` when it is set, else
 the last axis (the axis along which NIfTI writers usually stack acquired slices); ``slice_axis`` overrides it. A DICOM
-series is always cut into its instances, sorted along the slice normal (:func:`medxgan_monai.io.series.
-read_dicom_series`).
+series is always cut into its instances, and a multi-frame instance into its frames, sorted along the slice normal
+(:func:`medxgan_monai.io.series.read_dicom_series`, :func:`~medxgan_monai.io.series.read_dicom_multiframe`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "DICOM_MULTIFRAME",
     "DICOM_SERIES",
     "NIFTI_VOLUME",
     "SLICE_KEYS",
@@ -30,10 +32,11 @@ __all__ = [
     "slice_keys",
 ]
 
-#: item["volume"] of a 3D NIfTI file and of a DICOM series
-NIFTI_VOLUME, DICOM_SERIES = "nifti", "dicom_series"
-#: the keys every item carries: the slice's index, the volume's slice count, slice axis and source (the NIfTI file or
-#: the series folder); -1, 0, -1 and "" for a 2D image
+#: item["volume"] of a 3D NIfTI file, a DICOM series and an enhanced multi-frame DICOM instance
+NIFTI_VOLUME, DICOM_SERIES, DICOM_MULTIFRAME = "nifti", "dicom_series", "dicom_multiframe"
+#: the keys every item carries: the slice's index, the volume's slice count, slice axis and source (the NIfTI file,
+#: the series folder or the multi-frame file); -1, 0, -1 and "" for a 2D image. A slice whose "image" is its
+#: "volume_source" is cut out of that file (NIfTI, multi-frame DICOM); a series' slice is its own file
 SLICE_KEYS = ("slice", "slices", "slice_axis", "volume_source")
 
 
@@ -67,11 +70,13 @@ def expand_volume(item: dict, slice_axis: int | None = None) -> list[dict]:
 
     NIfTI: ``{"image": the file, "stem", "slice": k, "slices": n, "slice_axis": axis}`` for k along ``slice_axis``
     (default :func:`acquisition_axis`). DICOM series: ``"image"`` is slice k's file, in the order along the slice
-    normal, and ``"slice_axis"`` is 2 (the instances are stacked as the last axis).
+    normal, and ``"slice_axis"`` is 2 (the instances are stacked as the last axis). Multi-frame DICOM: ``"image"``
+    is the file and k counts the frames along the slice normal (the loader finds the frame), ``"slice_axis"`` 2.
 
     Raises:
         ImageReadError: the volume cannot be cut (an axis out of range, a series whose geometry is not a volume:
-            :class:`~medxgan_monai.io.series.SeriesError` names the problem).
+            :class:`~medxgan_monai.io.series.SeriesError` names the problem, also for a multi-frame instance whose
+            frames are not parallel, evenly spaced slices).
     """
     from medxgan_monai.transforms.io import ImageReadError
 
@@ -89,6 +94,11 @@ def expand_volume(item: dict, slice_axis: int | None = None) -> list[dict]:
 
         axis = 2
         files = [str(path) for path in read_dicom_series(item["files"], origin=item["image"]).paths]
+    elif kind == DICOM_MULTIFRAME:
+        from medxgan_monai.io.series import read_dicom_multiframe
+
+        axis = 2
+        files = [item["image"]] * read_dicom_multiframe(item["image"]).shape[2]
     else:
         return [{**item, **slice_keys()}]
     base = {key: value for key, value in item.items() if key not in ("files", "volume")}

@@ -20,7 +20,13 @@ from medxgan_monai.io.dicom_derived import (
 from medxgan_monai.io.figures import saliency_overlay, write_panel, write_sweep_gif
 from medxgan_monai.io.ledger import OutputLedger
 from medxgan_monai.io.nifti import write_nifti
-from medxgan_monai.io.series import DicomSeries, SeriesError, group_dicom_series, read_dicom_series
+from medxgan_monai.io.series import (
+    DicomSeries,
+    SeriesError,
+    group_dicom_series,
+    read_dicom_multiframe,
+    read_dicom_series,
+)
 from medxgan_monai.io.weights import load_weights, save_state_dict
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "DicomSeries",
     "SeriesError",
     "group_dicom_series",
+    "read_dicom_multiframe",
     "read_dicom_series",
     "saliency_overlay",
     "write_nifti",

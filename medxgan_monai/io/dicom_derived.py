@@ -48,6 +48,7 @@ from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, red
 __all__ = [
     "NOT_FOR_CLINICAL_USE",
     "DerivedDicomError",
+    "frame_header",
     "write_overlay_secondary_capture",
     "write_saliency_parametric_map",
     "write_series_parametric_map",
@@ -73,11 +74,47 @@ class DerivedDicomError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-def _source_reference(source: Dataset) -> DicomSequence:
+def _source_reference(source: Dataset, frame: int | None = None) -> DicomSequence:
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        item.ReferencedFrameNumber = frame
     return DicomSequence([item])
+
+
+#: functional-group attributes of an enhanced multi-frame instance that describe all its frames at once
+_MULTIFRAME_KEYWORDS = ("NumberOfFrames", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+
+
+def frame_header(source: Dataset, frame: int) -> Dataset:
+    """The header of one frame (1-based) of an enhanced multi-frame instance, as a single-frame slice states it: the
+    instance's top-level attributes (patient, study, series, SOP Class and Instance UIDs) with the frame's plane
+    position, orientation and pixel spacing (from its functional groups) as ImagePositionPatient,
+    ImageOrientationPatient and PixelSpacing. For objects derived from one frame, e.g. a Secondary Capture that
+    references the instance and the frame (``referenced_frame`` of :func:`write_overlay_secondary_capture`).
+
+    Raises:
+        DerivedDicomError: ``frame`` is not a frame of ``source``.
+    """
+    from medxgan_monai.io.series import frame_functional_item
+
+    frames = int(source.get("NumberOfFrames") or 1)
+    if not 1 <= frame <= frames:
+        raise DerivedDicomError(str(source.get("filename", "source")), f"no frame {frame} of {frames}")
+    header = Dataset({tag: element for tag, element in source.items() if tag not in _PIXEL_TAGS})
+    for keyword in _MULTIFRAME_KEYWORDS:
+        if keyword in header:
+            del header[keyword]
+    for sequence, keyword in (
+        ("PlanePositionSequence", "ImagePositionPatient"),
+        ("PlaneOrientationSequence", "ImageOrientationPatient"),
+        ("PixelMeasuresSequence", "PixelSpacing"),
+    ):
+        item = frame_functional_item(source, frame, sequence)
+        if item is not None and keyword in item:
+            header[keyword] = item[keyword]
+    return header
 
 
 def _save(dataset: Dataset, path: str | os.PathLike, overwrite: bool) -> str:
@@ -119,7 +156,21 @@ def _blank_invalid_values(dataset: Dataset, path: str | os.PathLike) -> None:
         element.value = None
 
 
+def _multiframe(source: Dataset) -> bool:
+    return int(source.get("NumberOfFrames") or 1) > 1
+
+
 def _positioned(source: Dataset) -> bool:
+    """Whether the source states its plane geometry: ImagePositionPatient and ImageOrientationPatient, or for an
+    enhanced multi-frame instance, every frame's Plane Position and Plane Orientation (functional groups)."""
+    if _multiframe(source):
+        from medxgan_monai.io.series import SeriesError, read_dicom_multiframe
+
+        try:
+            read_dicom_multiframe(source)
+        except SeriesError:
+            return False
+        return True
     try:
         position = [float(value) for value in source.ImagePositionPatient]
         orientation = [float(value) for value in source.ImageOrientationPatient]
@@ -135,6 +186,11 @@ def _derivation_source(source: Dataset, path: str | os.PathLike) -> Dataset:
     if hasattr(source, "file_meta"):
         header.file_meta = copy.deepcopy(source.file_meta)
     _blank_invalid_values(header, path)
+    if _multiframe(header):  # checked by _checked_series: its frames' functional groups hold the geometry
+        if not header.get("FrameOfReferenceUID"):
+            header.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(source.SOPInstanceUID), "frame of reference"])
+            header.PositionReferenceIndicator = ""
+        return header
     if not _positioned(header):
         header.ImagePositionPatient = [0.0, 0.0, 0.0]
         header.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -211,10 +267,14 @@ def _checked_series(
 ) -> tuple[list[Dataset], np.ndarray]:
     """``sources`` as a list and ``maps`` as float32, after checking that they make one derived series.
 
+    ``sources`` are single-frame instances of one series, or one enhanced multi-frame instance (a volume of frames,
+    whose frame ``k + 1`` ``maps[k]`` is derived from).
+
     Raises:
         DerivedDicomError: ``sources`` is empty, mixes studies, series, pixel grids, pixel spacings or frames of
-            reference, holds a multi-frame or a repeated instance, or (several instances) one without plane geometry;
-            ``maps`` is not one ``(Rows, Columns)`` frame per source or has values outside [0, 1].
+            reference, holds a multi-frame instance beside others or a repeated instance, or (several instances, or
+            one multi-frame instance) one without plane geometry; ``maps`` is not one ``(Rows, Columns)`` frame per
+            source (per frame of a multi-frame source) or has values outside [0, 1].
     """
     if isinstance(sources, Dataset) or len(sources) == 0:
         raise DerivedDicomError(path, "sources must be a non-empty sequence of the series' instances (datasets)")
@@ -236,15 +296,19 @@ def _checked_series(
     if len({str(source.get("SOPInstanceUID", "")) for source in sources}) < len(sources):
         raise DerivedDicomError(path, "the sources list an instance more than once")
     for index, source in enumerate(sources):
-        if int(source.get("NumberOfFrames") or 1) > 1:
-            raise DerivedDicomError(path, f"source {index} is a multi-frame instance; give single-frame instances")
-        if len(sources) > 1 and not _positioned(source):
+        if _multiframe(source) and len(sources) > 1:
+            raise DerivedDicomError(
+                path, f"source {index} is a multi-frame instance; give single-frame instances, or it alone"
+            )
+        if (len(sources) > 1 or _multiframe(source)) and not _positioned(source):
             raise DerivedDicomError(
                 path,
-                f"source {index} has no valid ImagePositionPatient/ImageOrientationPatient; a series of several "
-                "instances needs the plane geometry of each",
+                f"source {index} has no valid plane geometry (ImagePositionPatient/ImageOrientationPatient, or for "
+                "a multi-frame instance each frame's plane position, orientation and spacing, evenly spaced): a "
+                "derived series of several frames needs the plane geometry of each",
             )
-    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    frames = int(sources[0].NumberOfFrames) if _multiframe(sources[0]) else len(sources)
+    expected = (frames, int(sources[0].Rows), int(sources[0].Columns))
     maps = np.asarray(maps)
     if maps.shape != expected or maps.dtype.kind not in "biuf":
         raise DerivedDicomError(
@@ -291,15 +355,22 @@ def write_overlay_secondary_capture(
     *,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    instance_number: int = 1,
+    referenced_frame: int | None = None,
 ) -> str:
     """Write an RGB overlay as a DICOM Secondary Capture in the source's study, referencing the source instance.
 
     Args:
-        source: the source DICOM dataset (its patient, study and frame of reference are copied, tolerantly).
+        source: the source DICOM dataset (its patient, study and frame of reference are copied, tolerantly); for one
+            frame of a multi-frame instance, :func:`frame_header`.
         rgb: ``(Rows, Columns, 3)`` uint8 overlay in the source's pixel grid.
         path: destination file (written atomically).
         series_instance_uid, sop_instance_uid: explicit UIDs (e.g. derived from the source, so that a redelivery
-            after a crash is the same object); new random UIDs by default.
+            after a crash is the same object, or one series UID for the overlays of a volume's slices); new random
+            UIDs by default.
+        instance_number: its number within its series (the slice's, for the overlays of a volume).
+        referenced_frame: the frame of the source instance it shows (a multi-frame source), referenced beside the
+            instance.
 
     Returns:
         The new SOPInstanceUID.
@@ -326,7 +397,7 @@ def write_overlay_secondary_capture(
             series_instance_uid=series_instance_uid or generate_uid(),
             series_number=series_number,
             sop_instance_uid=sop_instance_uid or generate_uid(),
-            instance_number=1,
+            instance_number=instance_number,
             manufacturer=MANUFACTURER,
             pixel_spacing=tuple(float(value) for value in spacing) if has_spacing else None,
             patient_orientation=orientation or ("L", "P"),
@@ -337,7 +408,7 @@ def write_overlay_secondary_capture(
         image.SeriesDescription = series_description
         image.ImageComments = f"Saliency overlay from medxgan-monai. {NOT_FOR_CLINICAL_USE}."
         image.BurnedInAnnotation = "YES"
-        image.SourceImageSequence = _source_reference(source)
+        image.SourceImageSequence = _source_reference(source, referenced_frame)
         if source.get("FrameOfReferenceUID"):
             image.FrameOfReferenceUID = source.FrameOfReferenceUID
         return image

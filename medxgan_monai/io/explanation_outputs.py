@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medxgan_monai.io.dicom_derived import (
+    frame_header,
     write_overlay_secondary_capture,
     write_saliency_parametric_map,
     write_series_parametric_map,
@@ -252,17 +253,33 @@ class SweepWriter:
 class DicomDerivedWriter:
     """For DICOM sources, new series of the source study: a Parametric Map (``<stem>_<method>_pm.dcm``) of
     ``method``'s map (the run's first map when it does not compute ``method``) and, with ``overlay``, a Secondary
-    Capture of the map over the image (``<stem>_overlay_sc.dcm``). For a DICOM series (a volume): one multi-frame
-    Parametric Map and one Segmentation (``<stem>_<method>_seg.dcm``: where the map is at least
-    ``segment_threshold``) for the whole series, each frame referencing its source instance.
+    Capture of the map over the image (``<stem>_overlay_sc.dcm``). For a DICOM volume (a series of single-frame
+    instances, or an enhanced multi-frame instance): one multi-frame Parametric Map and one Segmentation
+    (``<stem>_<method>_seg.dcm``: where the map is at least ``segment_threshold``) for the whole volume, each frame
+    referencing its source instance (and frame), and with ``volume_overlay`` one series of Secondary Captures, one per
+    slice (``<stem>_overlay_sc_<slice number>.dcm``, in one intensity window for the whole volume).
 
     The source is read for its header (the study, patient and frame of reference the new series reference) and, for
-    the overlay, its pixels (the picture at full resolution, through the project's loader: rescaled, MONOCHROME1
+    the overlays, its pixels (the picture at full resolution, through the project's loader: rescaled, MONOCHROME1
     inverted).
+
+    Args:
+        method: the method whose map is stored.
+        overlay: write the Secondary Capture of a 2D image.
+        segment_threshold: in (0, 1], the map value from which a pixel of a volume is in the Segmentation.
+        volume_overlay: write the Secondary Capture series of a volume (off by default: a series of pictures that a
+            viewer can draw from the Parametric Map; on request for PACS viewers that cannot).
     """
 
-    def __init__(self, method: str = "medxgan_ig", overlay: bool = True, segment_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        method: str = "medxgan_ig",
+        overlay: bool = True,
+        segment_threshold: float = 0.5,
+        volume_overlay: bool = False,
+    ) -> None:
         self.method, self.overlay, self.segment_threshold = method, overlay, segment_threshold
+        self.volume_overlay = volume_overlay
 
     def __call__(self, item: ExplainedImage, folder: Path) -> None:
         if item.source_format != "dicom" or not item.methods:
@@ -280,24 +297,71 @@ class DicomDerivedWriter:
             from medxgan_monai.transforms.io import load_scan
 
             pixels = load_scan(item.source)[0].numpy().T
-            low, high = np.percentile(pixels, (0.5, 99.5))
-            picture = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
-            overlay = saliency_overlay(picture, saliency_rows)
+            overlay = saliency_overlay(_windowed(pixels, pixels), saliency_rows)
             write_overlay_secondary_capture(dataset, overlay, folder / f"{item.stem}_overlay_sc.dcm", overwrite=False)
         write_saliency_parametric_map(dataset, saliency_rows, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
 
     def _write_series(self, item: ExplainedImage, method: str, folder: Path) -> None:
-        """A DICOM series: one multi-frame Parametric Map and one Segmentation of the map above
-        ``segment_threshold``, each frame derived from its source instance (no overlay: one Secondary Capture per
-        slice would be a series of pictures, left to a viewer)."""
+        """A DICOM volume: one multi-frame Parametric Map and one Segmentation of the map above
+        ``segment_threshold``, each frame derived from its source instance (or frame), and with ``volume_overlay``
+        the Secondary Capture series."""
         import pydicom
 
-        sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in item.volume.slice_sources]
+        from medxgan_monai.io.series import read_dicom_multiframe
+
+        files = item.volume.slice_sources
         # (columns, rows, slices) in MONAI's layout; DICOM frames are (rows, columns)
-        frames = np.clip(np.moveaxis(item.methods[method].saliency_in_source_grid, 2, 0).transpose(0, 2, 1), 0, 1)
-        write_series_parametric_map(sources, frames, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
+        maps = np.clip(np.moveaxis(item.methods[method].saliency_in_source_grid, 2, 0).transpose(0, 2, 1), 0, 1)
+        if len(set(files)) == 1:  # an enhanced multi-frame instance: its frames, sorted along the normal
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            frame_numbers = read_dicom_multiframe(header, origin=files[0]).frames
+            sources = [header]
+            in_frame_order = np.empty_like(maps)
+            in_frame_order[np.asarray(frame_numbers) - 1] = maps
+            stored = in_frame_order
+            slice_headers = [frame_header(header, frame) for frame in frame_numbers]
+        else:
+            sources = slice_headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+            frame_numbers, stored = [None] * len(files), maps
+        write_series_parametric_map(sources, stored, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
         segmentation = folder / f"{item.stem}_{method}_seg.dcm"
-        write_series_segmentation(sources, frames, segmentation, threshold=self.segment_threshold, overwrite=False)
+        write_series_segmentation(sources, stored, segmentation, threshold=self.segment_threshold, overwrite=False)
+        if self.volume_overlay:
+            self._write_overlay_series(item, slice_headers, frame_numbers, maps, folder)
+
+    @staticmethod
+    def _write_overlay_series(
+        item: ExplainedImage, headers: list, frame_numbers: list, maps: np.ndarray, folder: Path
+    ) -> None:
+        """One Secondary Capture per slice, in one series, slice ``k`` numbered ``k + 1``."""
+        from pydicom.uid import generate_uid
+
+        from medxgan_monai.transforms.io import LoadScan
+
+        loader, files = LoadScan(), item.volume.slice_sources
+        pictures = [
+            (loader(path) if frame is None else loader.load_frame(path, index))[0].numpy().T
+            for index, (path, frame) in enumerate(zip(files, frame_numbers, strict=True))
+        ]
+        volume = np.stack(pictures)
+        series_uid = generate_uid()
+        for index, (header, frame, picture) in enumerate(zip(headers, frame_numbers, pictures, strict=True)):
+            write_overlay_secondary_capture(
+                header,
+                saliency_overlay(_windowed(picture, volume), maps[index]),
+                folder / f"{item.stem}_overlay_sc_{index + 1:04d}.dcm",
+                overwrite=False,
+                series_instance_uid=series_uid,
+                instance_number=index + 1,
+                referenced_frame=frame,
+            )
+
+
+def _windowed(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``pixels`` scaled to [0, 1] for display, between the 0.5th and 99.5th percentiles of ``reference`` (the
+    image itself, or its whole volume so that every slice shares one window)."""
+    low, high = np.percentile(reference, (0.5, 99.5))
+    return np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
 
 
 def default_writers() -> list:

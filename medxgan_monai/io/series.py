@@ -1,5 +1,6 @@
-"""DICOM series folders: instances grouped by series, sorted along the slice normal, their geometry checked, and the
-affine of the stacked volume (headers only; each slice's pixels are loaded by the 2D loader).
+"""DICOM volumes: a series of single-frame instances (grouped by series, sorted along the slice normal) or one
+enhanced multi-frame instance (its frames sorted the same way), their geometry checked, and the affine of the stacked
+volume (headers only; each slice's pixels are loaded by the 2D loader).
 
 The volume is laid out like the 2D loader's slices (:class:`~medxgan_monai.transforms.LoadScan`, MONAI's layout):
 voxel ``(i, j, k)`` is pixel (column ``i``, row ``j``) of the ``k``-th slice along the normal, and the affine is RAS,
@@ -9,7 +10,7 @@ so slice ``k``'s own affine and the volume's agree on every pixel.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,11 @@ __all__ = [
     "SLICE_STEP_TOLERANCE",
     "DicomSeries",
     "SeriesError",
+    "dicom_frame_count",
+    "frame_affines",
+    "frame_functional_item",
     "group_dicom_series",
+    "read_dicom_multiframe",
     "read_dicom_series",
 ]
 
@@ -69,33 +74,39 @@ class SeriesError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class DicomSeries:
-    """One series of single-frame DICOM slices, as one volume.
+    """One DICOM volume: a series of single-frame slices, or the frames of one enhanced multi-frame instance.
 
     Attributes:
         series_uid: SeriesInstanceUID shared by every slice.
-        paths: the slice files sorted along the slice normal (row cosine x column cosine), the first lowest.
+        paths: each slice's file, sorted along the slice normal (row cosine x column cosine), the first lowest (for
+            a multi-frame instance, its one file, once per slice).
         affine: 4x4 RAS affine (read-only) of the volume array laid out (columns, rows, slices): voxel ``(i, j, k)``
-            is pixel (column ``i``, row ``j``) of ``paths[k]``. Its third column is the step between consecutive
+            is pixel (column ``i``, row ``j``) of slice ``k``. Its third column is the step between consecutive
             slice positions, which is not along the normal under a gantry tilt.
         shape: the volume's array shape, (Columns, Rows, number of slices).
+        frames: for a multi-frame instance, the frame number (1-based, as DICOM counts) of each slice, in slice
+            order; empty for a series of single-frame instances.
     """
 
     series_uid: str
     paths: tuple[Path, ...]
     affine: np.ndarray
     shape: tuple[int, int, int]
+    frames: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
 class _Slice:
-    """What the geometry checks need of one instance's header."""
+    """What the geometry checks need of one slice: an instance's header, or one frame of a multi-frame instance."""
 
     path: Path
+    label: str  # how messages name it: the file, relative to the folder they name, or "frame <number>"
     position: np.ndarray | None  # ImagePositionPatient, LPS mm
     orientation: np.ndarray | None  # ImageOrientationPatient: row cosines, then column cosines
     pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing), mm
     rows: int
     columns: int
+    frame: int = 0  # the frame number in a multi-frame instance; 0 for a single-frame instance
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -119,6 +130,13 @@ def _frames(header: Dataset) -> int:
         return int(header.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         return 1
+
+
+def dicom_frame_count(path: str | os.PathLike) -> int:
+    """NumberOfFrames of a DICOM image file (1 when it does not say), read from its header; 0 for a file that is
+    not readable as DICOM or not an image with a SeriesInstanceUID."""
+    header = _read_header(Path(path))
+    return _frames(header) if header is not None and _series_uid(header) is not None else 0
 
 
 def _series_uid(header: Dataset) -> str | None:
@@ -180,9 +198,17 @@ def _label(path: Path, folder: Path) -> str:
 
 
 def _names(paths: Sequence[Path], folder: Path) -> str:
-    shown = ", ".join(_label(path, folder) for path in paths[:_NAMES_SHOWN])
-    more = len(paths) - _NAMES_SHOWN
+    return _shown([_label(path, folder) for path in paths])
+
+
+def _shown(labels: Sequence[str]) -> str:
+    shown = ", ".join(labels[:_NAMES_SHOWN])
+    more = len(labels) - _NAMES_SHOWN
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _slice_names(slices: Sequence[_Slice]) -> str:
+    return _shown([s.label for s in slices])
 
 
 def _numbers(value, count: int) -> np.ndarray | None:
@@ -194,11 +220,12 @@ def _numbers(value, count: int) -> np.ndarray | None:
     return numbers if numbers.shape == (count,) and np.isfinite(numbers).all() else None
 
 
-def _slice(path: Path, header: Dataset) -> _Slice:
+def _slice(path: Path, header: Dataset, folder: Path) -> _Slice:
     # pydicom warns, quoting the value, about values it cannot convert: redacted like every message of ours
     with messages_redacted(header):
         return _Slice(
             path=path,
+            label=_label(path, folder),
             position=_numbers(header.get("ImagePositionPatient"), 3),
             orientation=_numbers(header.get("ImageOrientationPatient"), 6),
             pixel_spacing=_positive_spacing(header.get("PixelSpacing")),
@@ -246,25 +273,25 @@ def _series_of(paths: list[Path], headers: list[Dataset | None], folder: Path) -
     return uids[0]
 
 
-def _check_same_plane(slices: list[_Slice], folder: Path) -> None:
+def _check_same_plane(slices: list[_Slice]) -> None:
     """Every slice has a position, the same orientation (orthonormal cosines), size and pixel spacing."""
     for keyword, attribute in (
         ("ImagePositionPatient", "position"),
         ("ImageOrientationPatient", "orientation"),
         ("PixelSpacing", "pixel_spacing"),
     ):
-        missing = [s.path for s in slices if getattr(s, attribute) is None]
+        missing = [s for s in slices if getattr(s, attribute) is None]
         if missing:
             raise _Problem(
                 f"{len(missing)} of {len(slices)} slices have no valid {keyword} (missing, not numbers or not "
-                f"positive): {_names(missing, folder)}; a volume needs every slice's geometry"
+                f"positive): {_slice_names(missing)}; a volume needs every slice's geometry"
             )
     reference = slices[0]
-    where = f"{_label(reference.path, folder)}'s"
-    mixed = [s.path for s in slices if np.abs(s.orientation - reference.orientation).max() > ORIENTATION_TOLERANCE]
+    where = f"{reference.label}'s"
+    mixed = [s for s in slices if np.abs(s.orientation - reference.orientation).max() > ORIENTATION_TOLERANCE]
     if mixed:
         raise _Problem(
-            f"mixed orientations: {len(mixed)} of {len(slices)} slices ({_names(mixed, folder)}) differ from "
+            f"mixed orientations: {len(mixed)} of {len(slices)} slices ({_slice_names(mixed)}) differ from "
             f"{where} ImageOrientationPatient {_fmt(reference.orientation)} (tolerance {ORIENTATION_TOLERANCE:g} "
             "per cosine)"
         )
@@ -275,32 +302,30 @@ def _check_same_plane(slices: list[_Slice], folder: Path) -> None:
             f"ImageOrientationPatient {_fmt(reference.orientation)} is not two orthogonal unit vectors "
             f"(tolerance {_ORTHONORMAL_TOLERANCE:g})"
         )
-    sizes = [s.path for s in slices if (s.rows, s.columns) != (reference.rows, reference.columns)]
+    sizes = [s for s in slices if (s.rows, s.columns) != (reference.rows, reference.columns)]
     if sizes:
         raise _Problem(
-            f"different image sizes: {len(sizes)} of {len(slices)} slices ({_names(sizes, folder)}) are not "
-            f"{reference.rows} rows x {reference.columns} columns like {_label(reference.path, folder)}"
+            f"different image sizes: {len(sizes)} of {len(slices)} slices ({_slice_names(sizes)}) are not "
+            f"{reference.rows} rows x {reference.columns} columns like {reference.label}"
         )
     spacing = np.asarray(reference.pixel_spacing)
     spaced = [
-        s.path
-        for s in slices
-        if (np.abs(np.subtract(s.pixel_spacing, spacing)) > PIXEL_SPACING_TOLERANCE * spacing).any()
+        s for s in slices if (np.abs(np.subtract(s.pixel_spacing, spacing)) > PIXEL_SPACING_TOLERANCE * spacing).any()
     ]
     if spaced:
         raise _Problem(
-            f"different PixelSpacing: {len(spaced)} of {len(slices)} slices ({_names(spaced, folder)}) differ from "
+            f"different PixelSpacing: {len(spaced)} of {len(slices)} slices ({_slice_names(spaced)}) differ from "
             f"{where} {_fmt(spacing)} mm (relative tolerance {PIXEL_SPACING_TOLERANCE:g})"
         )
 
 
-def _sorted_along_normal(slices: list[_Slice], folder: Path) -> list[_Slice]:
+def _sorted_along_normal(slices: list[_Slice]) -> list[_Slice]:
     """The slices sorted by position along the normal, checked for duplicates and a constant step."""
     orientation = slices[0].orientation
     normal = np.cross(orientation[:3], orientation[3:])
     normal /= np.linalg.norm(normal)
     # ties (duplicates, refused below) broken by path, so that the order never depends on the order given
-    slices = sorted(slices, key=lambda s: (float(s.position @ normal), str(s.path)))
+    slices = sorted(slices, key=lambda s: (float(s.position @ normal), str(s.path), s.frame))
     positions = np.stack([s.position for s in slices])
     along_normal = positions @ normal
     steps = np.diff(along_normal)
@@ -309,7 +334,7 @@ def _sorted_along_normal(slices: list[_Slice], folder: Path) -> list[_Slice]:
     tolerance = SLICE_STEP_TOLERANCE * median_step
 
     def gap(k: int) -> str:
-        return f"slice {k} ({_label(slices[k].path, folder)}) to slice {k + 1} ({_label(slices[k + 1].path, folder)})"
+        return f"slice {k} ({slices[k].label}) to slice {k + 1} ({slices[k + 1].label})"
 
     def listed(items: list[str]) -> str:
         more = len(items) - _NAMES_SHOWN
@@ -339,19 +364,46 @@ def _sorted_along_normal(slices: list[_Slice], folder: Path) -> list[_Slice]:
     return slices
 
 
-def _volume_affine(slices: list[_Slice]) -> np.ndarray:
-    """The RAS affine of the (columns, rows, slices) volume of sorted, checked slices."""
-    orientation, (row_spacing, column_spacing) = slices[0].orientation, slices[0].pixel_spacing
+def _plane_lps(orientation: np.ndarray, pixel_spacing: tuple[float, float], position: np.ndarray) -> np.ndarray:
+    """The LPS affine of one slice's pixel grid as the 2D loader (MONAI's ``PydicomReader``) gives a single-frame
+    slice: its third column is LPS +z, whatever the orientation (a 2D image has no third axis to describe)."""
+    row_spacing, column_spacing = pixel_spacing
     lps = np.eye(4)
     # i runs along a row (column index) and j down the columns (row index), as the 2D loader lays out each slice
     lps[:3, 0] = orientation[:3] * column_spacing
     lps[:3, 1] = orientation[3:] * row_spacing
+    lps[:3, 3] = position
+    return lps
+
+
+def _volume_affine(slices: list[_Slice]) -> np.ndarray:
+    """The RAS affine of the (columns, rows, slices) volume of sorted, checked slices."""
+    lps = _plane_lps(slices[0].orientation, slices[0].pixel_spacing, slices[0].position)
     # the mean step keeps the first and the last slice exactly where their headers put them
     lps[:3, 2] = (slices[-1].position - slices[0].position) / (len(slices) - 1)
-    lps[:3, 3] = slices[0].position
     affine = _RAS_FROM_LPS @ lps
     affine.setflags(write=False)
     return affine
+
+
+def frame_affines(header: Dataset) -> list[np.ndarray]:
+    """The RAS affine of each frame (in frame-number order) of an enhanced multi-frame instance, the affine the 2D
+    loader gives a single-frame slice of the same geometry (pixel (column ``i``, row ``j``); third column +z), from
+    the frames' functional groups. Call it on an instance :func:`read_dicom_multiframe` has checked.
+
+    Raises:
+        ValueError: a frame has no valid plane position, orientation or pixel spacing.
+    """
+    try:
+        frames = _frame_slices(Path("instance"), header)
+    except _Problem as problem:
+        raise ValueError(str(problem)) from None
+    affines = []
+    for found in frames:
+        if found.position is None or found.orientation is None or found.pixel_spacing is None:
+            raise ValueError(f"frame {found.frame} has no valid plane position, orientation or pixel spacing")
+        affines.append(_RAS_FROM_LPS @ _plane_lps(found.orientation, found.pixel_spacing, found.position))
+    return affines
 
 
 def read_dicom_series(paths: Sequence[str | os.PathLike], origin: str | os.PathLike | None = None) -> DicomSeries:
@@ -386,21 +438,122 @@ def read_dicom_series(paths: Sequence[str | os.PathLike], origin: str | os.PathL
     paths = [Path(path) for path in paths]
     folder = _folder_of(paths) if paths else Path(".")
     headers = [_read_header(path) for path in paths]
-    try:
+
+    def slices() -> tuple[str, list[_Slice]]:
         series_uid = _series_of(paths, headers, folder)
-        slices = [_slice(path, header) for path, header in zip(paths, headers, strict=True)]
-        _check_same_plane(slices, folder)
-        slices = _sorted_along_normal(slices, folder)
+        return series_uid, [_slice(path, header, folder) for path, header in zip(paths, headers, strict=True)]
+
+    return _volume(slices, headers, origin if origin is not None else folder)
+
+
+def frame_functional_item(header: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The item of a functional group macro (e.g. ``"PlanePositionSequence"``) that applies to ``frame`` (1-based) of
+    an enhanced multi-frame instance: the frame's own (Per-frame Functional Groups), else the one all frames share
+    (Shared Functional Groups); ``None`` when neither has it."""
+    per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
+    shared = header.get("SharedFunctionalGroupsSequence") or []
+    groups = ([per_frame[frame - 1]] if 0 < frame <= len(per_frame) else []) + list(shared[:1])
+    for group in groups:
+        items = group.get(sequence)
+        if items:
+            return items[0]
+    return None
+
+
+def _frame_slices(path: Path, header: Dataset) -> list[_Slice]:
+    """One :class:`_Slice` per frame of an enhanced multi-frame instance, from its functional groups."""
+    frames = _frames(header)
+    if _series_uid(header) is None:
+        raise _Problem("not a DICOM image of a series (no Rows/Columns or no SeriesInstanceUID)")
+    if frames < 2:
+        raise _Problem(f"{frames} frame, not a volume: explain it as a 2D image")
+    per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != frames:
+        raise _Problem(
+            f"a multi-frame instance of {frames} frames with {len(per_frame)} Per-frame Functional Groups items; a "
+            "volume needs the plane position of every frame (an enhanced multi-frame image: Enhanced CT/MR, Legacy "
+            "Converted Enhanced, ...)"
+        )
+
+    def value(frame: int, sequence: str, keyword: str):
+        item = frame_functional_item(header, frame, sequence)
+        return item.get(keyword) if item is not None else None
+
+    with messages_redacted(header):
+        return [
+            _Slice(
+                path=path,
+                label=f"frame {frame}",
+                position=_numbers(value(frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                orientation=_numbers(value(frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                pixel_spacing=_positive_spacing(value(frame, "PixelMeasuresSequence", "PixelSpacing")),
+                rows=int(header.get("Rows", 0) or 0),
+                columns=int(header.get("Columns", 0) or 0),
+                frame=frame,
+            )
+            for frame in range(1, frames + 1)
+        ]
+
+
+def read_dicom_multiframe(source: str | os.PathLike | Dataset, origin: str | os.PathLike | None = None) -> DicomSeries:
+    """Read an enhanced multi-frame instance's header as one volume: its frames sorted along their normal, checked
+    and stacked exactly as :func:`read_dicom_series` does with the instances of a series.
+
+    Each frame's plane position, orientation and pixel spacing come from its Per-frame Functional Groups, else from
+    the Shared Functional Groups (Plane Position, Plane Orientation, Pixel Measures macros), as Enhanced CT, MR and
+    PET and the Legacy Converted Enhanced images state them. Frames are sorted by their position along the normal,
+    not by frame number or dimension index, so a file whose frames run from head to feet gives the same volume as
+    one that runs from feet to head; :attr:`DicomSeries.frames` says which frame each slice is.
+
+    Args:
+        source: the file, or its dataset (pixels not needed).
+        origin: what errors name; by default the file.
+
+    Returns:
+        The :class:`DicomSeries`, whose ``paths`` repeat the file once per slice and whose ``frames`` give each
+        slice's frame number.
+
+    Raises:
+        SeriesError: not readable as DICOM; not an image with a SeriesInstanceUID; fewer than 2 frames; a frame
+            without a valid plane position, orientation or pixel spacing; mixed orientations or spacings; duplicate
+            positions; uneven spacing (as :func:`read_dicom_series`, naming frames by number). Never patient data.
+
+    Example::
+
+        volume = read_dicom_multiframe("enhanced_ct.dcm")
+        first = pydicom.dcmread("enhanced_ct.dcm").pixel_array[volume.frames[0] - 1]   # the lowest slice
+    """
+    header = source if isinstance(source, Dataset) else _read_header(Path(source))
+    path = Path(getattr(source, "filename", None) or "instance") if isinstance(source, Dataset) else Path(source)
+
+    def slices() -> tuple[str, list[_Slice]]:
+        if header is None:
+            raise _Problem("not readable as DICOM")
+        return _series_uid(header) or "", _frame_slices(path, header)
+
+    return _volume(slices, [header], origin if origin is not None else path)
+
+
+def _volume(
+    slices: Callable[[], tuple[str, list[_Slice]]], headers: Sequence[Dataset | None], origin: str | os.PathLike
+) -> DicomSeries:
+    """The checked, sorted volume of the slices ``slices()`` reads; a :class:`SeriesError` naming ``origin`` (with
+    the values of ``headers`` redacted from its message) for any :class:`_Problem`."""
+    try:
+        series_uid, found = slices()
+        _check_same_plane(found)
+        found = _sorted_along_normal(found)
     except _Problem as problem:
         message = str(problem)
         # file names, or values pydicom could not convert, may still spell a patient's name or date
         for header in headers:
             message = redact_identifying_values(message, header)
-        raise SeriesError(origin if origin is not None else folder, message) from None
-    reference = slices[0]
+        raise SeriesError(origin, message) from None
+    reference = found[0]
     return DicomSeries(
         series_uid=series_uid,
-        paths=tuple(s.path for s in slices),
-        affine=_volume_affine(slices),
-        shape=(reference.columns, reference.rows, len(slices)),
+        paths=tuple(s.path for s in found),
+        affine=_volume_affine(found),
+        shape=(reference.columns, reference.rows, len(found)),
+        frames=tuple(s.frame for s in found) if reference.frame else (),
     )

@@ -152,7 +152,8 @@ class ExplanationProcessor:
         # the batches are tracked by the node's own run, after their results are delivered: an MLflow run per batch
         # cost ~0.15 s of every instance's latency before delivery (scripts/benchmark_node.py)
         # the node writes only what it delivers (the bundle's NIfTI maps, panels and GIFs would pile up unread)
-        fixed = {"tracking_uri": None, "writers": [DicomDerivedWriter(overlay=overlay)], **self.overrides}
+        writer = DicomDerivedWriter(overlay=overlay, volume_overlay=overlay)
+        fixed = {"tracking_uri": None, "writers": [writer], **self.overrides}
         # one warm pipeline for the node's life: the config is parsed per batch, the weights are read once
         self.pipeline = InferencePipeline(fixed, bundle_root)
 
@@ -235,12 +236,16 @@ class ExplanationProcessor:
         return units, waiting
 
     def _series_of(self, path: Path) -> str:
-        """The instance's Series Instance UID ("" when it has no valid one: explained alone), read once."""
+        """The instance's Series Instance UID, read once; "" (explained alone) when it has no valid one, and for a
+        multi-frame instance, which is a volume of its own."""
         if path.name not in self._series_info:
             header = pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImagesInAcquisition"]
+                path,
+                stop_before_pixels=True,
+                specific_tags=["SeriesInstanceUID", "ImagesInAcquisition", "NumberOfFrames"],
             )
-            uid = str(header.get("SeriesInstanceUID", ""))
+            multi_frame = int(header.get("NumberOfFrames") or 1) > 1
+            uid = "" if multi_frame else str(header.get("SeriesInstanceUID", ""))
             try:
                 expected = int(header.get("ImagesInAcquisition") or 0)
             except (TypeError, ValueError):

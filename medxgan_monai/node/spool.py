@@ -20,6 +20,7 @@ from pydicom.uid import RE_VALID_UID
 
 from medxgan_monai.io.atomic import atomic_output
 from medxgan_monai.io.dicom_derived import MANUFACTURER
+from medxgan_monai.io.series import SeriesError, read_dicom_multiframe
 
 __all__ = ["InvalidUIDError", "Spool", "instance_problem", "is_valid_uid", "valid_instance_uid"]
 
@@ -54,13 +55,17 @@ def valid_instance_uid(dataset: Dataset) -> str:
 
 def instance_problem(dataset: Dataset, modalities: tuple[str, ...] | None = None) -> str | None:
     """Why a received instance does not fit a 2D image classifier (``None`` when it fits): no pixel data, several
-    frames, a modality outside ``modalities`` (any when ``None``), or an explanation this tool made (which a
-    routing rule may send back; explaining it again would loop)."""
+    frames that are not an enhanced multi-frame volume (:func:`~medxgan_monai.io.series.read_dicom_multiframe`: each
+    frame's plane position, evenly spaced), a modality outside ``modalities`` (any when ``None``), or an explanation
+    this tool made (which a routing rule may send back; explaining it again would loop)."""
     if "PixelData" not in dataset:
         return f"no pixel data (SOP class {dataset.get('SOPClassUID', 'unknown')})"
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        return f"multi-frame instance with {frames} frames; expected one 2D image"
+        try:  # an enhanced multi-frame volume is explained slice by slice, as one volume
+            read_dicom_multiframe(dataset, origin="instance")
+        except SeriesError as error:
+            return f"multi-frame instance with {frames} frames that is not a volume of slices: {error.problem}"
     modality = str(dataset.get("Modality", ""))
     if modalities and modality not in modalities:
         return f"modality {modality or 'unknown'} is not one of {list(modalities)}"

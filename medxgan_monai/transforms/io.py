@@ -19,7 +19,8 @@ from monai.transforms import LoadImage, MapTransform
 from monai.utils import MetaKeys
 from nibabel.openers import ImageOpener
 from PIL import Image, ImageMode
-from pydicom.pixels import apply_color_lut
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, redact_identifying_values
 from medxgan_monai.io.nifti import SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE, recorded_shape
@@ -145,6 +146,22 @@ def _invert_monochrome1(array: np.ndarray, ds) -> np.ndarray:
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
     return (low + high - array.astype(np.float64)).astype(np.float32)
+
+
+def _frame_pixel_attributes(ds, frame: int) -> Dataset:
+    """What maps one frame's stored values to modality values (Modality LUT or Rescale Slope and Intercept, Bits
+    Stored, Pixel Representation): the instance's, with the Pixel Value Transformation of an enhanced multi-frame
+    frame (its own, else the shared one) in place of the top-level rescale."""
+    from medxgan_monai.io.series import frame_functional_item
+
+    view = Dataset()
+    for keyword in ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept", "BitsStored", "PixelRepresentation"):
+        if keyword in ds:
+            view[keyword] = ds[keyword]
+    transformation = frame_functional_item(ds, frame, "PixelValueTransformationSequence")
+    if transformation is not None and "RescaleSlope" in transformation and "RescaleIntercept" in transformation:
+        view.RescaleSlope, view.RescaleIntercept = transformation.RescaleSlope, transformation.RescaleIntercept
+    return view
 
 
 def _affine_without_position(ds) -> np.ndarray:
@@ -300,6 +317,7 @@ class LoadScan(LoadImage):
         self.max_decoded_bytes = max_decoded_bytes
         self._reader_cache: dict[str, ImageReader] = {}
         self._volume_cache: tuple | None = None
+        self._multiframe_cache: tuple | None = None
 
     def _reader_for(self, kind: str) -> ImageReader:
         if kind not in self._reader_cache:
@@ -399,6 +417,87 @@ class LoadScan(LoadImage):
         self._volume_cache = (stamp, volume, header.affine)
         return volume, header.affine
 
+    def load_frame(self, filename, index: int) -> MetaTensor:
+        """Slice ``index`` of an enhanced multi-frame DICOM instance, counted along the slice normal (the order of
+        :func:`~medxgan_monai.io.series.read_dicom_multiframe`, not the frame numbers), as a 2D image ``(1, W, H)``
+        loaded like a single-frame DICOM slice: the frame's own affine (from its functional groups), its modality
+        rescale (the frame's, else the shared Pixel Value Transformation, else the top-level Rescale Slope and
+        Intercept) applied, MONOCHROME1 inverted, colour averaged to grey. The instance read last is kept, so slice
+        after slice decodes the file once.
+
+        Raises:
+            ImageReadError: the file is not a volume of frames (see ``read_dicom_multiframe``), is over the size
+                limits (``max_pixels`` applies to one frame, ``max_decoded_bytes`` to the instance, as to a volume),
+                cannot be decoded, the index is out of range, or a value is not finite.
+        """
+        filename = str(filename)
+        frames, header, order, affines = self._multiframe(filename)
+        if not 0 <= index < len(order):
+            raise ImageReadError(filename, f"no slice {index} in a volume of {len(order)} frames")
+        frame = order[index]
+        pixels = np.swapaxes(frames[frame - 1], 0, 1)  # DICOM (rows, columns) to MONAI's (columns, rows)
+        if _is_palette_colour(header):
+            pixels = _apply_palette(pixels, header)
+        view = _frame_pixel_attributes(header, frame)
+        pixels = np.asarray(apply_modality_lut(pixels, view), dtype=np.float32)
+        if pixels.ndim == 3:
+            pixels = pixels[..., :3].mean(axis=-1)
+        if str(header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            pixels = _invert_monochrome1(pixels, view)
+        if not np.isfinite(pixels).all():
+            raise ImageReadError(filename, f"frame {frame} contains NaN or infinite values")
+        affine = affines[frame - 1]
+        meta = {
+            "filename_or_obj": filename,
+            MetaKeys.SPATIAL_SHAPE: np.asarray(pixels.shape),
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            SOURCE_FORMAT: "dicom",
+            SOURCE_SHAPE: recorded_shape(pixels.shape),
+            SOURCE_AFFINE: affine.copy(),
+        }
+        return MetaTensor(torch.as_tensor(pixels[None], dtype=torch.float32), affine=affine.copy(), meta=meta)
+
+    def _multiframe(self, filename: str) -> tuple[np.ndarray, pydicom.Dataset, tuple[int, ...], list[np.ndarray]]:
+        """The decoded frames (frame-number order), the header, the frame number of each slice and each frame's
+        affine of a multi-frame instance, read once per file version."""
+        from medxgan_monai.io.series import SeriesError, frame_affines, read_dicom_multiframe
+
+        stamp = (filename, os.stat(filename).st_mtime_ns)
+        if self._multiframe_cache is not None and self._multiframe_cache[0] == stamp:
+            return self._multiframe_cache[1]
+        self._multiframe_cache = None
+        header = _readable_header(filename)
+        if header is None:
+            raise ImageReadError(filename, "cannot read as DICOM")
+        try:
+            volume = read_dicom_multiframe(header, origin=filename)
+        except SeriesError as error:
+            raise ImageReadError(filename, error.problem) from None
+        if volume.shape[0] * volume.shape[1] > self.max_pixels:
+            raise ImageReadError(filename, f"frames of {volume.shape[:2]} exceed {self.max_pixels} pixels")
+        decoded, layout = _dicom_decoded_bytes(header)
+        if decoded > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
+            raise ImageReadError(
+                filename,
+                f"multi-frame instance ({layout}) decodes to {decoded} bytes, over the limit of "
+                f"{self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
+            )
+        try:
+            dataset = pydicom.dcmread(filename, force=True)
+            with messages_redacted(dataset):
+                frames = dataset.pixel_array
+        except Exception as error:
+            problem = _decoding_problem(filename, error) or f"cannot decode its frames: {type(error).__name__}: {error}"
+            problem = redact_identifying_values(problem, header)
+        else:
+            if frames.shape[0] != len(volume.frames):
+                raise ImageReadError(
+                    filename, f"decoded {frames.shape[0]} frames, its header says {len(volume.frames)}"
+                )
+            self._multiframe_cache = (stamp, (frames, header, volume.frames, frame_affines(header)))
+            return self._multiframe_cache[1]
+        raise ImageReadError(filename, problem)
+
     @staticmethod
     def _with_source_geometry(image: MetaTensor, kind: str, header: _HeaderSize) -> MetaTensor:
         """Record, in the image's metadata, the geometry its outputs are written in (see
@@ -463,11 +562,15 @@ class LoadScand(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
-        # a slice of a NIfTI volume (see medxgan_monai.data.volumes); a DICOM series' slice is its own file
+        # a slice of a NIfTI volume or of a multi-frame DICOM instance (see medxgan_monai.data.volumes); a DICOM
+        # series' slice is its own file
         index, axis = int(d.get("slice", -1)), int(d.get("slice_axis", -1))
         for key in self.key_iterator(d):
-            if index >= 0 and detect_format(d[key]) == "nifti":
+            kind = detect_format(d[key]) if index >= 0 else None
+            if kind == "nifti":
                 d[key] = self.loader.load_slice(d[key], axis, index)
+            elif kind == "dicom" and str(d[key]) == str(d.get("volume_source", "")):
+                d[key] = self.loader.load_frame(d[key], index)
             else:
                 d[key] = self.loader(d[key])
         return d
