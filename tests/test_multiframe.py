@@ -244,3 +244,24 @@ def test_the_node_explains_a_multiframe_instance_as_one_volume(volume, weights, 
     assert sorted(d.SOPClassUID for d in sink.sent) == [PARAMETRIC_MAP_STORAGE, SEGMENTATION_STORAGE]
     assert all(int(d.NumberOfFrames) == SLICES for d in sink.sent)
     assert processor.statistics.explained == 1 and processor.statistics.failed == 0
+
+
+def test_an_evaluation_entry_may_be_a_multiframe_volume_with_a_mask_in_its_grid(volume, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from medxgan_monai.data.inputs import collect_evaluation_items
+
+    _, multiframe = volume
+    grid = read_dicom_multiframe(multiframe)
+    nib.save(nib.Nifti1Image(np.zeros(grid.shape, np.uint8), grid.affine), tmp_path / "mask.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(grid.shape, np.uint8), np.eye(4)), tmp_path / "elsewhere.nii.gz")
+    entries = [
+        {"image": str(multiframe), "label": 1, "mask": str(tmp_path / mask)}
+        for mask in ("mask.nii.gz", "elsewhere.nii.gz")
+    ]
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": entries}))
+    items, problems = collect_evaluation_items(tmp_path / "datalist.json")
+    assert [item["volume"] for item in items] == [DICOM_MULTIFRAME]
+    assert len(problems) == 1 and "not the volume's grid" in problems[0].problem

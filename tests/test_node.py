@@ -276,6 +276,36 @@ def test_by_series_a_complete_series_is_one_volume_and_a_series_still_arriving_w
     assert not list((tmp_path / "spool" / "series").iterdir()), "the series' folder of links is removed"
 
 
+def test_by_series_a_delivery_cut_off_by_a_crash_is_repeated_with_the_same_objects(weights, tmp_path):
+    series = _series_slices(tmp_path / "series", 3)
+    results = tmp_path / "spool" / "results"
+    sink = Collector()
+    sink.down = True
+    processor = _processor(tmp_path / "spool", sink, weights, series_quiet_seconds=0)
+    for path in series:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 3
+    assert processor.statistics.delivery_failures == 1 and processor.spool.counts()["incoming"] == 3
+    processor.spool.claim()  # the process dies after claiming the series once more
+    first = {path.name: path.read_bytes() for path in results.glob("*.dcm")}
+    assert len(first) == 2, "one Parametric Map and one Segmentation for the series"
+
+    restarted = _processor(tmp_path / "spool", sink, weights, series_quiet_seconds=0)
+    assert restarted.spool.recover() == 3
+    explained = []
+    run = restarted.pipeline.run
+    restarted.pipeline.run = lambda overrides: explained.append(run(overrides)) or explained[-1]
+    sink.down = False
+    assert restarted.process_pending() == 3
+    assert not explained[0].predictions and len(explained[0].completed) == 1, "committed before the crash: not again"
+    assert {path.name: path.read_bytes() for path in results.glob("*.dcm")} == first
+    assert sorted(ds.SOPInstanceUID for ds in sink.sent) == sorted(
+        pydicom.dcmread(results / name).SOPInstanceUID for name in first
+    ), "the same objects, which the destination recognises"
+    assert restarted.accept(pydicom.dcmread(series[0])) == "already received", "a resend is not explained twice"
+    assert restarted.spool.counts() == {"incoming": 0, "processing": 0, "done": 3, "failed": 0}
+
+
 def test_a_batch_is_delivered_while_the_next_is_explained(study, weights, tmp_path):
     next_batch_explaining = threading.Event()
 
