@@ -265,3 +265,13 @@ def test_an_evaluation_entry_may_be_a_multiframe_volume_with_a_mask_in_its_grid(
     items, problems = collect_evaluation_items(tmp_path / "datalist.json")
     assert [item["volume"] for item in items] == [DICOM_MULTIFRAME]
     assert len(problems) == 1 and "not the volume's grid" in problems[0].problem
+
+
+def test_a_number_of_frames_that_is_no_number_is_a_reason_to_skip_not_an_error(volume):
+    import warnings
+
+    instance = pydicom.dcmread(volume[0][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that the value is invalid for its VR: the point of the test
+        instance.NumberOfFrames = "x.y"
+    assert instance_problem(instance) == "NumberOfFrames is not a whole number"
