@@ -4,10 +4,11 @@ For each source size, a throwaway Orthanc holds N synthetic MR slices of one stu
 (C-STORE); the node explains them with the shipped bundle (its model grid is 64 pixels; larger sources are resized
 in and out) and stores a Parametric Map per instance (and a Secondary Capture with ``--overlay``) back in Orthanc.
 
-Measured: wall time from the routing request until every result is in Orthanc, and per instance the node's latency
-from the moment the instance was spooled until its results were accepted by Orthanc. Then ``--single`` more
-instances are routed to the warm node one at a time: their latency against their explanation seconds (the methods'
-``seconds_<method>``), as medians.
+Measured, both warm (each has explained one other instance of the same size first, so that neither pays the
+process's first-run costs in the timed part): wall time from the routing request until every result is in Orthanc,
+and per instance the node's latency from the moment the instance was spooled until its results were accepted by
+Orthanc. Then ``--single`` more instances are routed to the warm node one at a time: their latency against their
+explanation seconds (the methods' ``seconds_<method>``), as medians.
 The baseline, in the same run, is the inference bundle on the same files without networking (``run_inference``),
 with the node's PyTorch threads (``default_torch_threads``), the node's outputs (the DICOM objects only) and, as the
 node's batches, no MLflow run of its own; the ratio is the node's overhead.
@@ -68,10 +69,12 @@ def measure(size: int, count: int, overrides: dict, workdir: Path, overlay: bool
     folder = workdir / f"sources_{size}"
     folder.mkdir()
     sources = _write_study(folder, size, count)
+    (warm_up,) = _write_study(folder / "warm_up", size, 1, first_index=count)
     torch.set_num_threads(default_torch_threads())  # the baseline explains with the node's threads
+    direct = {**overrides, "writers": [DicomDerivedWriter(overlay=overlay)], "tracking_uri": None}
+    run_inference({**direct, "input": [str(warm_up)], "output_dir": str(workdir / f"direct_warm_up_{size}")})
     start = time.perf_counter()
-    direct_run = {"input": [str(p) for p in sources], "output_dir": str(workdir / f"direct_{size}")}
-    run_inference({**overrides, **direct_run, "writers": [DicomDerivedWriter(overlay=overlay)], "tracking_uri": None})
+    run_inference({**direct, "input": [str(p) for p in sources], "output_dir": str(workdir / f"direct_{size}")})
     direct = time.perf_counter() - start
 
     node_port = free_port()
@@ -85,6 +88,7 @@ def measure(size: int, count: int, overrides: dict, workdir: Path, overlay: bool
         node = DicomNode(processor, "MEDXGAN", node_port, allowed_calling_ae_titles=[orthanc.ae_title])
         node.start()
         try:
+            _route_one(orthanc, processor, orthanc.upload(warm_up), expected=1)
             study_uid = pydicom.dcmread(sources[0]).StudyInstanceUID
             (study,) = orthanc.rest("/tools/lookup", data=study_uid.encode())
             start = time.perf_counter()
@@ -95,10 +99,10 @@ def measure(size: int, count: int, overrides: dict, workdir: Path, overlay: bool
                     raise TimeoutError("results did not arrive within 10 minutes")
                 time.sleep(0.2)
             through_node = time.perf_counter() - start
-            single = _single_instances(folder, size, count, repeats, orthanc, processor, overrides)
+            single = _single_instances(folder, size, count + 1, repeats, orthanc, processor, overrides)
         finally:
             node.stop()
-    latencies = processor.statistics.latency_seconds[:count]
+    latencies = processor.statistics.latency_seconds[1 : count + 1]
     return {
         "size": size,
         "instances": count,
@@ -171,24 +175,27 @@ def _single_instances(
     latencies, explanations = [], []
     for index in range(first, first + repeats):
         (path,) = _write_study(folder / f"single_{index}", size, 1, first_index=index)
-        instance = orthanc.upload(path)
         uid = pydicom.dcmread(path).SOPInstanceUID
-        start = time.perf_counter()
-        while (
-            len(processor.statistics.latency_seconds) < index
-        ):  # the last batch's statistics may land after its results
-            time.sleep(0.05)
-        orthanc.send_to_modality("node", [instance])
-        while len(processor.statistics.latency_seconds) == index:
-            if time.perf_counter() - start > 600:
-                raise TimeoutError("the single instance's results did not arrive within 10 minutes")
-            time.sleep(0.05)
+        _route_one(orthanc, processor, orthanc.upload(path), expected=index + 1)
         with open(processor.spool.results / "predictions.csv", newline="") as stream:
             (row,) = [row for row in csv.DictReader(stream) if row["stem"] == uid]
         explanations.append(sum(float(row[f"seconds_{method}"]) for method in overrides["methods"]))
         latencies.append(processor.statistics.latency_seconds[-1])
     ratios = [latency / explanation for latency, explanation in zip(latencies, explanations, strict=True)]
     return statistics.median(latencies), statistics.median(explanations), statistics.median(ratios)
+
+
+def _route_one(orthanc, processor, instance: str, expected: int) -> None:
+    """Route one instance to the node once the statistics of the ``expected - 1`` before it are in (a batch's
+    statistics may land after its results), and wait until its own results are delivered."""
+    start = time.perf_counter()
+    while len(processor.statistics.latency_seconds) < expected - 1:
+        time.sleep(0.05)
+    orthanc.send_to_modality("node", [instance])
+    while len(processor.statistics.latency_seconds) < expected:
+        if time.perf_counter() - start > 600:
+            raise TimeoutError("the instance's results did not arrive within 10 minutes")
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
