@@ -276,6 +276,19 @@ def test_by_series_a_complete_series_is_one_volume_and_a_series_still_arriving_w
     assert not list((tmp_path / "spool" / "series").iterdir()), "the series' folder of links is removed"
 
 
+def test_by_series_the_worker_wakes_when_a_waiting_series_becomes_complete(weights, tmp_path):
+    series = _series_slices(tmp_path / "series", 2)
+    processor = _processor(tmp_path / "spool", Collector(), weights, series_quiet_seconds=3.0)
+    node = DicomNode(processor, "MEDXGAN", free_port(), poll_seconds=30.0)
+    assert node._sleep_seconds() == 30.0, "nothing waiting: the poll interval"
+    for path in series:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 0
+    newest = max(path.stat().st_mtime for path in (tmp_path / "spool" / "incoming").glob("*.dcm"))
+    assert processor.next_series_ready == pytest.approx(newest + 3.0)
+    assert 0.0 < node._sleep_seconds() <= 3.0, "woken when the series is complete, not at the next poll"
+
+
 def test_by_series_a_delivery_cut_off_by_a_crash_is_repeated_with_the_same_objects(weights, tmp_path):
     series = _series_slices(tmp_path / "series", 3)
     results = tmp_path / "spool" / "results"

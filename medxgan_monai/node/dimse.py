@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -278,12 +279,20 @@ class DicomNode:
 
     def _work_loop(self) -> None:
         while not self._stopping.is_set():
-            self._work.wait(self.poll_seconds)
+            self._work.wait(self._sleep_seconds())
             self._work.clear()
             try:
                 self.processor.process_pending()
             except Exception:  # keep serving; the instance stays where the processor left it
                 logger.exception("processing the queue failed")
+
+    def _sleep_seconds(self) -> float:
+        """Until the next poll, or until a series still arriving becomes complete by its quiet time, if sooner (by
+        series, a whole poll interval would add up to ``poll_seconds`` to every series' latency)."""
+        ready = self.processor.next_series_ready
+        if ready is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, ready - time.time()))
 
     def stop(self) -> None:
         """Stop listening, finish the batch in progress, and close the processor's tracking."""

@@ -146,6 +146,9 @@ class ExplanationProcessor:
             raise ValueError(f"series_quiet_seconds must be >= 0, not {series_quiet_seconds}")
         self.series_quiet_seconds = series_quiet_seconds
         self._series_info: dict[str, tuple[str, int]] = {}  # spooled file name -> (series UID, ImagesInAcquisition)
+        #: when (``time.time()``) the first series still arriving at the end of the last pass becomes complete by its
+        #: quiet time; ``None`` when none is waiting (a worker sleeps until then instead of a whole poll interval)
+        self.next_series_ready: float | None = None
         self.statistics = NodeStatistics()
         self._lock = threading.Lock()
         self._tracking = _NodeRun(tracking_uri, experiment_name, parameters or {}) if tracking_uri else None
@@ -190,6 +193,7 @@ class ExplanationProcessor:
         instance arrived at least that long ago (or whose ImagesInAcquisition have all arrived) are explained as one
         volume; a series still arriving goes back to the queue for a later call."""
         handled, undelivered, postponed, deliveries = 0, [], [], []
+        self.next_series_ready = None
         if self.series_quiet_seconds is None:
             claims = iter(lambda: self.spool.claim(limit=self.batch_size), [])
         else:
@@ -229,6 +233,8 @@ class ExplanationProcessor:
             expected = self._series_info[paths[0].name][1]
             if now - newest < self.series_quiet_seconds and not (expected and len(paths) >= expected):
                 waiting += paths
+                ready = newest + self.series_quiet_seconds
+                self.next_series_ready = min(ready, self.next_series_ready or ready)
             elif len(paths) == 1 or not series_uid:
                 units += [_Unit(path.stem, [path], path, path.stat().st_mtime) for path in paths]
             else:
