@@ -136,6 +136,10 @@ def test_frames_that_are_not_a_volume_are_refused_naming_the_frames(volume, tmp_
         read_dicom_multiframe(tmp_path / "cine.dcm")
     assert "Multi" not in str(refused.value) and "MF-TEST" not in str(refused.value)
     assert "not a volume of slices" in instance_problem(pydicom.dcmread(tmp_path / "cine.dcm"))
+    claimed = pydicom.dcmread(multiframe_path := volume[1], stop_before_pixels=True)
+    claimed.NumberOfFrames = 5000
+    with pytest.raises(SeriesError, match="5000 frames, more than the 4096"):
+        read_dicom_multiframe(claimed, origin=multiframe_path)
     assert instance_problem(pydicom.dcmread(volume[1])) is None
 
 
@@ -268,10 +272,10 @@ def test_an_evaluation_entry_may_be_a_multiframe_volume_with_a_mask_in_its_grid(
 
 
 def test_a_number_of_frames_that_is_no_number_is_a_reason_to_skip_not_an_error(volume):
-    import warnings
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
 
     instance = pydicom.dcmread(volume[0][0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns that the value is invalid for its VR: the point of the test
-        instance.NumberOfFrames = "x.y"
+    tag = Tag("NumberOfFrames")
+    instance[tag] = RawDataElement(tag, "IS", 3, b"x.y", 0, True, True)  # converted (and refused) when read
     assert instance_problem(instance) == "NumberOfFrames is not a whole number"

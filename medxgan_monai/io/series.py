@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from medxgan_monai.io.dicom import _positive_spacing, messages_redacted, redact_identifying_values
 
 __all__ = [
+    "MAX_FRAMES",
     "ORIENTATION_TOLERANCE",
     "PIXEL_SPACING_TOLERANCE",
     "SLICE_STEP_TOLERANCE",
@@ -35,6 +36,9 @@ __all__ = [
     "read_dicom_series",
 ]
 
+#: most frames a multi-frame volume may have (a 2048-slice CT fits twice): each frame's geometry is checked in Python,
+#: so a header claiming millions of tiny frames must not keep the loader busy for minutes
+MAX_FRAMES = 4096
 #: largest difference of any direction cosine between two slices of one series (about 0.006 degrees)
 ORIENTATION_TOLERANCE = 1e-4
 #: how far the row and column cosines may be from unit length and from orthogonal (their dot product)
@@ -109,18 +113,18 @@ class _Slice:
     frame: int = 0  # the frame number in a multi-frame instance; 0 for a single-frame instance
 
 
-def _read_header(path: Path) -> Dataset | None:
-    """The header (pixels not read), or ``None`` for a file pydicom cannot read as DICOM. Files without the Part 10
-    preamble are read only when their name says DICOM, as the 2D loader does."""
+def _read_header(path: Path, tags: Sequence[str] | None = None) -> Dataset | None:
+    """The header (pixels not read; only ``tags`` when given), or ``None`` for a file pydicom cannot read as DICOM.
+    Files without the Part 10 preamble are read only when their name says DICOM, as the 2D loader does."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
     except InvalidDicomError:
         if not path.name.lower().endswith(_DICOM_SUFFIXES):
             return None
     except Exception:  # a folder, an unreadable or truncated file: not ours to explain, the caller gets it back
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
     except Exception:
         return None
 
@@ -133,9 +137,10 @@ def _frames(header: Dataset) -> int:
 
 
 def dicom_frame_count(path: str | os.PathLike) -> int:
-    """NumberOfFrames of a DICOM image file (1 when it does not say), read from its header; 0 for a file that is
-    not readable as DICOM or not an image with a SeriesInstanceUID."""
-    header = _read_header(Path(path))
+    """NumberOfFrames of a DICOM image file (1 when it does not say), read from its header (only the few attributes
+    needed: a multi-frame header's functional groups are not parsed here); 0 for a file that is not readable as DICOM
+    or not an image with a SeriesInstanceUID."""
+    header = _read_header(Path(path), ["NumberOfFrames", "SeriesInstanceUID", "Rows", "Columns"])
     return _frames(header) if header is not None and _series_uid(header) is not None else 0
 
 
@@ -467,6 +472,8 @@ def _frame_slices(path: Path, header: Dataset) -> list[_Slice]:
         raise _Problem("not a DICOM image of a series (no Rows/Columns or no SeriesInstanceUID)")
     if frames < 2:
         raise _Problem(f"{frames} frame, not a volume: explain it as a 2D image")
+    if frames > MAX_FRAMES:
+        raise _Problem(f"{frames} frames, more than the {MAX_FRAMES} a volume may have")
     per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != frames:
         raise _Problem(

@@ -470,18 +470,21 @@ class LoadScan(LoadImage):
         if header is None:
             raise ImageReadError(filename, "cannot read as DICOM")
         try:
-            volume = read_dicom_multiframe(header, origin=filename)
-        except SeriesError as error:
-            raise ImageReadError(filename, error.problem) from None
-        if volume.shape[0] * volume.shape[1] > self.max_pixels:
-            raise ImageReadError(filename, f"frames of {volume.shape[:2]} exceed {self.max_pixels} pixels")
-        decoded, layout = _dicom_decoded_bytes(header)
+            decoded, layout = _dicom_decoded_bytes(header)
+        except (TypeError, ValueError):  # the values are not quoted: they are untrusted
+            raise ImageReadError(filename, "Rows, Columns, frames, samples or bits are not numbers") from None
         if decoded > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
             raise ImageReadError(
                 filename,
                 f"multi-frame instance ({layout}) decodes to {decoded} bytes, over the limit of "
                 f"{self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
             )
+        try:
+            volume = read_dicom_multiframe(header, origin=filename)
+        except SeriesError as error:
+            raise ImageReadError(filename, error.problem) from None
+        if volume.shape[0] * volume.shape[1] > self.max_pixels:
+            raise ImageReadError(filename, f"frames of {volume.shape[:2]} exceed {self.max_pixels} pixels")
         try:
             dataset = pydicom.dcmread(filename, force=True)
             with messages_redacted(dataset):
