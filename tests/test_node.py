@@ -276,6 +276,36 @@ def test_by_series_a_complete_series_is_one_volume_and_a_series_still_arriving_w
     assert not list((tmp_path / "spool" / "series").iterdir()), "the series' folder of links is removed"
 
 
+def test_by_series_a_late_instance_makes_the_series_again_into_the_same_derived_series(weights, tmp_path):
+    series = _series_slices(tmp_path / "series", 4)
+    sink = Collector()
+    processor = _processor(tmp_path / "spool", sink, weights, series_quiet_seconds=0)
+    for path in series[:3]:
+        processor.accept(pydicom.dcmread(path))
+    assert processor.process_pending() == 3
+    first = {ds.SOPClassUID.name: ds for ds in sink.sent}
+    assert sorted(first) == ["Parametric Map Storage", "Segmentation Storage"]
+    assert all(int(ds.NumberOfFrames) == 3 for ds in first.values())
+
+    processor.accept(pydicom.dcmread(series[3]))  # arrives after its series was explained
+    assert processor.process_pending() == 1
+    later = sink.sent[2:]
+    assert sorted(ds.SOPClassUID.name for ds in later) == sorted(first), "the volume again, not a 2D image"
+    sources = {pydicom.dcmread(path).SOPInstanceUID for path in series}
+    for derived in later:
+        earlier = first[derived.SOPClassUID.name]
+        assert derived.SeriesInstanceUID == earlier.SeriesInstanceUID, "one derived series per kind"
+        assert derived.SOPInstanceUID != earlier.SOPInstanceUID
+        referenced = {
+            frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for frame in derived.PerFrameFunctionalGroupsSequence
+        }
+        assert int(derived.NumberOfFrames) == 4 and referenced == sources
+    assert processor.statistics.explained == 4 and processor.statistics.failed == 0
+    assert processor.spool.counts() == {"incoming": 0, "processing": 0, "done": 4, "failed": 0}
+    assert processor.spool.explained_series(pydicom.dcmread(series[0]).SeriesInstanceUID)["version"] == 2
+
+
 def test_by_series_the_worker_wakes_when_a_waiting_series_becomes_complete(weights, tmp_path):
     series = _series_slices(tmp_path / "series", 2)
     processor = _processor(tmp_path / "spool", Collector(), weights, series_quiet_seconds=3.0)

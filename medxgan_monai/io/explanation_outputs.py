@@ -257,7 +257,9 @@ class DicomDerivedWriter:
     instances, or an enhanced multi-frame instance): one multi-frame Parametric Map and one Segmentation
     (``<stem>_<method>_seg.dcm``: where the map is at least ``segment_threshold``) for the whole volume, each frame
     referencing its source instance (and frame), and with ``volume_overlay`` one series of Secondary Captures, one per
-    slice (``<stem>_overlay_sc_<slice number>.dcm``, in one intensity window for the whole volume).
+    slice (``<stem>_overlay_sc_<slice number>.dcm``, in one intensity window for the whole volume). A volume's derived
+    series have Series Instance UIDs derived from the source series' and the method (:func:`_derived_series_uids`):
+    explained again, its new objects join the same three series.
 
     The source is read for its header (the study, patient and frame of reference the new series reference) and, for
     the overlays, its pixels (the picture at full resolution, through the project's loader: rescaled, MONOCHROME1
@@ -323,19 +325,22 @@ class DicomDerivedWriter:
         else:
             sources = slice_headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
             frame_numbers, stored = [None] * len(files), maps
-        write_series_parametric_map(sources, stored, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False)
+        series = _derived_series_uids(sources[0], method)
+        write_series_parametric_map(
+            sources, stored, folder / f"{item.stem}_{method}_pm.dcm", overwrite=False, series_instance_uid=series[0]
+        )
         segmentation = folder / f"{item.stem}_{method}_seg.dcm"
-        write_series_segmentation(sources, stored, segmentation, threshold=self.segment_threshold, overwrite=False)
+        write_series_segmentation(
+            sources, stored, segmentation, self.segment_threshold, overwrite=False, series_instance_uid=series[1]
+        )
         if self.volume_overlay:
-            self._write_overlay_series(item, slice_headers, frame_numbers, maps, folder)
+            self._write_overlay_series(item, slice_headers, frame_numbers, maps, folder, series[2])
 
     @staticmethod
     def _write_overlay_series(
-        item: ExplainedImage, headers: list, frame_numbers: list, maps: np.ndarray, folder: Path
+        item: ExplainedImage, headers: list, frame_numbers: list, maps: np.ndarray, folder: Path, series_uid: str
     ) -> None:
         """One Secondary Capture per slice, in one series, slice ``k`` numbered ``k + 1``."""
-        from pydicom.uid import generate_uid
-
         from medxgan_monai.transforms.io import LoadScan
 
         loader, files = LoadScan(), item.volume.slice_sources
@@ -344,7 +349,6 @@ class DicomDerivedWriter:
             for index, (path, frame) in enumerate(zip(files, frame_numbers, strict=True))
         ]
         volume = np.stack(pictures)
-        series_uid = generate_uid()
         for index, (header, frame, picture) in enumerate(zip(headers, frame_numbers, pictures, strict=True)):
             write_overlay_secondary_capture(
                 header,
@@ -355,6 +359,20 @@ class DicomDerivedWriter:
                 instance_number=index + 1,
                 referenced_frame=frame,
             )
+
+
+def _derived_series_uids(source, method: str) -> tuple[str, str, str]:
+    """The Series Instance UIDs of a source series' Parametric Map, Segmentation and overlay series: derived from
+    the source's Series Instance UID and the method, so that a volume explained again (a late instance of the series
+    makes the node explain it again, complete) adds its objects to the same derived series instead of new ones; new
+    random UIDs when the source has none."""
+    from pydicom.uid import generate_uid
+
+    source_series = str(source.get("SeriesInstanceUID", "") or "")
+    kinds = ("parametric map", "segmentation", "overlay")
+    if not source_series:
+        return tuple(generate_uid() for _ in kinds)
+    return tuple(generate_uid(entropy_srcs=[source_series, "medxgan-monai", kind, method]) for kind in kinds)
 
 
 def _windowed(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:

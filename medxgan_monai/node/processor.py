@@ -74,13 +74,17 @@ def default_torch_threads() -> int:
 class _Unit:
     """What one bundle input explains: one instance, or a series (its instances linked into one folder)."""
 
-    stem: str  # the bundle's output stem: the SOP Instance UID, or the series' Series Instance UID
-    paths: list[Path]  # the spooled instances
+    stem: str  # the bundle's output stem: the SOP Instance UID, or the series' UID (and _<version> after the first)
+    paths: list[Path]  # the spooled instances this unit finishes
     source: Path  # what the bundle reads: the instance, or the series' folder of links
     received_at: float  # when the (last) instance arrived
+    series: tuple[str, int, list[str]] | None = None  # a series: its UID, version and every instance's file name
 
     def describe(self) -> str:
-        return f"instance {self.stem}" if len(self.paths) == 1 else f"series {self.stem} ({len(self.paths)} instances)"
+        if self.series is None:
+            return f"instance {self.stem}"
+        uid, version, instances = self.series
+        return f"series {uid} ({len(instances)} instances{f', version {version}' if version > 1 else ''})"
 
 
 class ExplanationProcessor:
@@ -110,7 +114,9 @@ class ExplanationProcessor:
         torch_threads: PyTorch intra-op threads while explaining (default :func:`default_torch_threads`).
         series_quiet_seconds: explain by series: the instances of a series are explained together, as one volume
             (one multi-frame Parametric Map and one Segmentation back), once no instance of it has arrived for this
-            many seconds or its ImagesInAcquisition have all arrived. ``None`` (default): instance by instance.
+            many seconds or its ImagesInAcquisition have all arrived. An instance that arrives after its series was
+            explained makes the series be explained again, with every instance (version 2, 3, ...: a new Parametric
+            Map and Segmentation in the same two derived series). ``None`` (default): instance by instance.
         overlay: also send a Secondary Capture of the map over each image. Off by default: the Parametric Map
             carries the map, and each further object costs the PACS a C-STORE (~50 ms to Orthanc on loopback).
 
@@ -231,14 +237,23 @@ class ExplanationProcessor:
         for series_uid, paths in groups.items():
             newest = max(path.stat().st_mtime for path in paths)
             expected = self._series_info[paths[0].name][1]
+            earlier = self.spool.explained_series(series_uid) if series_uid else None
             if now - newest < self.series_quiet_seconds and not (expected and len(paths) >= expected):
                 waiting += paths
                 ready = newest + self.series_quiet_seconds
                 self.next_series_ready = min(ready, self.next_series_ready or ready)
+            elif earlier is not None:  # late instances of a series explained before: the series again, complete
+                version = earlier["version"] + 1
+                done = [self.spool.folder("done") / name for name in earlier["instances"]]
+                links = [path for path in done if path.is_file()] + sorted(paths)
+                stem = f"{series_uid}_{version}"
+                series = (series_uid, version, [path.name for path in links])
+                units.append(_Unit(stem, sorted(paths), self._series_folder(stem, links), newest, series))
             elif len(paths) == 1 or not series_uid:
                 units += [_Unit(path.stem, [path], path, path.stat().st_mtime) for path in paths]
             else:
-                units.append(_Unit(series_uid, sorted(paths), self._series_folder(series_uid, paths), newest))
+                series = (series_uid, 1, [path.name for path in paths])
+                units.append(_Unit(series_uid, sorted(paths), self._series_folder(series_uid, paths), newest, series))
         return units, waiting
 
     def _series_of(self, path: Path) -> str:
@@ -259,9 +274,10 @@ class ExplanationProcessor:
             self._series_info[path.name] = (uid if is_valid_uid(uid) else "", expected)
         return self._series_info[path.name][0]
 
-    def _series_folder(self, series_uid: str, paths: list[Path]) -> Path:
-        """A folder of hard links to a series' spooled instances: the bundle reads it as one DICOM series."""
-        folder = self.spool.root / "series" / series_uid
+    def _series_folder(self, name: str, paths: list[Path]) -> Path:
+        """A folder ``name`` (the unit's stem) of hard links to a series' spooled instances: the bundle reads it as
+        one DICOM series."""
+        folder = self.spool.root / "series" / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for path in paths:
@@ -321,6 +337,8 @@ class ExplanationProcessor:
             return
         for path in unit.paths:
             self.spool.finish(path, succeeded=True)
+        if unit.series is not None:
+            self.spool.record_series(*unit.series)
         latency = time.time() - unit.received_at
         with self._lock:
             self.statistics.explained += len(unit.paths)

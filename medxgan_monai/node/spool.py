@@ -9,16 +9,18 @@ interrupted work back in the queue.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import RE_VALID_UID
 
-from medxgan_monai.io.atomic import atomic_output
+from medxgan_monai.io.atomic import atomic_output, atomic_write_text
 from medxgan_monai.io.dicom_derived import MANUFACTURER
 from medxgan_monai.io.series import SeriesError, read_dicom_multiframe
 
@@ -162,6 +164,24 @@ class Spool:
         for partial in self.staging.iterdir():
             partial.unlink()
         return len(interrupted)
+
+    def explained_series(self, series_uid: str) -> dict | None:
+        """What :meth:`record_series` last recorded for a series explained as one volume (``{"version": k,
+        "instances": [file names in done]}``), or ``None``."""
+        path = self._series_record(series_uid)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record_series(self, series_uid: str, version: int, instances: Sequence[str]) -> None:
+        """Record that version ``version`` of a series' volume, made of ``instances`` (file names in ``done``), was
+        delivered: an instance of it that arrives later makes the next version, with every instance."""
+        path = self._series_record(series_uid)
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, json.dumps({"version": int(version), "instances": sorted(instances)}))
+
+    def _series_record(self, series_uid: str) -> Path:
+        if not is_valid_uid(series_uid):  # it names a file: checked, whoever calls
+            raise InvalidUIDError("Series Instance UID is not a valid DICOM UID; nothing recorded")
+        return self.root / "series_explained" / f"{series_uid}.json"
 
     def counts(self) -> dict[str, int]:
         return {state: sum(1 for _ in self._instances(state)) for state in STATES}
