@@ -269,13 +269,3 @@ def test_an_evaluation_entry_may_be_a_multiframe_volume_with_a_mask_in_its_grid(
     items, problems = collect_evaluation_items(tmp_path / "datalist.json")
     assert [item["volume"] for item in items] == [DICOM_MULTIFRAME]
     assert len(problems) == 1 and "not the volume's grid" in problems[0].problem
-
-
-def test_a_number_of_frames_that_is_no_number_is_a_reason_to_skip_not_an_error(volume):
-    from pydicom.dataelem import RawDataElement
-    from pydicom.tag import Tag
-
-    instance = pydicom.dcmread(volume[0][0])
-    tag = Tag("NumberOfFrames")
-    instance[tag] = RawDataElement(tag, "IS", 3, b"x.y", 0, True, True)  # converted (and refused) when read
-    assert instance_problem(instance) == "NumberOfFrames is not a whole number"

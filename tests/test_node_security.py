@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import TINY_BUNDLE, brain_like
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import MRImageStorage
@@ -453,12 +454,15 @@ def test_dicomweb_pull_validates_the_study_uid_and_skips_instances_with_hostile_
 
         def retrieve_study(self, study_instance_uid):
             self.asked.append(study_instance_uid)
-            return [_instance(source, "../../../escaped"), _instance(source)]
+            malformed = _instance(source, "1.2.826.0.1.3680043.8.498.99")
+            # an Integer String that is not an integer: the fit check cannot read it
+            malformed[0x00280008] = RawDataElement(0x00280008, "IS", 4, b"x.y ", 0, False, True)
+            return [_instance(source, "../../../escaped"), malformed, _instance(source)]
 
     processor = _receiving_only(tmp_path / "spool")
     with pytest.raises(ValueError, match="not a valid DICOM UID"):
         explain_study(Server(), "../../studies", processor)
     assert Server.asked == [], "a hostile study UID never reaches the server's URL"
     statistics = explain_study(Server(), "1.2.3", processor)
-    assert (statistics.received, statistics.skipped) == (1, 1)
+    assert (statistics.received, statistics.skipped) == (1, 2), "a malformed instance does not stop the study"
     assert _files(tmp_path) == {f"spool/incoming/{p.name}" for p in (tmp_path / "spool" / "incoming").iterdir()}

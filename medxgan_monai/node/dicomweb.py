@@ -92,5 +92,11 @@ def explain_study(
             processor.accept(dataset)
         except InvalidUIDError as error:  # one bad instance of the study must not stop the others
             logger.warning("skipping instance %d of %s: %s", index + 1, retrieved, error)
+        except OSError:  # the node's own disk: nothing more can be stored
+            raise
+        except Exception as error:  # a malformed instance (a value the fit check cannot read), as a C-STORE refuses
+            # the error's type only: its text may quote a received value, a patient attribute among them
+            reason = type(error).__name__
+            logger.warning("skipping instance %d of %s: cannot be checked (%s)", index + 1, retrieved, reason)
     processor.process_pending()
     return processor.statistics

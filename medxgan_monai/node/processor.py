@@ -171,13 +171,19 @@ class ExplanationProcessor:
 
         Raises:
             InvalidUIDError: its SOP Instance UID is missing or not a valid UID; nothing is stored.
+            Exception: a value the fit check must read cannot be read (e.g. NumberOfFrames that is no number);
+                nothing is stored (a C-STORE answers 0xC000, a DICOMweb pull skips the instance).
         """
         try:
             uid = valid_instance_uid(dataset)  # before the UID is logged or names a file
         except ValueError:
             self._count(skipped=1)
             raise
-        problem = instance_problem(dataset, self.modalities)
+        try:
+            problem = instance_problem(dataset, self.modalities)
+        except Exception:  # a value the check cannot read: counted, and refused by the caller
+            self._count(skipped=1)
+            raise
         with self._lock:
             if problem is None and self.spool.put(dataset) is not None:
                 self.statistics.received += 1

@@ -62,10 +62,7 @@ def instance_problem(dataset: Dataset, modalities: tuple[str, ...] | None = None
     this tool made (which a routing rule may send back; explaining it again would loop)."""
     if "PixelData" not in dataset:
         return f"no pixel data (SOP class {dataset.get('SOPClassUID', 'unknown')})"
-    try:
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):  # the value is not quoted: it is untrusted
-        return "NumberOfFrames is not a whole number"
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)  # not a number: raised (a C-STORE answers 0xC000)
     if frames > 1:
         try:  # an enhanced multi-frame volume is explained slice by slice, as one volume
             read_dicom_multiframe(dataset, origin="instance")
