@@ -156,7 +156,6 @@ def test_node_answers_a_hostile_uid_with_invalid_sop_instance_and_stores_nothing
 
 
 def test_node_answers_a_malformed_instance_with_a_status_that_does_not_invite_retries(source, tmp_path, monkeypatch):
-    from pydicom.dataelem import RawDataElement
     from pynetdicom import _config
 
     malformed = _instance(source)
