@@ -7,7 +7,19 @@ __version__ = "0.10.1"
 #: subpackages reachable as attributes after ``import medxgan_monai`` (the configs write
 #: ``$medxgan_monai.bundle.run_name(...)``); each is imported on first access, so importing the package alone loads
 #: neither MONAI nor MLflow nor pandas (PEP 562)
-_SUBPACKAGES = ("bundle", "data", "deploy", "engines", "explain", "handlers", "io", "metrics", "networks", "transforms")
+_SUBPACKAGES = (
+    "bundle",
+    "data",
+    "deploy",
+    "engines",
+    "explain",
+    "handlers",
+    "io",
+    "metrics",
+    "networks",
+    "training",
+    "transforms",
+)
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

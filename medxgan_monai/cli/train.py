@@ -1,0 +1,105 @@
+"""Command line of ``medxgan-train``: a classifier (or yours) and a medXGAN explainer for it, trained on your datalist
+phase by phase (the recipe of the shipped weights, in images seen), then evaluated. Runs
+``bundle/configs/train_explainer.json``.
+
+Example::
+
+    medxgan-train data/mine/datalist.json --output-dir outputs/mine [--classifier-ckpt model.pt] [--register mine]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, the value read as JSON when it parses (numbers, lists, true/false), else as a string."""
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medxgan-train", description=__doc__.splitlines()[0])
+    parser.add_argument("datalist", help="datalist JSON with training, validation (and test) sections")
+    parser.add_argument("--output-dir", required=True, help="one folder per phase, plan.json, evaluation/, report.md")
+    parser.add_argument("--classifier-ckpt", help="explain this classifier (DenseNet weights): no classifier phase")
+    parser.add_argument("--register", metavar="NAME", help="register the explainer in the MLflow model registry")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--no-evaluation", action="store_true", help="train only")
+    parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every phase, e.g. --set image_size=[128,128]",
+    )
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped bundle)")
+    return parser
+
+
+def _run_config(bundle: Path, values: dict) -> None:
+    """``python -m monai.bundle run --config_file <bundle>/configs/train_explainer.json`` with ``values`` (config
+    entries made by :func:`~medxgan_monai.bundle.config_values`: data, never expressions)."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = bundle.resolve() / "configs"
+    workflow = ConfigWorkflow(
+        workflow_type="train",
+        config_file=str(configs / "train_explainer.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        **values,
+    )
+    try:
+        workflow.initialize()
+        workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 when every phase and the evaluation finished, 2 on misuse or bad input."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from medxgan_monai.bundle import DEFAULT_BUNDLE, config_values, unwrap_config_error
+    from medxgan_monai.data import DatalistError
+    from medxgan_monai.training import PhaseError
+
+    settings = dict(args.set)
+    if args.device:
+        settings["device"] = args.device
+    values = {
+        "datalist": str(Path(args.datalist).resolve()),
+        "output_dir": str(Path(args.output_dir).resolve()),
+        "classifier_ckpt": str(Path(args.classifier_ckpt).resolve()) if args.classifier_ckpt else None,
+        "register_model_name": args.register,
+        "evaluate": not args.no_evaluation,
+        "settings": settings,
+        "bundle_root": str(Path(args.bundle or DEFAULT_BUNDLE).resolve()),
+    }
+    try:
+        _run_config(Path(values["bundle_root"]), config_values(values))
+    except Exception as error:
+        failure = unwrap_config_error(error)
+        if not isinstance(failure, (DatalistError, PhaseError, FileNotFoundError)):
+            raise
+        print(f"medxgan-train: error: {failure}", file=sys.stderr)
+        return 2
+    print(f"report: {Path(args.output_dir) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

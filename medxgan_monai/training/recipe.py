@@ -1,0 +1,394 @@
+"""The medXGAN training recipe as data, and one call that runs it on any datalist.
+
+The recipe that made the shipped weights (``scripts/train_gan.sh`` until 0.10) is a sequence of :class:`Phase` s,
+each one bundle run of the training configs with its own settings: the classifier, the GAN with the paper's classifier
+weight, a fine-tune with a stronger classifier weight followed by the encoder, the encoder with the counterfactual
+term, and the counterfactual encoder (``phases`` of ``bundle/configs/train_explainer.json``, the one place the recipe
+is written). Phase lengths are in **images seen**, not epochs, so that a datalist of 600
+training images and one of 20,000 get the same amount of training per phase: a phase of ``n`` images runs
+``ceil(n / training images)`` epochs, at least one. The shipped lengths are the demo's epochs times its 2,000 training
+images.
+
+:class:`ExplainerTraining` plans the phases for a datalist (``plan.json``), runs them one after the other (each in its
+own folder under the output folder, each initialised from the one before), resumes after an interruption (a finished
+phase is not run again; an interrupted GAN or counterfactual-encoder phase continues from its last checkpoint; an
+interrupted classifier phase starts again), evaluates the result with the evaluation bundle and writes ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medxgan_monai.bundle import (
+    DEFAULT_BUNDLE,
+    config_values,
+    default_tracking_uri,
+    latest_checkpoint,
+    unwrap_config_error,
+)
+from medxgan_monai.data.datalist import load_datalist
+from medxgan_monai.io.atomic import atomic_write_text
+
+__all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError"]
+
+logger = logging.getLogger(__name__)
+
+#: the training configs (under ``<bundle>/configs``) each kind of phase runs, and the prefix of its checkpoints
+PHASE_KINDS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "classifier": (("train_classifier.json",), None),
+    "gan": (("train_classifier.json", "train_gan.json"), "gan"),
+    "counterfactual_encoder": (
+        ("train_classifier.json", "train_gan.json", "train_counterfactual_encoder.json"),
+        "counterfactual_encoder",
+    ),
+}
+#: the file that marks a finished phase in its folder
+PHASE_COMPLETE = "phase_complete.json"
+
+
+class PhaseError(ValueError):
+    """A phase is not well formed, or the phases do not make a recipe (a phase lacks the one it needs before it)."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One bundle run of the recipe.
+
+    Args:
+        name: its folder under the output folder (letters, digits, ``_`` and ``-``).
+        kind: ``"classifier"``, ``"gan"`` (G and D, then the encoder E against the frozen G) or
+            ``"counterfactual_encoder"`` (:data:`PHASE_KINDS`).
+        images: images seen by a classifier or counterfactual-encoder phase.
+        gan_images: images G and D train on in a GAN phase (0: G is frozen from the start).
+        encoder_images: images E trains on in a GAN phase, once G and D stop (0: no encoder).
+        settings: config overrides of this phase (e.g. ``{"train#trainer#lambda_classifier": 6.0}``).
+    """
+
+    name: str
+    kind: str
+    images: int = 0
+    gan_images: int = 0
+    encoder_images: int = 0
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise PhaseError(f"phase name {self.name!r} must be letters, digits, '_' or '-' (it names a folder)")
+        if self.kind not in PHASE_KINDS:
+            raise PhaseError(f"phase {self.name}: kind {self.kind!r} is not one of {sorted(PHASE_KINDS)}")
+        lengths = {"images": self.images, "gan_images": self.gan_images, "encoder_images": self.encoder_images}
+        for key, value in lengths.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PhaseError(f"phase {self.name}: {key} must be a whole number >= 0, not {value!r}")
+        if self.kind == "gan" and self.gan_images + self.encoder_images == 0:
+            raise PhaseError(f"phase {self.name}: a GAN phase needs gan_images or encoder_images")
+        if self.kind != "gan" and (self.images == 0 or self.gan_images or self.encoder_images):
+            raise PhaseError(f"phase {self.name}: a {self.kind} phase needs images (and no gan_/encoder_images)")
+
+    @classmethod
+    def of(cls, entry: Phase | Mapping) -> Phase:
+        """A phase from its config entry (a mapping of the fields), or the phase itself."""
+        if isinstance(entry, Phase):
+            return entry
+        unknown = set(entry) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise PhaseError(f"phase {entry.get('name', '?')}: unknown field(s) {sorted(unknown)}")
+        return cls(**dict(entry))
+
+    def epochs(self, training_images: int) -> dict[str, int]:
+        """The trainer settings that make this phase's lengths on ``training_images`` images: ``max_epochs`` and,
+        for a GAN phase, the epochs at which G and D stop and E starts."""
+        if self.kind != "gan":
+            return {"train#trainer#max_epochs": _epochs(self.images, training_images)}
+        gan, encoder = _epochs(self.gan_images, training_images), _epochs(self.encoder_images, training_images)
+        return {
+            "train#trainer#max_epochs": gan + encoder,
+            "train#trainer#gan_stop_epoch": gan + 1,
+            "train#trainer#encoder_start_epoch": gan + 1,
+        }
+
+
+def _epochs(images: int, training_images: int) -> int:
+    """Epochs over ``training_images`` that see at least ``images`` images: 0 for none, else at least 1."""
+    return 0 if images == 0 else max(1, math.ceil(images / training_images))
+
+
+class ExplainerTraining:
+    """Train a classifier (or take one) and a medXGAN explainer for it on a datalist, phase by phase, then evaluate.
+
+    Args:
+        datalist: the datalist (sections ``training``, ``validation`` and, for the evaluation, ``test``).
+        output_dir: one folder per phase, ``plan.json``, ``evaluation/`` and ``report.md``.
+        phases: the recipe (:class:`Phase` s or their config mappings; ``train_explainer.json`` lists the shipped one).
+        classifier_ckpt: explain this classifier: the classifier phase is left out.
+        settings: config overrides for every phase that defines them (e.g. ``device``, network sizes: a nested id
+            such as ``generator#channels`` goes to the phases whose configs define ``generator``); the evaluation gets
+            those of
+            ``device``, ``seed`` and the classifier's ``network_def`` (the ids the training and inference configs
+            share), and the networks' sizes and weights from the last phase's ``registry_overrides``.
+        evaluation_settings: config overrides for the evaluation only (e.g. ``methods``, ``bootstrap_samples``).
+        register_model_name: register the explainer in the MLflow model registry under this name (by the last phase).
+        evaluate: run the evaluation bundle after training.
+        bundle_root: the bundle whose configs run.
+
+    Example::
+
+        phases = [{"name": "gan", "kind": "gan", "gan_images": 120000}, ...]   # train_explainer.json's phases
+        ExplainerTraining("data/mine/datalist.json", "outputs/mine", phases, settings={"device": "cuda"}).run()
+    """
+
+    def __init__(
+        self,
+        datalist: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        phases: Sequence[Phase | Mapping],
+        classifier_ckpt: str | os.PathLike | None = None,
+        settings: Mapping[str, Any] | None = None,
+        evaluation_settings: Mapping[str, Any] | None = None,
+        register_model_name: str | None = None,
+        evaluate: bool = True,
+        bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
+    ) -> None:
+        self.datalist = Path(datalist).resolve()
+        self.output_dir = Path(output_dir).resolve()
+        self.classifier_ckpt = Path(classifier_ckpt).resolve() if classifier_ckpt else None
+        phases = [Phase.of(entry) for entry in phases]
+        if self.classifier_ckpt is not None:
+            phases = [phase for phase in phases if phase.kind != "classifier"]
+        self.phases = phases
+        self.settings = dict(settings or {})
+        self.evaluation_settings = dict(evaluation_settings or {})
+        self.register_model_name = register_model_name
+        self.evaluate = evaluate
+        self.bundle_root = Path(bundle_root).resolve()
+        self._check_order()
+
+    def _check_order(self) -> None:
+        names = [phase.name for phase in self.phases]
+        if len(set(names)) != len(names):
+            raise PhaseError(f"phase names must be unique, got {names}")
+        kinds = [phase.kind for phase in self.phases]
+        if "classifier" in kinds[1:]:
+            raise PhaseError("the classifier phase, when there is one, comes first")
+        if self.classifier_ckpt is None and "classifier" not in kinds:
+            raise PhaseError("no classifier phase and no classifier_ckpt: the explainer needs a classifier")
+        if "gan" not in kinds:
+            raise PhaseError("the recipe needs at least one GAN phase")
+        if "counterfactual_encoder" in kinds and kinds.index("counterfactual_encoder") < kinds.index("gan"):
+            raise PhaseError("the counterfactual encoder phase needs a GAN phase before it")
+
+    def plan(self) -> list[dict]:
+        """Each phase with its epochs for this datalist's training images (also written to ``plan.json``)."""
+        training_images = len(load_datalist(self.datalist, "training"))
+        if training_images == 0:
+            raise PhaseError(f"{self.datalist}: the training section is empty")
+        plan = [
+            {**asdict(phase), "settings": dict(phase.settings), "epochs": phase.epochs(training_images)}
+            for phase in self.phases
+        ]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record = {"datalist": str(self.datalist), "training_images": training_images, "phases": plan}
+        atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
+        return plan
+
+    def run(self) -> dict:
+        """Run the phases not finished yet, then the evaluation and the report; returns the final weights (the
+        evaluation bundle's overrides naming them)."""
+        plan = self.plan()
+        weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
+        for index, (phase, planned) in enumerate(zip(self.phases, plan, strict=True)):
+            last = index == len(self.phases) - 1
+            weights = self._run_phase(phase, planned["epochs"], weights, last)
+        evaluation = self._evaluate(weights) if self.evaluate else None
+        self._report(plan, weights, evaluation)
+        return weights
+
+    def _folder(self, phase: Phase) -> Path:
+        return self.output_dir / phase.name
+
+    def _run_phase(self, phase: Phase, epochs: dict, weights: dict, last: bool) -> dict:
+        """Run ``phase`` unless it finished before; returns ``weights`` with what it made."""
+        folder = self._folder(phase)
+        marker = folder / PHASE_COMPLETE
+        if marker.is_file():
+            logger.info("phase %s finished before: not run again", phase.name)
+            return {**weights, **json.loads(marker.read_text())["weights"]}
+        configs, prefix = PHASE_KINDS[phase.kind]
+        resume = bool(prefix) and bool(latest_checkpoint(folder / "models", prefix, required=False))
+        inputs = self._inputs(phase, weights)
+        settings = self._applicable({**self.settings, **dict(phase.settings)}, configs)
+        overrides = {**settings, **epochs, **inputs}
+        overrides.update(datalist=str(self.datalist), output_dir=str(folder))
+        if prefix:
+            overrides["resume"] = resume
+        if last and self.register_model_name:
+            overrides["register_model_name"] = self.register_model_name
+        logger.info("phase %s (%s): %s%s", phase.name, phase.kind, epochs, ", resumed" if resume else "")
+        start = time.monotonic()
+        state, produced = self._train(configs, overrides)
+        record = {
+            "phase": phase.name,
+            "seconds": round(time.monotonic() - start, 1),
+            "epochs": epochs,
+            "resumed": resume,
+            "metrics": {key: float(value) for key, value in state.items() if _is_number(value)},
+            "weights": produced,
+        }
+        atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
+        return {**weights, **produced}
+
+    def _applicable(self, settings: Mapping[str, Any], configs: Sequence[str]) -> dict:
+        """The settings a phase's configs can take: top-level ids, and nested ids (``a#b``) of components the configs
+        define (the GAN's ``generator#channels`` is not the classifier phase's business)."""
+        defined: set[str] = set()
+        for name in configs:
+            defined |= set(json.loads((self.bundle_root / "configs" / name).read_text()))
+        return {key: value for key, value in settings.items() if "#" not in key or key.split("#")[0] in defined}
+
+    def _inputs(self, phase: Phase, weights: dict) -> dict:
+        """The weights ``phase`` starts from: the classifier, and the GAN phase before it (its checkpoint for a GAN
+        phase, its generator and encoder for the counterfactual encoder)."""
+        inputs = {"classifier_ckpt": weights["classifier_ckpt"]} if phase.kind != "classifier" else {}
+        if phase.kind == "gan" and "gan_checkpoint" in weights:
+            inputs["init_ckpt"] = weights["gan_checkpoint"]
+        if phase.kind == "counterfactual_encoder":
+            inputs.update(generator_ckpt=weights["generator_ckpt"], encoder_ckpt=weights["encoder_ckpt"])
+        return inputs
+
+    def _train(self, configs: Sequence[str], overrides: dict) -> tuple[dict, dict]:
+        """One training bundle run; returns the trainer's final metrics and the weights it wrote."""
+        from monai.bundle import ConfigWorkflow
+
+        folder = self.bundle_root / "configs"
+        workflow = ConfigWorkflow(
+            workflow_type="train",
+            config_file=[str(folder / name) for name in configs],
+            meta_file=str(folder / "metadata.json"),
+            logging_file=str(folder / "logging.conf"),
+            **config_values({"bundle_root": str(self.bundle_root), **overrides}),
+        )
+        try:
+            workflow.initialize()
+            workflow.run()
+        except Exception as error:
+            raise unwrap_config_error(error) from None
+        finally:
+            workflow.finalize()
+        state = workflow.parser.get_parsed_content("train#trainer").state.metrics
+        models = Path(overrides["output_dir"]) / "models"
+        if configs[-1] == "train_classifier.json":
+            produced = {"classifier_ckpt": str(models / "model.pt")}
+        elif configs[-1] == "train_gan.json":
+            produced = {
+                "gan_checkpoint": latest_checkpoint(models, "gan"),
+                "generator_ckpt": str(models / "generator.pt"),
+                "encoder_ckpt": str(models / "encoder.pt"),
+                "evaluation": _plain(workflow.parser.get_parsed_content("registry_overrides")),
+            }
+        else:
+            produced = {
+                "counterfactual_encoder_ckpt": str(models / "counterfactual_encoder.pt"),
+                "evaluation": _plain(workflow.parser.get_parsed_content("registry_overrides")),
+            }
+        return dict(state), produced
+
+    def _evaluate(self, weights: dict) -> Path:
+        """The evaluation bundle on the test split (the validation split when the test split has no masks), in a new
+        folder under ``evaluation/`` unless these very weights were evaluated before (``evaluation.json``: the
+        weights' files and modification times); returns the folder."""
+        from monai.bundle import ConfigWorkflow
+
+        from medxgan_monai.bundle import run_name
+
+        fingerprint = {
+            key: [value, Path(value).stat().st_mtime_ns] for key, value in weights.items() if key.endswith("_ckpt")
+        }
+        record_path = self.output_dir / "evaluation.json"
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record["weights"] == fingerprint and Path(record["folder"]).is_dir():
+                logger.info("these weights were evaluated before: %s", record["folder"])
+                return Path(record["folder"])
+        output = self.output_dir / "evaluation" / run_name("evaluation")
+        section = "test" if _has_masks(self.datalist, "test") else "validation"
+        folder = self.bundle_root / "configs"
+        # the training configs' other ids (``generator``, ``encoder``, ...) name other things in inference.json: only
+        # the device and the classifier's definition, whose ids both share, carry over; the rest comes translated by
+        # the last phase's ``registry_overrides``
+        shared = {key: value for key, value in self.settings.items() if _shared_with_inference(key)}
+        overrides = {
+            **shared,
+            **weights["evaluation"],
+            **self.evaluation_settings,
+            "bundle_root": str(self.bundle_root),
+            "datalist": str(self.datalist),
+            "section": section,
+            "output_dir": str(output),
+            "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
+        }
+        workflow = ConfigWorkflow(
+            workflow_type="infer",
+            config_file=[str(folder / "inference.json"), str(folder / "evaluate.json")],
+            meta_file=str(folder / "metadata.json"),
+            logging_file=str(folder / "logging.conf"),
+            **config_values(overrides),
+        )
+        try:
+            workflow.initialize()
+            workflow.run()
+        except Exception as error:
+            raise unwrap_config_error(error) from None
+        finally:
+            workflow.finalize()
+        atomic_write_text(record_path, json.dumps({"folder": str(output), "weights": fingerprint}, indent=2) + "\n")
+        return output
+
+    def _report(self, plan: list[dict], weights: dict, evaluation: Path | None) -> None:
+        """``report.md``: each phase's epochs, wall time and final metrics, the weights, the evaluation summary."""
+        lines = ["# medXGAN explainer training", "", f"Datalist: `{self.datalist}`", ""]
+        lines += ["| phase | kind | epochs | seconds | resumed | final validation metrics |", "|---" * 6 + "|"]
+        for planned in plan:
+            record = json.loads((self.output_dir / planned["name"] / PHASE_COMPLETE).read_text())
+            metrics = ", ".join(
+                f"{key} {value:.3f}" for key, value in sorted(record["metrics"].items()) if key.startswith("val_")
+            )
+            epochs = planned["epochs"]["train#trainer#max_epochs"]
+            resumed = "yes" if record["resumed"] else "no"
+            lines.append(
+                f"| {planned['name']} | {planned['kind']} | {epochs} | {record['seconds']} | {resumed} | {metrics} |"
+            )
+        lines += ["", "Weights:", ""]
+        lines += [f"- `{key}`: `{value}`" for key, value in sorted(weights.items()) if key.endswith("_ckpt")]
+        summary = evaluation / "summary.md" if evaluation is not None else None
+        if summary is not None and summary.is_file():
+            lines += ["", f"## Evaluation (`{evaluation}`)", "", summary.read_text().strip()]
+        atomic_write_text(self.output_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _shared_with_inference(key: str) -> bool:
+    return key in ("device", "seed") or key.startswith("network_def")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(values: Mapping) -> dict:
+    """Parsed config values as JSON-able data (tuples and tensors of sizes as lists)."""
+    return json.loads(json.dumps(dict(values), default=lambda value: list(value)))
+
+
+def _has_masks(datalist: Path, section: str) -> bool:
+    try:
+        items = load_datalist(datalist, section)
+    except Exception:  # no such section
+        return False
+    return any(item.get("mask") for item in items)
