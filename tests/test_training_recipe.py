@@ -5,6 +5,7 @@ interruption without running a finished phase again."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,26 @@ def _train_explainer(datalist: Path, output_dir: Path) -> None:
 def test_the_recipe_runs_phase_by_phase_evaluates_and_resumes_without_redoing_a_phase(tiny_demo, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "explainer"
-    _train_explainer(tiny_demo / "datalist.json", out)
+    lines = []  # the bundle's logging.conf replaces the root logger's handlers (pytest's too): listen to ours
+    listener = logging.Handler(logging.INFO)
+    listener.emit = lambda record: lines.append(record.getMessage())
+    progress_logger = logging.getLogger("medxgan_monai.training")
+    progress_logger.addHandler(listener)
+    try:
+        _train_explainer(tiny_demo / "datalist.json", out)
+    finally:
+        progress_logger.removeHandler(listener)
+    # one line per epoch of each phase (the fine-tune has two), with its validation and the plan's time left
+    lines = [line for line in lines if "left for the plan" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "phase 1/4 classifier, epoch 1/1",
+        "phase 2/4 gan, epoch 1/1",
+        "phase 3/4 gan_finetune, epoch 1/2",
+        "phase 3/4 gan_finetune, epoch 2/2",
+        "phase 4/4 counterfactual_encoder, epoch 1/1",
+    ]
+    assert "val_auc" in lines[0] and "val_cf_validity_negative" in lines[1] and "val_inversion_psnr" in lines[3]
+    assert "val_cf_validity nan" in lines[-1] and "about 0:00:00 left for the plan" in lines[-1]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["training_images"] == 16
     assert [p["epochs"]["train#trainer#max_epochs"] for p in plan["phases"]] == [1, 1, 2, 1]
@@ -158,7 +178,7 @@ def test_the_recipe_runs_phase_by_phase_evaluates_and_resumes_without_redoing_a_
     (evaluated,) = (out / "evaluation").glob("evaluation_*")
     assert (evaluated / "metrics_per_image.csv").is_file()
     report = (out / "report.md").read_text()
-    assert "| gan_finetune | gan | 2 |" in report and "## Evaluation" in report
+    assert "| gan_finetune | gan | 2 |" in report and "## Evaluation" in report and "val_auc" in report
 
     # interrupted during the last phase: its marker is gone, its checkpoint is there
     (out / "counterfactual_encoder" / "phase_complete.json").unlink()

@@ -9,6 +9,7 @@ from medxgan_monai.handlers.medxgan_validation import MedXGANValidator
 from medxgan_monai.handlers.robustness import RobustnessTest
 from medxgan_monai.handlers.sample_grid import SampleGridSaver, sample_grid
 from medxgan_monai.handlers.state_dict_saver import StateDictExporter
+from medxgan_monai.handlers.training_progress import PlanProgress
 
 __all__ = [
     "ConfusionMatrixSaver",
@@ -21,6 +22,7 @@ __all__ = [
     "InferenceReport",
     "MedXGANValidator",
     "PairedComparisons",
+    "PlanProgress",
     "RandomizationTest",
     "RobustnessTest",
     "SampleGridSaver",

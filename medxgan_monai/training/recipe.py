@@ -35,6 +35,7 @@ from medxgan_monai.bundle import (
     unwrap_config_error,
 )
 from medxgan_monai.data.datalist import load_datalist
+from medxgan_monai.handlers.training_progress import PlanProgress, metric_number
 from medxgan_monai.io.atomic import atomic_write_text
 
 __all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError"]
@@ -190,10 +191,11 @@ class ExplainerTraining:
         training_images = len(load_datalist(self.datalist, "training"))
         if training_images == 0:
             raise PhaseError(f"{self.datalist}: the training section is empty")
-        plan = [
-            {**asdict(phase), "settings": dict(phase.settings), "epochs": phase.epochs(training_images)}
-            for phase in self.phases
-        ]
+        plan = []
+        for phase in self.phases:
+            epochs = phase.epochs(training_images)
+            images = epochs["train#trainer#max_epochs"] * training_images
+            plan.append({**asdict(phase), "settings": dict(phase.settings), "epochs": epochs, "images_planned": images})
         self.output_dir.mkdir(parents=True, exist_ok=True)
         record = {"datalist": str(self.datalist), "training_images": training_images, "phases": plan}
         atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
@@ -204,9 +206,15 @@ class ExplainerTraining:
         evaluation bundle's overrides naming them)."""
         plan = self.plan()
         weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
+        self._started, self._images_done = time.monotonic(), 0
         for index, (phase, planned) in enumerate(zip(self.phases, plan, strict=True)):
+            unfinished = [p for p in plan[index:] if not (self.output_dir / p["name"] / PHASE_COMPLETE).is_file()]
+            left = sum(p["images_planned"] for p in unfinished)
+            progress = PlanProgress(
+                phase.name, index + 1, len(plan), planned["images_planned"], left, self._started, self._images_done
+            )
             last = index == len(self.phases) - 1
-            weights = self._run_phase(phase, planned["epochs"], weights, last)
+            weights = self._run_phase(phase, planned["epochs"], weights, last, progress)
         evaluation = self._evaluate(weights) if self.evaluate else None
         self._report(plan, weights, evaluation)
         return weights
@@ -214,7 +222,7 @@ class ExplainerTraining:
     def _folder(self, phase: Phase) -> Path:
         return self.output_dir / phase.name
 
-    def _run_phase(self, phase: Phase, epochs: dict, weights: dict, last: bool) -> dict:
+    def _run_phase(self, phase: Phase, epochs: dict, weights: dict, last: bool, progress: PlanProgress) -> dict:
         """Run ``phase`` unless it finished before; returns ``weights`` with what it made."""
         folder = self._folder(phase)
         marker = folder / PHASE_COMPLETE
@@ -233,13 +241,13 @@ class ExplainerTraining:
             overrides["register_model_name"] = self.register_model_name
         logger.info("phase %s (%s): %s%s", phase.name, phase.kind, epochs, ", resumed" if resume else "")
         start = time.monotonic()
-        state, produced = self._train(configs, overrides)
+        state, produced = self._train(configs, overrides, progress)
         record = {
             "phase": phase.name,
             "seconds": round(time.monotonic() - start, 1),
             "epochs": epochs,
             "resumed": resume,
-            "metrics": {key: float(value) for key, value in state.items() if _is_number(value)},
+            "metrics": {key: number for key, value in state.items() if (number := metric_number(value)) is not None},
             "weights": produced,
         }
         atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
@@ -263,8 +271,9 @@ class ExplainerTraining:
             inputs.update(generator_ckpt=weights["generator_ckpt"], encoder_ckpt=weights["encoder_ckpt"])
         return inputs
 
-    def _train(self, configs: Sequence[str], overrides: dict) -> tuple[dict, dict]:
-        """One training bundle run; returns the trainer's final metrics and the weights it wrote."""
+    def _train(self, configs: Sequence[str], overrides: dict, progress: PlanProgress) -> tuple[dict, dict]:
+        """One training bundle run, with ``progress`` lines; returns the trainer's final metrics and the weights it
+        wrote."""
         from monai.bundle import ConfigWorkflow
 
         folder = self.bundle_root / "configs"
@@ -277,12 +286,18 @@ class ExplainerTraining:
         )
         try:
             workflow.initialize()
+            trainer = workflow.parser.get_parsed_content("train#trainer")
+            # the classifier's validation metrics are its evaluator's; the GAN validators write the trainer's
+            names = ["validate#evaluator"] if configs[-1] == "train_classifier.json" else []
+            validators = [workflow.parser.get_parsed_content(name) for name in names]
+            progress.attach(trainer, *validators)
             workflow.run()
         except Exception as error:
             raise unwrap_config_error(error) from None
         finally:
             workflow.finalize()
-        state = workflow.parser.get_parsed_content("train#trainer").state.metrics
+        self._images_done += progress.done(trainer)
+        state = progress.metrics(trainer)
         models = Path(overrides["output_dir"]) / "models"
         if configs[-1] == "train_classifier.json":
             produced = {"classifier_ckpt": str(models / "model.pt")}
@@ -375,10 +390,6 @@ class ExplainerTraining:
 
 def _shared_with_inference(key: str) -> bool:
     return key in ("device", "seed") or key.startswith("network_def")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _plain(values: Mapping) -> dict:
