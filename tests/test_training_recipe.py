@@ -178,7 +178,7 @@ def test_the_recipe_runs_phase_by_phase_evaluates_and_resumes_without_redoing_a_
     (evaluated,) = (out / "evaluation").glob("evaluation_*")
     assert (evaluated / "metrics_per_image.csv").is_file()
     report = (out / "report.md").read_text()
-    assert "| gan_finetune | gan | 2 |" in report and "## Evaluation" in report and "val_auc" in report
+    assert "| gan_finetune | gan | 2 | 2 |" in report and "## Evaluation" in report and "val_auc" in report
 
     # interrupted during the last phase: its marker is gone, its checkpoint is there
     (out / "counterfactual_encoder" / "phase_complete.json").unlink()
@@ -197,3 +197,49 @@ def test_the_command_names_a_datalist_that_cannot_be_trained_on(tmp_path, capsys
     datalist.write_text(json.dumps({"training": [], "validation": []}))
     assert main([str(datalist), "--output-dir", str(tmp_path / "out"), "--no-evaluation"]) == 2
     assert "training section is empty" in capsys.readouterr().err
+
+
+class _GanPhase:
+    """An Ignite engine standing in for MedXGANTrainer: it records, per epoch, whether G and D trained, and a
+    validator attached after the stop handler writes each epoch's validity from ``validity`` (epoch -> value)."""
+
+    def __init__(self, gan_epochs: int, encoder_epochs: int, validity: dict[int, tuple[float, float]]):
+        from ignite.engine import Engine, Events
+
+        self.trained: dict[int, str] = {}
+
+        def step(engine, batch):
+            gan = engine.gan_stop_epoch is None or engine.state.epoch < engine.gan_stop_epoch
+            self.trained[engine.state.epoch] = "gan" if gan else "encoder"
+
+        self.engine = Engine(step)
+        self.engine.gan_stop_epoch = self.engine.encoder_start_epoch = gan_epochs + 1
+        self.max_epochs = gan_epochs + encoder_epochs
+
+        def validate(engine):
+            negative, positive = validity.get(engine.state.epoch, (0.5, 0.5))
+            engine.state.metrics.update(val_cf_validity_negative=negative, val_cf_validity_positive=positive)
+
+        from medxgan_monai.handlers import ValidityStop
+
+        ValidityStop(0.95).attach(self.engine)
+        self.engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
+
+    def run(self) -> dict[int, str]:
+        self.engine.run([0, 1], max_epochs=self.max_epochs)
+        return self.trained
+
+
+def test_a_gan_phase_stops_training_g_once_its_counterfactuals_are_valid_both_ways():
+    valid_after_3 = {3: (0.97, 0.96), 4: (0.99, 0.99)}
+    assert _GanPhase(10, 0, valid_after_3).run() == {1: "gan", 2: "gan", 3: "gan"}, "the phase ends"
+    # with encoder epochs after: they all follow at once
+    expected = {1: "gan", 2: "gan", 3: "encoder", 4: "encoder", 5: "encoder", 6: "encoder"}
+    assert _GanPhase(5, 4, {2: (0.96, 0.95)}).run() == expected
+    # valid one way only, or never: every planned epoch
+    assert len(_GanPhase(4, 2, {2: (0.99, 0.90)}).run()) == 6
+    assert _GanPhase(3, 0, {}).run() == {1: "gan", 2: "gan", 3: "gan"}
+    with pytest.raises(ValueError, match="target"):
+        from medxgan_monai.handlers import ValidityStop
+
+        ValidityStop(0.0)

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--no-evaluation", action="store_true", help="train only")
     parser.add_argument(
+        "--validity-target",
+        type=float,
+        default=0.95,
+        help="a GAN phase stops training G and D once its counterfactuals are valid both ways at this rate (default "
+        "0.95); 0 trains every planned epoch",
+    )
+    parser.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "classifier_ckpt": str(Path(args.classifier_ckpt).resolve()) if args.classifier_ckpt else None,
         "register_model_name": args.register,
         "evaluate": not args.no_evaluation,
+        "validity_target": args.validity_target or None,
         "settings": settings,
         "bundle_root": str(Path(args.bundle or DEFAULT_BUNDLE).resolve()),
     }

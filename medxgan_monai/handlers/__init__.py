@@ -10,6 +10,7 @@ from medxgan_monai.handlers.robustness import RobustnessTest
 from medxgan_monai.handlers.sample_grid import SampleGridSaver, sample_grid
 from medxgan_monai.handlers.state_dict_saver import StateDictExporter
 from medxgan_monai.handlers.training_progress import PlanProgress
+from medxgan_monai.handlers.validity_stop import ValidityStop
 
 __all__ = [
     "ConfusionMatrixSaver",
@@ -27,5 +28,6 @@ __all__ = [
     "RobustnessTest",
     "SampleGridSaver",
     "StateDictExporter",
+    "ValidityStop",
     "sample_grid",
 ]

@@ -36,6 +36,7 @@ from medxgan_monai.bundle import (
 )
 from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.handlers.training_progress import PlanProgress, metric_number
+from medxgan_monai.handlers.validity_stop import ValidityStop
 from medxgan_monai.io.atomic import atomic_write_text
 
 __all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError"]
@@ -139,6 +140,9 @@ class ExplainerTraining:
         register_model_name: register the explainer in the MLflow model registry under this name (by the last phase).
         evaluate: run the evaluation bundle after training.
         bundle_root: the bundle whose configs run.
+        validity_target: a GAN phase stops training G and D once the validation's counterfactual validity reaches
+            this both ways (:class:`~medxgan_monai.handlers.ValidityStop`; its encoder epochs follow at once);
+            ``None``: every planned epoch.
 
     Example::
 
@@ -157,6 +161,7 @@ class ExplainerTraining:
         register_model_name: str | None = None,
         evaluate: bool = True,
         bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
+        validity_target: float | None = 0.95,
     ) -> None:
         self.datalist = Path(datalist).resolve()
         self.output_dir = Path(output_dir).resolve()
@@ -170,6 +175,7 @@ class ExplainerTraining:
         self.register_model_name = register_model_name
         self.evaluate = evaluate
         self.bundle_root = Path(bundle_root).resolve()
+        self.validity_target = validity_target
         self._check_order()
 
     def _check_order(self) -> None:
@@ -291,13 +297,15 @@ class ExplainerTraining:
             names = ["validate#evaluator"] if configs[-1] == "train_classifier.json" else []
             validators = [workflow.parser.get_parsed_content(name) for name in names]
             progress.attach(trainer, *validators)
+            if configs[-1] == "train_gan.json" and self.validity_target is not None:
+                ValidityStop(self.validity_target).attach(trainer)
             workflow.run()
         except Exception as error:
             raise unwrap_config_error(error) from None
         finally:
             workflow.finalize()
         self._images_done += progress.done(trainer)
-        state = progress.metrics(trainer)
+        state = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
         models = Path(overrides["output_dir"]) / "models"
         if configs[-1] == "train_classifier.json":
             produced = {"classifier_ckpt": str(models / "model.pt")}
@@ -369,17 +377,18 @@ class ExplainerTraining:
     def _report(self, plan: list[dict], weights: dict, evaluation: Path | None) -> None:
         """``report.md``: each phase's epochs, wall time and final metrics, the weights, the evaluation summary."""
         lines = ["# medXGAN explainer training", "", f"Datalist: `{self.datalist}`", ""]
-        lines += ["| phase | kind | epochs | seconds | resumed | final validation metrics |", "|---" * 6 + "|"]
+        lines += ["| phase | kind | epochs planned | epochs run | seconds | resumed | final validation metrics |"]
+        lines += ["|---" * 7 + "|"]
         for planned in plan:
             record = json.loads((self.output_dir / planned["name"] / PHASE_COMPLETE).read_text())
             metrics = ", ".join(
                 f"{key} {value:.3f}" for key, value in sorted(record["metrics"].items()) if key.startswith("val_")
             )
             epochs = planned["epochs"]["train#trainer#max_epochs"]
+            run = int(record["metrics"].get("epochs_run", epochs))
             resumed = "yes" if record["resumed"] else "no"
-            lines.append(
-                f"| {planned['name']} | {planned['kind']} | {epochs} | {record['seconds']} | {resumed} | {metrics} |"
-            )
+            row = [planned["name"], planned["kind"], epochs, run, record["seconds"], resumed, metrics]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
         lines += ["", "Weights:", ""]
         lines += [f"- `{key}`: `{value}`" for key, value in sorted(weights.items()) if key.endswith("_ckpt")]
         summary = evaluation / "summary.md" if evaluation is not None else None
