@@ -38,6 +38,21 @@ TINY_BUNDLE = {
 }
 
 
+#: overrides that shrink the training bundles' networks (classifier, G, D, E) at 32 pixels, two iterations per epoch
+TINY_TRAINING = {
+    "image_size": [32, 32],
+    "batch_size": 4,
+    "device": "cpu",
+    "network_def#block_config": [2, 2],
+    "anatomy_dim": 16,
+    "pathology_dim": 4,
+    "generator#channels": [16, 8],
+    "discriminator#channels": [8, 16],
+    "encoder#channels": [8, 16],
+    "train#trainer#epoch_length": 2,
+}
+
+
 def save_tiny_weights(folder: Path, size: int = 32) -> dict:
     """Randomly initialised (seeded) classifier, generator and encoder matching :data:`TINY_BUNDLE` at ``size``
     pixels; returns the bundle overrides naming them (and the image size)."""

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import BUNDLE_ROOT, TINY_BUNDLE
+from conftest import BUNDLE_ROOT, TINY_BUNDLE, TINY_TRAINING
 from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import DenseNet
@@ -156,15 +156,7 @@ def test_bundle_trains_resumes_and_its_weights_explain(tiny_demo, tmp_path, monk
         "output_dir": str(output_dir),
         "classifier_ckpt": str(classifier_ckpt),
         **{key: str(path) for key, path in weights.items()},
-        "image_size": [32, 32],
-        "batch_size": 4,
-        "device": "cpu",
-        "network_def#block_config": [2, 2],
-        "anatomy_dim": 16,
-        "pathology_dim": 4,
-        "generator#channels": [16, 8],
-        "encoder#channels": [8, 16],
-        "train#trainer#epoch_length": 2,
+        **TINY_TRAINING,
     }
     for epochs, resume in ((1, False), (2, True)):
         workflow = ConfigWorkflow(

@@ -237,10 +237,10 @@ def test_command_line_rejects_a_malformed_destination(tmp_path, capsys):
     assert exit_status.value.code == 2 and "AE_TITLE@HOST:PORT" in capsys.readouterr().err
 
 
-def _series_slices(folder: Path, count: int) -> list[Path]:
-    """``count`` parallel MR slices of one new series, 4 mm apart."""
+def _series_slices(folder: Path, count: int, patient: SyntheticPatient | None = None) -> list[Path]:
+    """``count`` parallel MR slices of ``patient``'s series (default: of one new series), 4 mm apart."""
     folder.mkdir(parents=True)
-    patient = SyntheticPatient("SERIES-TEST", "SERIES^TEST")
+    patient = patient or SyntheticPatient("SERIES-TEST", "SERIES^TEST")
     paths = []
     for index in range(count):
         path = folder / f"slice_{index}.dcm"

@@ -6,45 +6,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from conftest import TINY_BUNDLE, brain_like
 from pydicom.uid import generate_uid
+from test_node import _derived_series, _processor, _series_slices, needs_orthanc
 
-from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
-from medxgan_monai.node import ExplanationProcessor, OrthancServer, Spool, StowSender, explain_study
-
-needs_orthanc = pytest.mark.skipif(
-    OrthancServer.executable() is None,
-    reason="Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)",
-)
+from medxgan_monai.io import SyntheticPatient
+from medxgan_monai.node import OrthancServer, StowSender, explain_study
 
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def _processor(spool_dir: Path, sink, weights, **options) -> ExplanationProcessor:
-    overrides = {**TINY_BUNDLE, **weights, "methods": ["medxgan"], "device": "cpu"}
-    return ExplanationProcessor(Spool(spool_dir), sink, overrides, **options)
-
-
-def _derived_series(orthanc: OrthancServer, study_uid: str) -> list[dict]:
-    (study_id,) = orthanc.rest("/tools/lookup", data=study_uid.encode())
-    series = orthanc.rest(f"/studies/{study_id['ID']}/series")
-    return [s for s in series if "medXGAN" in s["MainDicomTags"].get("SeriesDescription", "")]
-
-
-def _series_slices(folder: Path, count: int, patient: SyntheticPatient) -> list[Path]:
-    """``count`` parallel MR slices of ``patient``'s series, 4 mm apart."""
-    folder.mkdir(parents=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"slice_{index}.dcm"
-        pixels = brain_like((36, 40), seed=10 + index).astype(np.uint16)
-        write_mr_slice(pixels, MRSliceGeometry((0.0, 0.0, 4.0 * index)), patient, path, instance_number=index + 1)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture

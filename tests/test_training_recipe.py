@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, TINY_TRAINING
 
 from medxgan_monai.training import ExplainerTraining, Phase, PhaseError
 
@@ -72,19 +72,6 @@ def test_a_recipe_whose_phases_are_out_of_order_is_refused(tiny_demo):
     ]
 
 
-#: a tiny network for every phase, and two iterations per epoch
-TINY_TRAINING = {
-    "image_size": [32, 32],
-    "batch_size": 4,
-    "device": "cpu",
-    "network_def#block_config": [2, 2],
-    "anatomy_dim": 16,
-    "pathology_dim": 4,
-    "generator#channels": [16, 8],
-    "discriminator#channels": [8, 16],
-    "encoder#channels": [8, 16],
-    "train#trainer#epoch_length": 2,
-}
 #: the GAN phases' validator (the counterfactual encoder phase has a validator of its own, without samples)
 FEW_SAMPLES = {"validation#num_samples": 20}
 TINY_EVALUATION = {
