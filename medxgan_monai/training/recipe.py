@@ -247,7 +247,7 @@ class ExplainerTraining:
             overrides["register_model_name"] = self.register_model_name
         logger.info("phase %s (%s): %s%s", phase.name, phase.kind, epochs, ", resumed" if resume else "")
         start = time.monotonic()
-        state, produced = self._train(configs, overrides, progress)
+        state, produced = self._train(phase.kind, overrides, progress)
         record = {
             "phase": phase.name,
             "seconds": round(time.monotonic() - start, 1),
@@ -277,14 +277,45 @@ class ExplainerTraining:
             inputs.update(generator_ckpt=weights["generator_ckpt"], encoder_ckpt=weights["encoder_ckpt"])
         return inputs
 
-    def _train(self, configs: Sequence[str], overrides: dict, progress: PlanProgress) -> tuple[dict, dict]:
-        """One training bundle run, with ``progress`` lines; returns the trainer's final metrics and the weights it
-        wrote."""
+    def _train(self, kind: str, overrides: dict, progress: PlanProgress) -> tuple[dict, dict]:
+        """One training bundle run of a ``kind`` phase, with ``progress`` lines (and, for a GAN phase, the validity
+        stop); returns the trainer's final metrics and the weights it wrote."""
+        attached = {}
+
+        def prepare(parser) -> None:
+            trainer = attached["trainer"] = parser.get_parsed_content("train#trainer")
+            # the classifier's validation metrics are its evaluator's; the GAN validators write the trainer's
+            validators = [parser.get_parsed_content("validate#evaluator")] if kind == "classifier" else []
+            progress.attach(trainer, *validators)
+            if kind == "gan" and self.validity_target is not None:
+                ValidityStop(self.validity_target).attach(trainer)
+
+        parser = self._run_workflow(PHASE_KINDS[kind][0], "train", overrides, prepare)
+        trainer = attached["trainer"]
+        self._images_done += progress.done(trainer)
+        state = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
+        models = Path(overrides["output_dir"]) / "models"
+        if kind == "classifier":
+            return state, {"classifier_ckpt": str(models / "model.pt")}
+        evaluation = _plain(parser.get_parsed_content("registry_overrides"))
+        if kind == "gan":
+            return state, {
+                "gan_checkpoint": latest_checkpoint(models, "gan"),
+                "generator_ckpt": str(models / "generator.pt"),
+                "encoder_ckpt": str(models / "encoder.pt"),
+                "evaluation": evaluation,
+            }
+        counterfactual_encoder = str(models / "counterfactual_encoder.pt")
+        return state, {"counterfactual_encoder_ckpt": counterfactual_encoder, "evaluation": evaluation}
+
+    def _run_workflow(self, configs: Sequence[str], workflow_type: str, overrides: dict, prepare=None):
+        """Run the bundle's ``configs`` with ``overrides`` (data, never expressions: :func:`config_values`), calling
+        ``prepare(parser)`` between initialising and running; returns the parser (its components stay built)."""
         from monai.bundle import ConfigWorkflow
 
         folder = self.bundle_root / "configs"
         workflow = ConfigWorkflow(
-            workflow_type="train",
+            workflow_type=workflow_type,
             config_file=[str(folder / name) for name in configs],
             meta_file=str(folder / "metadata.json"),
             logging_file=str(folder / "logging.conf"),
@@ -292,43 +323,19 @@ class ExplainerTraining:
         )
         try:
             workflow.initialize()
-            trainer = workflow.parser.get_parsed_content("train#trainer")
-            # the classifier's validation metrics are its evaluator's; the GAN validators write the trainer's
-            names = ["validate#evaluator"] if configs[-1] == "train_classifier.json" else []
-            validators = [workflow.parser.get_parsed_content(name) for name in names]
-            progress.attach(trainer, *validators)
-            if configs[-1] == "train_gan.json" and self.validity_target is not None:
-                ValidityStop(self.validity_target).attach(trainer)
+            if prepare is not None:
+                prepare(workflow.parser)
             workflow.run()
         except Exception as error:
             raise unwrap_config_error(error) from None
         finally:
             workflow.finalize()
-        self._images_done += progress.done(trainer)
-        state = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
-        models = Path(overrides["output_dir"]) / "models"
-        if configs[-1] == "train_classifier.json":
-            produced = {"classifier_ckpt": str(models / "model.pt")}
-        elif configs[-1] == "train_gan.json":
-            produced = {
-                "gan_checkpoint": latest_checkpoint(models, "gan"),
-                "generator_ckpt": str(models / "generator.pt"),
-                "encoder_ckpt": str(models / "encoder.pt"),
-                "evaluation": _plain(workflow.parser.get_parsed_content("registry_overrides")),
-            }
-        else:
-            produced = {
-                "counterfactual_encoder_ckpt": str(models / "counterfactual_encoder.pt"),
-                "evaluation": _plain(workflow.parser.get_parsed_content("registry_overrides")),
-            }
-        return dict(state), produced
+        return workflow.parser
 
     def _evaluate(self, weights: dict) -> Path:
         """The evaluation bundle on the test split (the validation split when the test split has no masks), in a new
         folder under ``evaluation/`` unless these very weights were evaluated before (``evaluation.json``: the
         weights' files and modification times); returns the folder."""
-        from monai.bundle import ConfigWorkflow
-
         from medxgan_monai.bundle import run_name
 
         fingerprint = {
@@ -342,7 +349,6 @@ class ExplainerTraining:
                 return Path(record["folder"])
         output = self.output_dir / "evaluation" / run_name("evaluation")
         section = "test" if _has_masks(self.datalist, "test") else "validation"
-        folder = self.bundle_root / "configs"
         # the training configs' other ids (``generator``, ``encoder``, ...) name other things in inference.json: only
         # the device and the classifier's definition, whose ids both share, carry over; the rest comes translated by
         # the last phase's ``registry_overrides``
@@ -351,26 +357,12 @@ class ExplainerTraining:
             **shared,
             **weights["evaluation"],
             **self.evaluation_settings,
-            "bundle_root": str(self.bundle_root),
             "datalist": str(self.datalist),
             "section": section,
             "output_dir": str(output),
             "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
         }
-        workflow = ConfigWorkflow(
-            workflow_type="infer",
-            config_file=[str(folder / "inference.json"), str(folder / "evaluate.json")],
-            meta_file=str(folder / "metadata.json"),
-            logging_file=str(folder / "logging.conf"),
-            **config_values(overrides),
-        )
-        try:
-            workflow.initialize()
-            workflow.run()
-        except Exception as error:
-            raise unwrap_config_error(error) from None
-        finally:
-            workflow.finalize()
+        self._run_workflow(("inference.json", "evaluate.json"), "infer", overrides)
         atomic_write_text(record_path, json.dumps({"folder": str(output), "weights": fingerprint}, indent=2) + "\n")
         return output
 
