@@ -17,13 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "medxgan_monai"
 
 #: what each layer must never import: the building blocks know nothing of the Ignite adapters, and neither knows the
-#: config helpers, command lines, deployment or the DICOM node built on top of them
+#: config helpers, command lines, deployment, the DICOM node or the training runner built on top of them
 FORBIDDEN_IMPORTS = {
     **dict.fromkeys(
         ("networks", "transforms", "data", "io", "metrics", "explain"),
-        {"handlers", "engines", "bundle", "cli", "deploy", "node"},
+        {"handlers", "engines", "bundle", "cli", "deploy", "node", "training"},
     ),
-    **dict.fromkeys(("handlers", "engines"), {"bundle", "cli", "deploy", "node"}),
+    **dict.fromkeys(("handlers", "engines"), {"bundle", "cli", "deploy", "node", "training"}),
 }
 
 #: the MLflow pyfunc model is an ``mlflow.pyfunc.PythonModel`` subclass, so it needs MLflow as it is defined
