@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import BUNDLE_ROOT, TINY_TRAINING
 
-from medxgan_monai.training import ExplainerTraining, Phase, PhaseError
+from medxgan_monai.training import ExplainerTraining, Phase, PhaseError, run_bundle_workflow
 
-CONFIGS = BUNDLE_ROOT / "configs"
 
 
 def test_phase_lengths_in_images_seen_become_epochs_for_any_datalist_size():
@@ -102,29 +101,9 @@ TINY_PHASES = [
 
 def _train_explainer(datalist: Path, output_dir: Path) -> None:
     """``python -m monai.bundle run --config_file train_explainer.json`` with the tiny recipe."""
-    from monai.bundle import ConfigWorkflow
-
-    from medxgan_monai.bundle import config_values
-
-    workflow = ConfigWorkflow(
-        workflow_type="train",
-        config_file=str(CONFIGS / "train_explainer.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        **config_values(
-            {
-                "bundle_root": str(BUNDLE_ROOT),
-                "datalist": str(datalist),
-                "output_dir": str(output_dir),
-                "phases": TINY_PHASES,
-                "settings": TINY_TRAINING,
-                "evaluation_settings": TINY_EVALUATION,
-            }
-        ),
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    overrides = {"datalist": str(datalist), "output_dir": str(output_dir), "phases": TINY_PHASES}
+    overrides.update(settings=TINY_TRAINING, evaluation_settings=TINY_EVALUATION)
+    run_bundle_workflow(BUNDLE_ROOT, ["train_explainer.json"], "train", overrides)
 
 
 def test_the_recipe_runs_phase_by_phase_evaluates_and_resumes_without_redoing_a_phase(tiny_demo, tmp_path, monkeypatch):

@@ -56,33 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_config(bundle: Path, values: dict) -> None:
-    """``python -m monai.bundle run --config_file <bundle>/configs/train_explainer.json`` with ``values`` (config
-    entries made by :func:`~medxgan_monai.bundle.config_values`: data, never expressions)."""
-    from monai.bundle import ConfigWorkflow
-
-    configs = bundle.resolve() / "configs"
-    workflow = ConfigWorkflow(
-        workflow_type="train",
-        config_file=str(configs / "train_explainer.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        **values,
-    )
-    try:
-        workflow.initialize()
-        workflow.run()
-    finally:
-        workflow.finalize()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 when every phase and the evaluation finished, 2 on misuse or bad input."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from medxgan_monai.bundle import DEFAULT_BUNDLE, config_values, unwrap_config_error
+    from medxgan_monai.bundle import DEFAULT_BUNDLE
     from medxgan_monai.data import DatalistError
-    from medxgan_monai.training import PhaseError
+    from medxgan_monai.training import PhaseError, run_bundle_workflow
 
     settings = dict(args.set)
     if args.device:
@@ -95,15 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": not args.no_evaluation,
         "validity_target": args.validity_target or None,
         "settings": settings,
-        "bundle_root": str(Path(args.bundle or DEFAULT_BUNDLE).resolve()),
     }
     try:
-        _run_config(Path(values["bundle_root"]), config_values(values))
-    except Exception as error:
-        failure = unwrap_config_error(error)
-        if not isinstance(failure, (DatalistError, PhaseError, FileNotFoundError)):
-            raise
-        print(f"medxgan-train: error: {failure}", file=sys.stderr)
+        run_bundle_workflow(args.bundle or DEFAULT_BUNDLE, ["train_explainer.json"], "train", values)
+    except (DatalistError, PhaseError, FileNotFoundError) as error:
+        print(f"medxgan-train: error: {error}", file=sys.stderr)
         return 2
     print(f"report: {Path(args.output_dir) / 'report.md'}")
     return 0

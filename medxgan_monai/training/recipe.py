@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from medxgan_monai.handlers.training_progress import PlanProgress, metric_number
 from medxgan_monai.handlers.validity_stop import ValidityStop
 from medxgan_monai.io.atomic import atomic_write_text
 
-__all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError"]
+__all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError", "run_bundle_workflow"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class ExplainerTraining:
             if kind == "gan" and self.validity_target is not None:
                 ValidityStop(self.validity_target).attach(trainer)
 
-        parser = self._run_workflow(PHASE_KINDS[kind][0], "train", overrides, prepare)
+        parser = run_bundle_workflow(self.bundle_root, PHASE_KINDS[kind][0], "train", overrides, prepare)
         trainer = attached["trainer"]
         self._images_done += progress.done(trainer)
         state = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
@@ -307,30 +307,6 @@ class ExplainerTraining:
             }
         counterfactual_encoder = str(models / "counterfactual_encoder.pt")
         return state, {"counterfactual_encoder_ckpt": counterfactual_encoder, "evaluation": evaluation}
-
-    def _run_workflow(self, configs: Sequence[str], workflow_type: str, overrides: dict, prepare=None):
-        """Run the bundle's ``configs`` with ``overrides`` (data, never expressions: :func:`config_values`), calling
-        ``prepare(parser)`` between initialising and running; returns the parser (its components stay built)."""
-        from monai.bundle import ConfigWorkflow
-
-        folder = self.bundle_root / "configs"
-        workflow = ConfigWorkflow(
-            workflow_type=workflow_type,
-            config_file=[str(folder / name) for name in configs],
-            meta_file=str(folder / "metadata.json"),
-            logging_file=str(folder / "logging.conf"),
-            **config_values({"bundle_root": str(self.bundle_root), **overrides}),
-        )
-        try:
-            workflow.initialize()
-            if prepare is not None:
-                prepare(workflow.parser)
-            workflow.run()
-        except Exception as error:
-            raise unwrap_config_error(error) from None
-        finally:
-            workflow.finalize()
-        return workflow.parser
 
     def _evaluate(self, weights: dict) -> Path:
         """The evaluation bundle on the test split (the validation split when the test split has no masks), in a new
@@ -362,7 +338,7 @@ class ExplainerTraining:
             "output_dir": str(output),
             "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
         }
-        self._run_workflow(("inference.json", "evaluate.json"), "infer", overrides)
+        run_bundle_workflow(self.bundle_root, ("inference.json", "evaluate.json"), "infer", overrides)
         atomic_write_text(record_path, json.dumps({"folder": str(output), "weights": fingerprint}, indent=2) + "\n")
         return output
 
@@ -387,6 +363,44 @@ class ExplainerTraining:
         if summary is not None and summary.is_file():
             lines += ["", f"## Evaluation (`{evaluation}`)", "", summary.read_text().strip()]
         atomic_write_text(self.output_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def run_bundle_workflow(
+    bundle_root: str | os.PathLike,
+    configs: Sequence[str],
+    workflow_type: str,
+    overrides: Mapping[str, Any],
+    prepare: Callable | None = None,
+):
+    """Run ``configs`` (names under ``<bundle_root>/configs``) with ``overrides`` (data, never expressions:
+    :func:`~medxgan_monai.bundle.config_values`), calling ``prepare(parser)`` between initialising and running;
+    returns the parser (its components stay built). Errors raised inside config expressions come out unwrapped.
+
+    Example::
+
+        run_bundle_workflow("bundle", ["train_explainer.json"], "train", {"datalist": "data/mine/datalist.json"})
+    """
+    from monai.bundle import ConfigWorkflow
+
+    bundle_root = Path(bundle_root).resolve()
+    folder = bundle_root / "configs"
+    workflow = ConfigWorkflow(
+        workflow_type=workflow_type,
+        config_file=[str(folder / name) for name in configs],
+        meta_file=str(folder / "metadata.json"),
+        logging_file=str(folder / "logging.conf"),
+        **config_values({"bundle_root": str(bundle_root), **overrides}),
+    )
+    try:
+        workflow.initialize()
+        if prepare is not None:
+            prepare(workflow.parser)
+        workflow.run()
+    except Exception as error:
+        raise unwrap_config_error(error) from None
+    finally:
+        workflow.finalize()
+    return workflow.parser
 
 
 def _shared_with_inference(key: str) -> bool:
