@@ -14,7 +14,6 @@ from conftest import BUNDLE_ROOT, TINY_TRAINING
 from medxgan_monai.training import ExplainerTraining, Phase, PhaseError, run_bundle_workflow
 
 
-
 def test_phase_lengths_in_images_seen_become_epochs_for_any_datalist_size():
     gan = Phase("gan", "gan", gan_images=120_000)
     assert gan.epochs(2000) == {
