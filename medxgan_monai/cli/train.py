@@ -4,7 +4,7 @@ phase by phase (the recipe of the shipped weights, in images seen), then evaluat
 
 Example::
 
-    medxgan-train data/mine/datalist.json --output-dir outputs/mine [--classifier-ckpt model.pt] [--register mine]
+    medxgan-train data/mine/datalist.json --output-dir outputs/mine [--max-minutes 30] [--classifier-ckpt model.pt]
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "0.95); 0 trains every planned epoch",
     )
     parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="a time budget for the training: the phases are measured on this machine for a minute or two, then all "
+        "shortened by one factor to fit (the evaluation comes after it); default: the recipe as written",
+    )
+    parser.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from medxgan_monai.bundle import DEFAULT_BUNDLE
     from medxgan_monai.data import DatalistError
-    from medxgan_monai.training import PhaseError, run_bundle_workflow
+    from medxgan_monai.training import BudgetError, PhaseError, run_bundle_workflow
 
     settings = dict(args.set)
     if args.device:
@@ -74,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         "register_model_name": args.register,
         "evaluate": not args.no_evaluation,
         "validity_target": args.validity_target or None,
+        "max_minutes": args.max_minutes,
         "settings": settings,
     }
     try:
         run_bundle_workflow(args.bundle or DEFAULT_BUNDLE, ["train_explainer.json"], "train", values)
-    except (DatalistError, PhaseError, FileNotFoundError) as error:
+    except (DatalistError, PhaseError, BudgetError, FileNotFoundError) as error:
         print(f"medxgan-train: error: {error}", file=sys.stderr)
         return 2
     print(f"report: {Path(args.output_dir) / 'report.md'}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from medxgan_monai.handlers._ignite import Engine, Events
 
@@ -33,6 +35,8 @@ class PlanProgress:
         images_left: the images the plan has left when this phase starts, this whole phase included.
         started: when the plan started in this process (``time.monotonic()``).
         images_done: the plan's images done in this process before this phase.
+        history_file: where each epoch's line is also appended as one JSON object (epoch, every number shown,
+            seconds spent), for the training report's curves; ``None``: nowhere.
 
     Example::
 
@@ -46,6 +50,7 @@ class PlanProgress:
     images_left: int
     started: float
     images_done: float = 0.0
+    history_file: Path | None = None
 
     def attach(self, engine: Engine, *validators: Engine) -> None:
         """Report on ``engine``'s epochs, with its metrics and those of ``validators`` (engines that validate it
@@ -82,6 +87,12 @@ class PlanProgress:
         left = max(0.0, self.images_left - per_epoch * epoch)
         done = self.images_done + per_epoch * (epoch - (self._first_epoch or 0))
         elapsed = time.monotonic() - self.started
+        if self.history_file is not None:
+            numbers = {key: number for key, number in numbers.items() if number is not None and number == number}
+            line = {"epoch": epoch, "max_epochs": engine.state.max_epochs, "seconds": round(elapsed, 1), **numbers}
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.history_file, "a") as history:
+                history.write(json.dumps(line) + "\n")
         logger.info(
             "phase %d/%d %s, epoch %d/%d: %s | %s spent, about %s left for the plan",
             self.index,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medxgan_monai.handlers._ignite import Engine, Events
 
@@ -29,6 +29,10 @@ class ValidityStop:
         target: the validity each of :data:`VALIDITY_METRICS` must reach, in (0, 1].
         metrics: the metrics checked.
 
+    Attributes:
+        stopped: once G and D stopped early, the epoch after which they did and the metrics that made them stop (the
+            training report says what was stopped and why); else ``None``.
+
     Example::
 
         ValidityStop(0.95).attach(trainer)
@@ -36,6 +40,8 @@ class ValidityStop:
 
     target: float
     metrics: Sequence[str] = VALIDITY_METRICS
+
+    stopped: dict | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.target <= 1:
@@ -52,6 +58,7 @@ class ValidityStop:
             return
         encoder_epochs = engine.state.max_epochs - (stop - 1) if stop is not None else 0
         shown = ", ".join(f"{name} {value:.3f}" for name, value in zip(self.metrics, values, strict=True))
+        self.stopped = {"after_epoch": epoch - 1, "target": self.target, **dict(zip(self.metrics, values, strict=True))}
         if encoder_epochs <= 0:
             logger.info("counterfactuals valid after epoch %d (%s >= %g): phase ends", epoch - 1, shown, self.target)
             engine.terminate()

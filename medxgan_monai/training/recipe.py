@@ -38,6 +38,8 @@ from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.handlers.training_progress import PlanProgress, metric_number
 from medxgan_monai.handlers.validity_stop import ValidityStop
 from medxgan_monai.io.atomic import atomic_write_text
+from medxgan_monai.training.budget import Calibration, EpochStopwatch, fit_to_budget, phase_seconds
+from medxgan_monai.training.curves import plot_training_curves, read_history
 
 __all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError", "run_bundle_workflow"]
 
@@ -54,6 +56,8 @@ PHASE_KINDS: dict[str, tuple[tuple[str, ...], str | None]] = {
 }
 #: the file that marks a finished phase in its folder
 PHASE_COMPLETE = "phase_complete.json"
+#: each epoch's progress line as data, in the phase's folder (the report's curves)
+HISTORY = "history.jsonl"
 
 
 class PhaseError(ValueError):
@@ -143,6 +147,12 @@ class ExplainerTraining:
         validity_target: a GAN phase stops training G and D once the validation's counterfactual validity reaches
             this both ways (:class:`~medxgan_monai.handlers.ValidityStop`; its encoder epochs follow at once);
             ``None``: every planned epoch.
+        max_minutes: a time budget for the training (the calibration included, the evaluation not): the phases are
+            measured on this machine with a few iterations each (:mod:`~medxgan_monai.training.budget`,
+            ``calibration.json``) and all shortened by one factor until the plan fits; ``None``: the recipe as
+            written. A rerun with the same budget reuses the calibration and so makes the same plan.
+        calibration_iterations: training iterations per stage in each calibration run.
+        progress_bar: a progress bar per epoch on a terminal (none when the output is not a terminal).
 
     Example::
 
@@ -162,6 +172,9 @@ class ExplainerTraining:
         evaluate: bool = True,
         bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
         validity_target: float | None = 0.95,
+        max_minutes: float | None = None,
+        calibration_iterations: int = 8,
+        progress_bar: bool = True,
     ) -> None:
         self.datalist = Path(datalist).resolve()
         self.output_dir = Path(output_dir).resolve()
@@ -176,6 +189,11 @@ class ExplainerTraining:
         self.evaluate = evaluate
         self.bundle_root = Path(bundle_root).resolve()
         self.validity_target = validity_target
+        if max_minutes is not None and not max_minutes > 0:
+            raise PhaseError(f"the time budget must be a positive number of minutes, not {max_minutes!r}")
+        self.max_minutes = max_minutes
+        self.calibration_iterations = calibration_iterations
+        self.progress_bar = progress_bar
         self._check_order()
 
     def _check_order(self) -> None:
@@ -193,34 +211,113 @@ class ExplainerTraining:
             raise PhaseError("the counterfactual encoder phase needs a GAN phase before it")
 
     def plan(self) -> list[dict]:
-        """Each phase with its epochs for this datalist's training images (also written to ``plan.json``)."""
+        """Each phase with its epochs for this datalist's training images (also written to ``plan.json``); with a
+        time budget, the phases shortened to fit it (calibrating first unless ``calibration.json`` holds a
+        calibration of this datalist and these settings)."""
+        training_images = self._training_images()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record: dict[str, Any] = {"datalist": str(self.datalist), "training_images": training_images}
+        phases, calibration = self.phases, None
+        if self.max_minutes is not None:
+            calibration = self.calibrate()
+            left = self.max_minutes * 60 - calibration.seconds
+            scale, phases = fit_to_budget(self.phases, training_images, calibration, left)
+            record["budget"] = {
+                "max_minutes": self.max_minutes,
+                "calibration_seconds": round(calibration.seconds, 1),
+                "scale": round(scale, 4),
+                "estimated_seconds": round(sum(phase_seconds(p, training_images, calibration) for p in phases), 1),
+            }
+            logger.info("budget %g min: each phase at %.1f%% of the recipe's images", self.max_minutes, 100 * scale)
+        plan = []
+        for phase in phases:
+            epochs = phase.epochs(training_images)
+            images = epochs["train#trainer#max_epochs"] * training_images
+            entry = {**asdict(phase), "settings": dict(phase.settings), "epochs": epochs, "images_planned": images}
+            if calibration is not None:
+                entry["estimated_seconds"] = round(phase_seconds(phase, training_images, calibration), 1)
+            plan.append(entry)
+        record["phases"] = plan
+        atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
+        return plan
+
+    def _training_images(self) -> int:
         training_images = len(load_datalist(self.datalist, "training"))
         if training_images == 0:
             raise PhaseError(f"{self.datalist}: the training section is empty")
-        plan = []
+        return training_images
+
+    def calibrate(self) -> Calibration:
+        """Measure each kind of phase of the recipe with one short bundle run (``calibration/<kind>/``), chained like
+        the phases; kept in ``calibration.json`` and reused while the datalist, the settings and the classifier are
+        the same."""
+        # each kind is measured with the settings of its first phase (the GAN validator's samples, ...)
+        first = {}
         for phase in self.phases:
-            epochs = phase.epochs(training_images)
-            images = epochs["train#trainer#max_epochs"] * training_images
-            plan.append({**asdict(phase), "settings": dict(phase.settings), "epochs": epochs, "images_planned": images})
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        record = {"datalist": str(self.datalist), "training_images": training_images, "phases": plan}
-        atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
-        return plan
+            first.setdefault(phase.kind, phase)
+        key = {
+            "datalist": str(self.datalist),
+            "settings": _plain(self.settings),
+            "classifier_ckpt": str(self.classifier_ckpt),
+            "kinds": {kind: _plain(phase.settings) for kind, phase in first.items()},
+            "iterations": self.calibration_iterations,
+        }
+        record_path = self.output_dir / "calibration.json"
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record.get("key") == key:
+                logger.info("calibration of %s reused: %s", self.datalist.name, record_path)
+                return Calibration.of(record["calibration"])
+        calibration, started = Calibration(), time.monotonic()
+        weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
+        trial_lengths = {
+            "classifier": {"images": 1},
+            "gan": {"gan_images": 1, "encoder_images": 1},
+            "counterfactual_encoder": {"images": 1},
+        }
+        for kind in PHASE_KINDS:
+            if kind not in first:
+                continue
+            trial = Phase(kind, kind, settings=first[kind].settings, **trial_lengths[kind])
+            folder = self.output_dir / "calibration" / kind
+            overrides = self._overrides(trial, trial.epochs(1), weights, folder, resume=False)
+            stopwatch, natural = EpochStopwatch(), {}
+
+            def shorten(trainer, parser, stopwatch=stopwatch, natural=natural) -> None:
+                natural["iterations"] = trainer.state.epoch_length  # a full epoch (or the settings' epoch_length)
+                trainer.state.epoch_length = min(self.calibration_iterations, natural["iterations"])
+                stopwatch.attach(trainer)
+
+            logger.info("calibrating the %s phases: %d iterations per stage", kind, self.calibration_iterations)
+            start = time.perf_counter()
+            _, produced = self._train(kind, overrides, shorten)
+            calibration.record(kind, time.perf_counter() - start, stopwatch.epochs, natural["iterations"])
+            weights.update(produced)
+        calibration.seconds = time.monotonic() - started
+        atomic_write_text(record_path, json.dumps({"key": key, "calibration": calibration.as_dict()}, indent=2) + "\n")
+        return calibration
 
     def run(self) -> dict:
         """Run the phases not finished yet, then the evaluation and the report; returns the final weights (the
         evaluation bundle's overrides naming them)."""
+        self._started, self._images_done = time.monotonic(), 0
         plan = self.plan()
         weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
-        self._started, self._images_done = time.monotonic(), 0
-        for index, (phase, planned) in enumerate(zip(self.phases, plan, strict=True)):
+        for index, planned in enumerate(plan):
             unfinished = [p for p in plan[index:] if not (self.output_dir / p["name"] / PHASE_COMPLETE).is_file()]
             left = sum(p["images_planned"] for p in unfinished)
             progress = PlanProgress(
-                phase.name, index + 1, len(plan), planned["images_planned"], left, self._started, self._images_done
+                planned["name"],
+                index + 1,
+                len(plan),
+                planned["images_planned"],
+                left,
+                self._started,
+                self._images_done,
+                history_file=self.output_dir / planned["name"] / HISTORY,
             )
-            last = index == len(self.phases) - 1
-            weights = self._run_phase(phase, planned["epochs"], weights, last, progress)
+            last = index == len(plan) - 1
+            weights = self._run_phase(Phase.of(_phase_fields(planned)), planned["epochs"], weights, last, progress)
         evaluation = self._evaluate(weights) if self.evaluate else None
         self._report(plan, weights, evaluation)
         return weights
@@ -235,29 +332,48 @@ class ExplainerTraining:
         if marker.is_file():
             logger.info("phase %s finished before: not run again", phase.name)
             return {**weights, **json.loads(marker.read_text())["weights"]}
-        configs, prefix = PHASE_KINDS[phase.kind]
+        prefix = PHASE_KINDS[phase.kind][1]
         resume = bool(prefix) and bool(latest_checkpoint(folder / "models", prefix, required=False))
-        inputs = self._inputs(phase, weights)
-        settings = self._applicable({**self.settings, **dict(phase.settings)}, configs)
-        overrides = {**settings, **epochs, **inputs}
-        overrides.update(datalist=str(self.datalist), output_dir=str(folder))
-        if prefix:
-            overrides["resume"] = resume
+        overrides = self._overrides(phase, epochs, weights, folder, resume)
         if last and self.register_model_name:
             overrides["register_model_name"] = self.register_model_name
         logger.info("phase %s (%s): %s%s", phase.name, phase.kind, epochs, ", resumed" if resume else "")
+        stop = ValidityStop(self.validity_target) if phase.kind == "gan" and self.validity_target else None
+
+        def watch(trainer, parser) -> None:
+            # the classifier's validation metrics are its evaluator's; the GAN validators write the trainer's
+            validators = [parser.get_parsed_content("validate#evaluator")] if phase.kind == "classifier" else []
+            progress.attach(trainer, *validators)
+            if stop is not None:
+                stop.attach(trainer)
+            if self.progress_bar:
+                _attach_progress_bar(trainer, f"{phase.name} epoch")
+
         start = time.monotonic()
-        state, produced = self._train(phase.kind, overrides, progress)
+        trainer, produced = self._train(phase.kind, overrides, watch)
+        self._images_done += progress.done(trainer)
+        metrics = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
         record = {
             "phase": phase.name,
             "seconds": round(time.monotonic() - start, 1),
             "epochs": epochs,
             "resumed": resume,
-            "metrics": {key: number for key, value in state.items() if (number := metric_number(value)) is not None},
+            "stopped_early": stop.stopped if stop is not None else None,
+            "metrics": {key: number for key, value in metrics.items() if (number := metric_number(value)) is not None},
             "weights": produced,
         }
         atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
         return {**weights, **produced}
+
+    def _overrides(self, phase: Phase, epochs: dict, weights: dict, folder: Path, resume: bool) -> dict:
+        """The bundle overrides of one run of ``phase`` in ``folder``, starting from ``weights``."""
+        configs, prefix = PHASE_KINDS[phase.kind]
+        settings = self._applicable({**self.settings, **dict(phase.settings)}, configs)
+        overrides = {**settings, **epochs, **self._inputs(phase, weights)}
+        overrides.update(datalist=str(self.datalist), output_dir=str(folder))
+        if prefix:
+            overrides["resume"] = resume
+        return overrides
 
     def _applicable(self, settings: Mapping[str, Any], configs: Sequence[str]) -> dict:
         """The settings a phase's configs can take: top-level ids, and nested ids (``a#b``) of components the configs
@@ -277,36 +393,29 @@ class ExplainerTraining:
             inputs.update(generator_ckpt=weights["generator_ckpt"], encoder_ckpt=weights["encoder_ckpt"])
         return inputs
 
-    def _train(self, kind: str, overrides: dict, progress: PlanProgress) -> tuple[dict, dict]:
-        """One training bundle run of a ``kind`` phase, with ``progress`` lines (and, for a GAN phase, the validity
-        stop); returns the trainer's final metrics and the weights it wrote."""
+    def _train(self, kind: str, overrides: dict, prepare: Callable) -> tuple[Any, dict]:
+        """One training bundle run of a ``kind`` phase, calling ``prepare(trainer, parser)`` before it runs; returns
+        the trainer (its final state) and the weights it wrote."""
         attached = {}
 
-        def prepare(parser) -> None:
+        def prepare_trainer(parser) -> None:
             trainer = attached["trainer"] = parser.get_parsed_content("train#trainer")
-            # the classifier's validation metrics are its evaluator's; the GAN validators write the trainer's
-            validators = [parser.get_parsed_content("validate#evaluator")] if kind == "classifier" else []
-            progress.attach(trainer, *validators)
-            if kind == "gan" and self.validity_target is not None:
-                ValidityStop(self.validity_target).attach(trainer)
+            prepare(trainer, parser)
 
-        parser = run_bundle_workflow(self.bundle_root, PHASE_KINDS[kind][0], "train", overrides, prepare)
-        trainer = attached["trainer"]
-        self._images_done += progress.done(trainer)
-        state = {**progress.metrics(trainer), "epochs_run": trainer.state.epoch}
+        parser = run_bundle_workflow(self.bundle_root, PHASE_KINDS[kind][0], "train", overrides, prepare_trainer)
         models = Path(overrides["output_dir"]) / "models"
         if kind == "classifier":
-            return state, {"classifier_ckpt": str(models / "model.pt")}
+            return attached["trainer"], {"classifier_ckpt": str(models / "model.pt")}
         evaluation = _plain(parser.get_parsed_content("registry_overrides"))
         if kind == "gan":
-            return state, {
+            return attached["trainer"], {
                 "gan_checkpoint": latest_checkpoint(models, "gan"),
                 "generator_ckpt": str(models / "generator.pt"),
                 "encoder_ckpt": str(models / "encoder.pt"),
                 "evaluation": evaluation,
             }
         counterfactual_encoder = str(models / "counterfactual_encoder.pt")
-        return state, {"counterfactual_encoder_ckpt": counterfactual_encoder, "evaluation": evaluation}
+        return attached["trainer"], {"counterfactual_encoder_ckpt": counterfactual_encoder, "evaluation": evaluation}
 
     def _evaluate(self, weights: dict) -> Path:
         """The evaluation bundle on the test split (the validation split when the test split has no masks), in a new
@@ -343,20 +452,42 @@ class ExplainerTraining:
         return output
 
     def _report(self, plan: list[dict], weights: dict, evaluation: Path | None) -> None:
-        """``report.md``: each phase's epochs, wall time and final metrics, the weights, the evaluation summary."""
+        """``report.md`` and ``curves.png``: each phase's epochs (planned, run, and why fewer), wall time against the
+        budget's estimate, final metrics, the curves of every epoch, the weights and the evaluation summary."""
         lines = ["# medXGAN explainer training", "", f"Datalist: `{self.datalist}`", ""]
-        lines += ["| phase | kind | epochs planned | epochs run | seconds | resumed | final validation metrics |"]
+        budget = json.loads((self.output_dir / "plan.json").read_text()).get("budget")
+        if budget:
+            lines += [
+                f"Time budget: {budget['max_minutes']:g} min for the training. Calibration "
+                f"{budget['calibration_seconds']:.0f} s; every phase at {100 * budget['scale']:.1f}% of the recipe's "
+                f"images; estimated training {budget['estimated_seconds']:.0f} s.",
+                "",
+            ]
+        lines += ["| phase | kind | epochs planned | epochs run | seconds | estimated s | final validation metrics |"]
         lines += ["|---" * 7 + "|"]
+        stops, histories = [], {}
         for planned in plan:
             record = json.loads((self.output_dir / planned["name"] / PHASE_COMPLETE).read_text())
+            histories[planned["name"]] = read_history(self.output_dir / planned["name"] / HISTORY)
             metrics = ", ".join(
                 f"{key} {value:.3f}" for key, value in sorted(record["metrics"].items()) if key.startswith("val_")
             )
             epochs = planned["epochs"]["train#trainer#max_epochs"]
             run = int(record["metrics"].get("epochs_run", epochs))
-            resumed = "yes" if record["resumed"] else "no"
-            row = [planned["name"], planned["kind"], epochs, run, record["seconds"], resumed, metrics]
-            lines.append("| " + " | ".join(map(str, row)) + " |")
+            seconds = f"{record['seconds']}" + (" (resumed)" if record["resumed"] else "")
+            row = [planned["name"], planned["kind"], epochs, run, seconds, planned.get("estimated_seconds", "-")]
+            lines.append("| " + " | ".join(map(str, [*row, metrics])) + " |")
+            if record.get("stopped_early"):
+                stopped = record["stopped_early"]
+                values = ", ".join(f"{k} {v:.3f}" for k, v in stopped.items() if k.startswith("val_"))
+                stops.append(
+                    f"- `{planned['name']}`: G and D stopped after epoch {stopped['after_epoch']}: {values} reached "
+                    f"the validity target {stopped['target']:g}; its encoder epochs followed."
+                )
+        lines += ["", "Stopped early:", "", *(stops or ["- nothing: every phase ran its planned epochs."])]
+        curves = plot_training_curves(histories, self.output_dir / "curves.png")
+        if curves is not None:
+            lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
         lines += ["", "Weights:", ""]
         lines += [f"- `{key}`: `{value}`" for key, value in sorted(weights.items()) if key.endswith("_ckpt")]
         summary = evaluation / "summary.md" if evaluation is not None else None
@@ -401,6 +532,18 @@ def run_bundle_workflow(
     finally:
         workflow.finalize()
     return workflow.parser
+
+
+def _phase_fields(planned: Mapping) -> dict:
+    """The :class:`Phase` fields of a ``plan.json`` entry."""
+    return {key: planned[key] for key in Phase.__dataclass_fields__}
+
+
+def _attach_progress_bar(trainer, description: str) -> None:
+    """Ignite's tqdm bar over each epoch's iterations, on a terminal only (tqdm's ``disable=None``)."""
+    from ignite.handlers import ProgressBar
+
+    ProgressBar(persist=False, desc=description, disable=None).attach(trainer)
 
 
 def _shared_with_inference(key: str) -> bool:

@@ -1,0 +1,175 @@
+"""Fit the training recipe into a time budget: measure what an iteration and an epoch cost on this machine and this
+datalist, then shorten every phase by one common factor until the plan fits.
+
+A phase of kind ``k`` that runs ``E`` epochs of ``I`` iterations costs, in this model::
+
+    fixed[k] + sum over its epochs of (I * iteration[stage] + epoch_overhead[k])
+
+where ``fixed`` is the bundle run's start (parsing, building the networks, caching the datalist) and end, ``iteration``
+the seconds of one training iteration of the epoch's stage (a GAN phase has two stages, G and D, then the encoder),
+and ``epoch_overhead`` what each epoch adds (validation, checkpoints, sample grids). :class:`Calibration` measures the
+three with one short bundle run per kind of phase (a few iterations per stage, every other cost as in a real phase),
+chained like the real phases: the classifier run's weights feed the GAN run, whose weights feed the counterfactual
+encoder run. :func:`fit_to_budget` then picks the largest scale in (0, 1] of every phase's images that fits; the
+shortest plan is one epoch per stage, and a budget below it is refused with the time it would need
+(:class:`BudgetError`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+from medxgan_monai.handlers._ignite import Engine, Events
+
+__all__ = ["BudgetError", "Calibration", "EpochStopwatch", "fit_to_budget", "phase_seconds"]
+
+#: the part of the budget the plan may fill; the rest absorbs the model's error (one run's measurements)
+PLANNED_SHARE = 0.9
+
+
+class BudgetError(ValueError):
+    """The time budget cannot hold even the shortest plan."""
+
+
+@dataclass
+class EpochStopwatch:
+    """Record, for each epoch of an engine, how many iterations ran, the seconds per iteration (from the first
+    iteration's end to the last's, so the data loader's start is not counted) and the seconds from the last
+    iteration's end to the next epoch's start or the run's end (the epoch's validation, checkpoints and other
+    epoch-end work).
+
+    Example::
+
+        stopwatch = EpochStopwatch()
+        stopwatch.attach(trainer)
+        trainer.run()
+        stopwatch.epochs  # [{"epoch": 1, "iterations": 8, "iteration_seconds": 0.41, "overhead_seconds": 3.2}]
+    """
+
+    epochs: list[dict] = field(default_factory=list)
+
+    def attach(self, engine: Engine) -> None:
+        self._ends: list[float] = []
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: self._ends.append(time.perf_counter()))
+        engine.add_event_handler(Events.EPOCH_STARTED, self._close_epoch)
+        # the run's last epoch closes after every other handler of the run's end (registered before this one)
+        engine.add_event_handler(Events.COMPLETED, self._close_epoch)
+
+    def _close_epoch(self, engine: Engine) -> None:
+        if not self._ends:
+            return
+        ends, self._ends = self._ends, []
+        per_iteration = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else math.nan
+        self.epochs.append(
+            {
+                "epoch": len(self.epochs) + 1,
+                "iterations": len(ends),
+                "iteration_seconds": per_iteration,
+                "overhead_seconds": time.perf_counter() - ends[-1],
+            }
+        )
+
+
+@dataclass
+class Calibration:
+    """What a phase costs on this machine and datalist, per kind of phase (``classifier``, ``gan``,
+    ``counterfactual_encoder``) and per stage (those kinds, and ``encoder``: a GAN phase's encoder epochs).
+
+    Attributes:
+        iteration: seconds per training iteration, per stage.
+        epoch_overhead: seconds each epoch adds to its iterations, per kind.
+        fixed: seconds of a bundle run besides its epochs, per kind.
+        iterations_per_epoch: a full epoch's iterations over the training images, per kind (its batch size).
+        seconds: the calibration's own wall time.
+    """
+
+    iteration: dict[str, float] = field(default_factory=dict)
+    epoch_overhead: dict[str, float] = field(default_factory=dict)
+    fixed: dict[str, float] = field(default_factory=dict)
+    iterations_per_epoch: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self, kind: str, wall_seconds: float, epochs: Sequence[dict], iterations_per_epoch: int) -> None:
+        """Add one calibration run of ``kind``: its wall time and its :class:`EpochStopwatch` epochs (a GAN run:
+        one epoch of G and D, then one of the encoder)."""
+        stages = ("gan", "encoder") if kind == "gan" else (kind,)
+        if len(epochs) != len(stages) or any(epoch["iterations"] < 2 for epoch in epochs):
+            raise BudgetError(
+                f"the {kind} calibration run gave {len(epochs)} epoch(s) of "
+                f"{[epoch['iterations'] for epoch in epochs]} iteration(s); it needs {len(stages)} of at least 2 "
+                "(are there at least two batches of training images?)"
+            )
+        for stage, epoch in zip(stages, epochs, strict=True):
+            self.iteration[stage] = epoch["iteration_seconds"]
+        self.epoch_overhead[kind] = sum(epoch["overhead_seconds"] for epoch in epochs) / len(epochs)
+        spent = sum(epoch["iterations"] * epoch["iteration_seconds"] + epoch["overhead_seconds"] for epoch in epochs)
+        self.fixed[kind] = max(0.0, wall_seconds - spent)
+        self.iterations_per_epoch[kind] = iterations_per_epoch
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, record: Mapping) -> Calibration:
+        return cls(**{key: record[key] for key in cls.__dataclass_fields__})
+
+
+def phase_seconds(phase, training_images: int, calibration: Calibration) -> float:
+    """The seconds ``phase`` (a :class:`~medxgan_monai.training.Phase`) should take on ``training_images``."""
+    epochs = phase.epochs(training_images)
+    iterations = calibration.iterations_per_epoch[phase.kind]
+    overhead = calibration.epoch_overhead[phase.kind]
+    if phase.kind == "gan":
+        gan_epochs = epochs["train#trainer#gan_stop_epoch"] - 1
+        stages = {"gan": gan_epochs, "encoder": epochs["train#trainer#max_epochs"] - gan_epochs}
+    else:
+        stages = {phase.kind: epochs["train#trainer#max_epochs"]}
+    per_epoch = {stage: iterations * calibration.iteration[stage] + overhead for stage in stages}
+    return calibration.fixed[phase.kind] + sum(count * per_epoch[stage] for stage, count in stages.items())
+
+
+def scaled(phase, scale: float):
+    """``phase`` with each of its lengths times ``scale`` (a length that was not 0 stays at least 1 image)."""
+    lengths = {
+        name: max(1, round(getattr(phase, name) * scale)) if getattr(phase, name) else 0
+        for name in ("images", "gan_images", "encoder_images")
+    }
+    return replace(phase, **lengths)
+
+
+def fit_to_budget(
+    phases: Sequence,
+    training_images: int,
+    calibration: Calibration,
+    seconds: float,
+    describe: Callable[[float], str] = lambda s: f"{s / 60:.1f} min",
+) -> tuple[float, list]:
+    """The largest scale in (0, 1] of every phase's images whose plan fits :data:`PLANNED_SHARE` of ``seconds``,
+    and the scaled phases.
+
+    Raises:
+        BudgetError: even one epoch per stage of every phase does not fit.
+    """
+
+    def total(scale: float) -> float:
+        return sum(phase_seconds(scaled(phase, scale), training_images, calibration) for phase in phases)
+
+    room = PLANNED_SHARE * seconds
+    if total(1.0) <= room:
+        return 1.0, list(phases)
+    shortest = total(0.0)
+    if shortest > room:
+        raise BudgetError(
+            f"the time budget is too small to train anything: after the calibration, {describe(max(seconds, 0))} "
+            f"are left, and the shortest plan (one epoch per stage of each of the {len(phases)} phases, on "
+            f"{training_images} training images) needs about {describe(shortest / PLANNED_SHARE)} on this machine; "
+            "give a larger budget, or fewer or smaller training images"
+        )
+    low, high = 0.0, 1.0  # total(low) fits, total(high) does not
+    while high - low > 1e-4:
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) <= room else (low, middle)
+    return low, [scaled(phase, low) for phase in phases]
