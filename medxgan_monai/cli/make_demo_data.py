@@ -1,5 +1,6 @@
 """Command line: build the demo benchmark (see :func:`medxgan_monai.data.build_demo_dataset`), and with ``--volumes``
-the demo volumes beside it (:func:`medxgan_monai.data.build_demo_volumes`, in ``OUT_DIR/volumes``)."""
+the demo volumes beside it (:func:`medxgan_monai.data.build_demo_volumes`, in ``OUT_DIR/volumes``); with
+``--anatomy chest_cr`` the chest radiograph benchmark instead (:func:`medxgan_monai.data.build_radiograph_dataset`)."""
 
 from __future__ import annotations
 
@@ -7,48 +8,66 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 
 from medxgan_monai.data import (
     DemoDataSettings,
     DemoVolumeSettings,
-    LesionSettings,
+    RadiographDataSettings,
     build_demo_dataset,
     build_demo_volumes,
+    build_radiograph_dataset,
 )
 from medxgan_monai.io import atomic_replace_dir
 
 __all__ = ["main"]
 
+#: the settings class of each anatomy; the flags left out take its defaults (lesions included)
+ANATOMIES = {"mni152": DemoDataSettings, "chest_cr": RadiographDataSettings}
+
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = DemoDataSettings()
-    lesion_defaults = LesionSettings()
+    defaults = {name: settings() for name, settings in ANATOMIES.items()}
     volume_defaults = DemoVolumeSettings()
     parser = argparse.ArgumentParser(
         prog="make_demo_data",
-        description="Build the deterministic MNI152 demo benchmark: NIfTI and DICOM images, masks and datalists.",
+        description="Build a deterministic demo benchmark: the MNI152 brain MR slices (NIfTI and DICOM images, masks "
+        "and datalists) or crops of a real chest radiograph with lung nodules (NIfTI images, masks and a datalist).",
     )
     parser.add_argument("out_dir", help="output folder; created atomically (it appears only when complete)")
-    parser.add_argument("--size", type=int, default=defaults.size, help="image width and height in pixels")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--n-train", type=int, default=defaults.n_train)
-    parser.add_argument("--n-val", type=int, default=defaults.n_val)
-    parser.add_argument("--n-test", type=int, default=defaults.n_test)
+    parser.add_argument(
+        "--anatomy",
+        choices=sorted(ANATOMIES),
+        default="mni152",
+        help="mni152: axial brain MR slices of the MNI152 template with tumour-like lesions (default); chest_cr: crops "
+        "of pydicom-data's PA chest CR with lung nodules (needs pydicom-data)",
+    )
+
+    def per_anatomy(attribute) -> str:
+        return ", ".join(f"{name} {attribute(settings)}" for name, settings in defaults.items())
+
+    parser.add_argument(
+        "--size", type=int, help=f"image width and height in pixels (default: {per_anatomy(lambda s: s.size)})"
+    )
+    parser.add_argument("--seed", type=int, help=f"default: {per_anatomy(lambda s: s.seed)}")
+    parser.add_argument("--n-train", type=int, help=f"default: {per_anatomy(lambda s: s.n_train)}")
+    parser.add_argument("--n-val", type=int, help=f"default: {per_anatomy(lambda s: s.n_val)}")
+    parser.add_argument("--n-test", type=int, help=f"default: {per_anatomy(lambda s: s.n_test)}")
     parser.add_argument(
         "--lesion-area",
         type=float,
         nargs=2,
-        default=lesion_defaults.area_fraction,
         metavar=("MIN", "MAX"),
-        help="area of one lesion as a fraction of the field of view",
+        help="area of one lesion as a fraction of the field of view "
+        f"(default: {per_anatomy(lambda s: ' '.join(map(str, s.lesions.area_fraction)))})",
     )
     parser.add_argument(
         "--lesion-contrast",
         type=float,
         nargs=2,
-        default=lesion_defaults.contrast,
         metavar=("MIN", "MAX"),
-        help="lesion intensity change relative to the mean brain intensity",
+        help="lesion intensity change relative to the mean intensity of the region lesions are drawn in (brain, lung "
+        f"fields) (default: {per_anatomy(lambda s: ' '.join(map(str, s.lesions.contrast)))})",
     )
     parser.add_argument(
         "--volumes",
@@ -56,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="also build N 3D test volumes (half positive, lesions spanning slices) as NIfTI files and DICOM series "
-        "in OUT_DIR/volumes, with their own datalist.json (sections test and test_dicom); 0: none",
+        "in OUT_DIR/volumes, with their own datalist.json (sections test and test_dicom); 0: none; mni152 only",
     )
     parser.add_argument(
         "--volume-slices",
@@ -69,19 +88,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args: argparse.Namespace) -> DemoDataSettings | RadiographDataSettings:
+    """The chosen anatomy's settings: its defaults, replaced by the flags given (the lesion ranges keep its other
+    lesion settings, e.g. the chest's bright-only nodules)."""
+    settings_class = ANATOMIES[args.anatomy]
+    defaults = settings_class()
+    given = {name: getattr(args, name) for name in ("size", "seed", "n_train", "n_val", "n_test")}
+    lesions = {
+        "area_fraction": tuple(args.lesion_area) if args.lesion_area else None,
+        "contrast": tuple(args.lesion_contrast) if args.lesion_contrast else None,
+    }
+    lesion_settings = replace(defaults.lesions, **{k: v for k, v in lesions.items() if v is not None})
+    return settings_class(**{k: v for k, v in given.items() if v is not None}, lesions=lesion_settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        settings = DemoDataSettings(
-            size=args.size,
-            seed=args.seed,
-            n_train=args.n_train,
-            n_val=args.n_val,
-            n_test=args.n_test,
-            lesions=LesionSettings(area_fraction=tuple(args.lesion_area), contrast=tuple(args.lesion_contrast)),
+    if args.anatomy != "mni152" and args.volumes:
+        print(
+            f"error: --volumes builds MNI152 brain volumes; it cannot be combined with --anatomy {args.anatomy}",
+            file=sys.stderr,
         )
-        if args.volumes == 0:
+        return 2
+    try:
+        settings = _settings(args)
+        if args.anatomy == "chest_cr":
+            manifest = build_radiograph_dataset(args.out_dir, settings, overwrite=args.overwrite)
+        elif args.volumes == 0:
             manifest = build_demo_dataset(args.out_dir, settings, overwrite=args.overwrite)
         else:
             volume_settings = DemoVolumeSettings(n_volumes=args.volumes, slices=args.volume_slices, demo=settings)
@@ -90,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the builder replaces its folder atomically: here the empty staging folder, which is ours
                 manifest = build_demo_dataset(staging, settings, overwrite=True)
                 manifest["volumes"] = build_demo_volumes(staging / "volumes", volume_settings)
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = {k: manifest[k] for k in ("counts", "leakage_check_auc", "build_seconds")}

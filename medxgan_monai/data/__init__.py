@@ -1,4 +1,4 @@
-"""Data: the demo benchmark and demo volume builders and datalist loading and validation."""
+"""Data: the demo benchmark, chest radiograph benchmark and demo volume builders and datalist loading and validation."""
 
 from medxgan_monai.data.batching import GrowingBatchSampler
 from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
@@ -12,21 +12,31 @@ from medxgan_monai.data.inputs import (
     screen_inputs,
 )
 from medxgan_monai.data.lesions import LesionSettings
+from medxgan_monai.data.radiograph_demo import (
+    CHEST_NODULES,
+    RadiographDataSettings,
+    build_radiograph_dataset,
+    render_radiograph_sample,
+)
 
 __all__ = [
+    "CHEST_NODULES",
     "DatalistError",
     "DemoDataSettings",
     "DemoVolumeSettings",
     "GrowingBatchSampler",
     "InputProblem",
     "LesionSettings",
+    "RadiographDataSettings",
     "build_demo_dataset",
     "build_demo_volumes",
+    "build_radiograph_dataset",
     "collect_evaluation_items",
     "collect_inputs",
     "image_statistics_auc",
     "load_datalist",
     "output_stem",
+    "render_radiograph_sample",
     "render_volume",
     "screen_inputs",
     "validate_datalist",
