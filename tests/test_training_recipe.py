@@ -144,6 +144,10 @@ def test_the_recipe_runs_phase_by_phase_evaluates_and_resumes_without_redoing_a_
     assert (evaluated / "metrics_per_image.csv").is_file()
     report = (out / "report.md").read_text()
     assert "| gan_finetune | gan | 2 | 2 |" in report and "## Evaluation" in report and "val_auc" in report
+    classifier = json.loads((out / "evaluation.json").read_text())["classifier"]
+    assert 0 <= classifier["test_auc"] <= 1 and 0 <= classifier["test_sensitivity"] <= 1
+    assert f"test_auc {classifier['test_auc']:.3f}" in report, "the classifier's test AUC in the report"
+    assert "![training curves](curves.png)" in report and (out / "curves.png").is_file()
 
     # interrupted during the last phase: its marker is gone, its checkpoint is there
     (out / "counterfactual_encoder" / "phase_complete.json").unlink()

@@ -192,6 +192,8 @@ class ExplainerTraining:
         if max_minutes is not None and not max_minutes > 0:
             raise PhaseError(f"the time budget must be a positive number of minutes, not {max_minutes!r}")
         self.max_minutes = max_minutes
+        if calibration_iterations < 2:
+            raise PhaseError(f"calibration_iterations must be at least 2 (a rate needs two): {calibration_iterations}")
         self.calibration_iterations = calibration_iterations
         self.progress_bar = progress_bar
         self._check_order()
@@ -300,8 +302,8 @@ class ExplainerTraining:
     def run(self) -> dict:
         """Run the phases not finished yet, then the evaluation and the report; returns the final weights (the
         evaluation bundle's overrides naming them)."""
+        plan = self.plan()  # the calibration, if any, is not part of the plan's rate
         self._started, self._images_done = time.monotonic(), 0
-        plan = self.plan()
         weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
         for index, planned in enumerate(plan):
             unfinished = [p for p in plan[index:] if not (self.output_dir / p["name"] / PHASE_COMPLETE).is_file()]
@@ -447,9 +449,37 @@ class ExplainerTraining:
             "output_dir": str(output),
             "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
         }
+        start = time.monotonic()
         run_bundle_workflow(self.bundle_root, ("inference.json", "evaluate.json"), "infer", overrides)
-        atomic_write_text(record_path, json.dumps({"folder": str(output), "weights": fingerprint}, indent=2) + "\n")
+        classifier = self._evaluate_classifier(
+            weights["classifier_ckpt"], section, output.with_name(output.name + "_classifier")
+        )
+        record = {"folder": str(output), "weights": fingerprint, "section": section, "classifier": classifier}
+        record["seconds"] = round(time.monotonic() - start, 1)
+        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
         return output
+
+    def _evaluate_classifier(self, checkpoint: str, section: str, folder: Path) -> dict:
+        """The classifier's AUC, accuracy, sensitivity and specificity on ``section`` (``evaluate_classifier.json``,
+        its files in ``folder``)."""
+        configs = ("train_classifier.json", "evaluate_classifier.json")
+        overrides = {
+            **self._applicable(self.settings, configs),
+            "datalist": str(self.datalist),
+            "ckpt_path": checkpoint,
+            "validate#section": section,
+            "output_dir": str(folder.parent),
+            "eval_dir": str(folder),
+            "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
+        }
+        attached = {}
+
+        def keep_evaluator(parser) -> None:
+            attached["evaluator"] = parser.get_parsed_content("validate#evaluator")
+
+        run_bundle_workflow(self.bundle_root, configs, "infer", overrides, keep_evaluator)
+        metrics = attached["evaluator"].state.metrics
+        return {key: number for key, value in metrics.items() if (number := metric_number(value)) is not None}
 
     def _report(self, plan: list[dict], weights: dict, evaluation: Path | None) -> None:
         """``report.md`` and ``curves.png``: each phase's epochs (planned, run, and why fewer), wall time against the
@@ -492,7 +522,11 @@ class ExplainerTraining:
         lines += [f"- `{key}`: `{value}`" for key, value in sorted(weights.items()) if key.endswith("_ckpt")]
         summary = evaluation / "summary.md" if evaluation is not None else None
         if summary is not None and summary.is_file():
-            lines += ["", f"## Evaluation (`{evaluation}`)", "", summary.read_text().strip()]
+            record = json.loads((self.output_dir / "evaluation.json").read_text())
+            classifier = ", ".join(f"{key} {value:.3f}" for key, value in sorted(record.get("classifier", {}).items()))
+            lines += ["", f"## Evaluation (`{evaluation}`, {record.get('seconds', '?')} s)", ""]
+            lines += [f"Classifier on the {record.get('section', 'test')} split: {classifier or 'not measured'}.", ""]
+            lines += [summary.read_text().strip()]
         atomic_write_text(self.output_dir / "report.md", "\n".join(lines) + "\n")
 
 
