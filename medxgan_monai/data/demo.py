@@ -23,7 +23,12 @@ import numpy as np
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from medxgan_monai.data.lesions import LesionSettings, draw_lesions, smooth_noise
+from medxgan_monai.data.lesions import (
+    LesionSettings,
+    acquisition_contrast,
+    draw_lesions,
+    elastic_displacement,
+)
 from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, atomic_replace_dir, write_mr_slice, write_nifti
 
 __all__ = ["DemoDataSettings", "build_demo_dataset", "image_statistics_auc", "render_sample"]
@@ -155,8 +160,7 @@ def render_sample(template: _Template, settings: DemoDataSettings, rng: np.rando
 
     # anatomical variation: where in the template each nominal point actually looks
     warped = anatomical_variation(rng, settings, nominal, centre)
-    elastic = np.stack([smooth_noise(rng, (n, n), sigma=n / 8) for _ in range(2)]) * settings.elastic_mm / 2
-    warped[:2] += elastic
+    warped[:2] += elastic_displacement(rng, n, settings.elastic_mm)
     anatomy, brain = template.sample(warped)
 
     records: list[dict] = []
@@ -165,10 +169,7 @@ def render_sample(template: _Template, settings: DemoDataSettings, rng: np.rando
         anatomy, mask, records = draw_lesions(anatomy, brain, rng, settings.lesions)
 
     # acquisition: gamma, gain, a smooth multiplicative bias field and Rician noise, equal for both classes
-    image = np.clip(anatomy, 0, None) ** rng.uniform(*settings.gamma_range)
-    image *= rng.uniform(*settings.gain_range)
-    coarse = rng.standard_normal((4, 4)) * settings.bias_field_strength
-    image *= np.exp(ndimage.zoom(coarse, n / 4, order=3, mode="nearest")[:n, :n])
+    image = acquisition_contrast(anatomy, rng, settings.gamma_range, settings.gain_range, settings.bias_field_strength)
     sigma = rng.uniform(*settings.noise_range)
     image = np.hypot(image + rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape))
     stored = np.clip(np.round(image * INTENSITY_SCALE), 0, 4095).astype(np.int16)
@@ -221,17 +222,11 @@ def build_demo_dataset(
         for folder in ("images", "masks", "dicom"):
             (staging / folder).mkdir()
         for split in SPLITS:
-            n = counts[split]
-            labels = np.zeros(n, dtype=int)
-            labels[: n // 2] = 1
-            np.random.default_rng([settings.seed, SPLITS.index(split), 2**31]).shuffle(labels)
-            for index in range(n):
+            labels = split_labels(settings.seed, split, counts[split])
+            for index, label in enumerate(labels):
                 stem = f"{split}_{index:05d}"
-                sample = render_sample(
-                    template, settings, _sample_rng(settings.seed, split, index), bool(labels[index])
-                )
-                write_nifti(sample["image"], sample["affine"], staging / "images" / f"{stem}.nii.gz")
-                write_nifti(sample["mask"], sample["affine"], staging / "masks" / f"{stem}.nii.gz")
+                sample = render_sample(template, settings, _sample_rng(settings.seed, split, index), bool(label))
+                item = write_sample_nifti(staging, stem, sample, int(label))
                 uid_entropy = [str(settings.seed), split, str(index)]
                 patient = SyntheticPatient(
                     patient_id=f"MXG-{settings.seed}-{stem}",
@@ -247,7 +242,6 @@ def build_demo_dataset(
                     series_description=f"medxgan-monai demo {stem}",
                     sop_instance_uid=generate_uid(UID_ROOT, uid_entropy + ["instance"]),
                 )
-                item = {"image": f"images/{stem}.nii.gz", "label": int(labels[index]), "mask": f"masks/{stem}.nii.gz"}
                 datalist[split].append(item)
                 dicom_datalist[split].append({**item, "image": f"dicom/{stem}.dcm"})
                 if split == "training":
@@ -256,19 +250,55 @@ def build_demo_dataset(
                     lesion_records[stem] = sample["lesions"]
         _write_json(staging / "datalist.json", datalist)
         _write_json(staging / "datalist_dicom.json", dicom_datalist)
-        manifest = {
-            "description": "medxgan-monai demo benchmark: MNI152 T1 axial slices with synthetic lesions",
-            "anatomy_source": "nilearn MNI152 2009 T1 template (resolution 1 mm)",
-            "settings": asdict(settings),
-            "counts": {split: {"total": counts[split], "positive": counts[split] // 2} for split in SPLITS},
-            "intensity_scale": INTENSITY_SCALE,
-            # the same check as image_statistics_auc, on the arrays still in memory
-            "leakage_check_auc": _statistics_auc(training_statistics, [i["label"] for i in datalist["training"]]),
-            "lesions": lesion_records,
-        }
+        description = "medxgan-monai demo benchmark: MNI152 T1 axial slices with synthetic lesions"
+        source = {"anatomy_source": "nilearn MNI152 2009 T1 template (resolution 1 mm)"}
+        manifest = benchmark_manifest(description, source, settings, datalist, training_statistics, lesion_records)
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
         _write_json(staging / "manifest.json", manifest)
     logger.info("demo data written to %s in %.1f s", out_dir, manifest["build_seconds"])
+    return manifest
+
+
+def split_labels(seed: int, split: str, count: int) -> np.ndarray:
+    """The labels of a demo benchmark's split: half of ``count`` positive (rounded down), in an order drawn from
+    (``seed``, split)."""
+    labels = np.zeros(count, dtype=int)
+    labels[: count // 2] = 1
+    np.random.default_rng([seed, SPLITS.index(split), 2**31]).shuffle(labels)
+    return labels
+
+
+def write_sample_nifti(folder: Path, stem: str, sample: dict, label: int) -> dict:
+    """Write a rendered sample's image and mask as ``images/<stem>.nii.gz`` and ``masks/<stem>.nii.gz`` under
+    ``folder``; returns its datalist item (paths relative to ``folder``)."""
+    write_nifti(sample["image"], sample["affine"], folder / "images" / f"{stem}.nii.gz")
+    write_nifti(sample["mask"], sample["affine"], folder / "masks" / f"{stem}.nii.gz")
+    return {"image": f"images/{stem}.nii.gz", "label": label, "mask": f"masks/{stem}.nii.gz"}
+
+
+def benchmark_manifest(
+    description: str,
+    source: dict,
+    settings,
+    datalist: dict[str, list],
+    training_statistics: list[dict[str, float]],
+    lesions: dict,
+) -> dict:
+    """A demo benchmark's manifest (the caller adds its build time and writes it): what it is, its ``source``
+    entries, its settings (a dataclass), the counts per split, the intensity scale, the leakage check
+    (:func:`image_statistics_auc`'s, on the training statistics still in memory) and the lesions."""
+    manifest = {
+        "description": description,
+        **source,
+        "settings": asdict(settings),
+        "counts": {
+            split: {"total": len(items), "positive": sum(item["label"] for item in items)}
+            for split, items in datalist.items()
+        },
+        "intensity_scale": INTENSITY_SCALE,
+        "leakage_check_auc": _statistics_auc(training_statistics, [item["label"] for item in datalist["training"]]),
+        "lesions": lesions,
+    }
     return manifest
 
 

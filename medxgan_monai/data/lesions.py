@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["LesionSettings", "draw_lesions", "smooth_noise"]
+__all__ = ["LesionSettings", "acquisition_contrast", "draw_lesions", "elastic_displacement", "smooth_noise"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,28 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float)
     """Gaussian-filtered white noise rescaled to zero mean and unit standard deviation."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
     return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def elastic_displacement(rng: np.random.Generator, size: int, amplitude_mm: float) -> np.ndarray:
+    """A smooth 2D displacement field ``(2, size, size)`` in mm (each component unit-variance smooth noise scaled to
+    ``amplitude_mm / 2``): the demo benchmarks' elastic warp of the anatomy."""
+    return np.stack([smooth_noise(rng, (size, size), sigma=size / 8) for _ in range(2)]) * amplitude_mm / 2
+
+
+def acquisition_contrast(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    gamma_range: tuple[float, float],
+    gain_range: tuple[float, float],
+    field_strength: float,
+) -> np.ndarray:
+    """The demo benchmarks' acquisition, before noise, equal for both classes: a gamma, a gain and a smooth
+    multiplicative field (a 4 x 4 log-normal grid interpolated cubically over the square ``image``)."""
+    size = image.shape[0]
+    image = np.clip(image, 0, None) ** rng.uniform(*gamma_range)
+    image = image * rng.uniform(*gain_range)
+    coarse = rng.standard_normal((4, 4)) * field_strength
+    return image * np.exp(ndimage.zoom(coarse, size / 4, order=3, mode="nearest")[:size, :size])
 
 
 def perturbed_ellipse(

@@ -42,15 +42,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
 from scipy import ndimage
 
-from medxgan_monai.data.demo import SPLITS, _image_statistics, _statistics_auc, _write_json
-from medxgan_monai.data.lesions import LesionSettings, draw_lesions, smooth_noise
-from medxgan_monai.io import atomic_replace_dir, write_nifti
+from medxgan_monai.data.demo import (
+    INTENSITY_SCALE,  # stored value of normalised intensity 1 (here the radiograph's 99.5th percentile)
+    SPLITS,
+    _image_statistics,
+    _write_json,
+    benchmark_manifest,
+    split_labels,
+    write_sample_nifti,
+)
+from medxgan_monai.data.lesions import LesionSettings, acquisition_contrast, draw_lesions, elastic_displacement
+from medxgan_monai.io import atomic_replace_dir
 from medxgan_monai.io.dicom import _positive_spacing
 
 __all__ = ["CHEST_NODULES", "RadiographDataSettings", "build_radiograph_dataset", "render_radiograph_sample"]
@@ -59,8 +67,6 @@ logger = logging.getLogger(__name__)
 
 #: the radiograph inside pydicom-data that the anatomy comes from (uncompressed, so it decodes without plugins)
 SOURCE_FILE = "RG1_UNCR.dcm"
-#: stored value of normalised intensity 1 (the radiograph's 99.5th percentile); head-room below 4095 for the gain
-INTENSITY_SCALE = 1000.0
 #: spacing (mm) of the anti-aliased copy of the source that samples are resampled from
 WORKING_SPACING_MM = 1.0
 
@@ -260,7 +266,7 @@ def render_radiograph_sample(
     offsets = (np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij")) - (n - 1) / 2) * spacing
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     points = np.tensordot(rotation, offsets, axes=1) + centre.reshape(2, 1, 1)
-    points += np.stack([smooth_noise(anatomy_rng, (n, n), sigma=n / 8) for _ in range(2)]) * settings.elastic_mm / 2
+    points += elastic_displacement(anatomy_rng, n, settings.elastic_mm)
     anatomy, lungs = source.sample(points)
 
     records: list[dict] = []
@@ -269,10 +275,9 @@ def render_radiograph_sample(
         anatomy, mask, records = draw_lesions(anatomy, lungs, nodule_rng, settings.lesions)
 
     # acquisition: gamma, gain, a smooth multiplicative field and quantum noise, equal for both classes
-    image = np.clip(anatomy, 0, None) ** acquisition_rng.uniform(*settings.gamma_range)
-    image *= acquisition_rng.uniform(*settings.gain_range)
-    coarse = acquisition_rng.standard_normal((4, 4)) * settings.bias_field_strength
-    image *= np.exp(ndimage.zoom(coarse, n / 4, order=3, mode="nearest")[:n, :n])
+    image = acquisition_contrast(
+        anatomy, acquisition_rng, settings.gamma_range, settings.gain_range, settings.bias_field_strength
+    )
     noise_level = acquisition_rng.uniform(*settings.noise_range)
     image += noise_level * np.sqrt(image) * acquisition_rng.standard_normal(image.shape)
     stored = np.clip(np.round(image * INTENSITY_SCALE), 0, 4095).astype(np.int16)
@@ -316,35 +321,21 @@ def build_radiograph_dataset(
         for folder in ("images", "masks"):
             (staging / folder).mkdir()
         for split in SPLITS:
-            n = counts[split]
-            labels = np.zeros(n, dtype=int)
-            labels[: n // 2] = 1
-            np.random.default_rng([settings.seed, SPLITS.index(split), 2**31]).shuffle(labels)
-            for index in range(n):
+            for index, label in enumerate(split_labels(settings.seed, split, counts[split])):
                 stem = f"{split}_{index:05d}"
                 generators = sample_generators(settings.seed, split, index)
-                sample = render_radiograph_sample(source, settings, generators, bool(labels[index]))
-                write_nifti(sample["image"], sample["affine"], staging / "images" / f"{stem}.nii.gz")
-                write_nifti(sample["mask"], sample["affine"], staging / "masks" / f"{stem}.nii.gz")
-                item = {"image": f"images/{stem}.nii.gz", "label": int(labels[index]), "mask": f"masks/{stem}.nii.gz"}
-                datalist[split].append(item)
+                sample = render_radiograph_sample(source, settings, generators, bool(label))
+                datalist[split].append(write_sample_nifti(staging, stem, sample, int(label)))
                 if split == "training":
                     training_statistics.append(_image_statistics(sample["image"]))
                 if sample["lesions"]:
                     lesion_records[stem] = sample["lesions"]
         _write_json(staging / "datalist.json", datalist)
-        manifest = {
-            "description": "medxgan-monai chest radiograph demo benchmark: crops of a real PA chest CR with synthetic "
-            "lung nodules",
-            "anatomy_source": source.source,
-            "source_pixel_spacing_mm": list(source.source_spacing_mm),
-            "settings": asdict(settings),
-            "counts": {split: {"total": counts[split], "positive": counts[split] // 2} for split in SPLITS},
-            "intensity_scale": INTENSITY_SCALE,
-            # the same check as image_statistics_auc, on the arrays still in memory
-            "leakage_check_auc": _statistics_auc(training_statistics, [i["label"] for i in datalist["training"]]),
-            "lesions": lesion_records,
-        }
+        description = (
+            "medxgan-monai chest radiograph demo benchmark: crops of a real PA chest CR with synthetic nodules"
+        )
+        provenance = {"anatomy_source": source.source, "source_pixel_spacing_mm": list(source.source_spacing_mm)}
+        manifest = benchmark_manifest(description, provenance, settings, datalist, training_statistics, lesion_records)
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
         _write_json(staging / "manifest.json", manifest)
     logger.info("chest radiograph demo data written to %s in %.1f s", out_dir, manifest["build_seconds"])
