@@ -64,8 +64,8 @@ def test_the_stopwatch_separates_iterations_from_what_each_epoch_adds():
         calibration.record("gan", 1.0, stopwatch.epochs[:1] + [{**stopwatch.epochs[1], "iterations": 1}], 6)
 
 
-#: the recipe's kinds with the shipped phases' settings (so that the calibration of the shipped recipe is reused),
-#: several epochs each on the tiny datalist's 16 training images
+#: the recipe's kinds with the shipped GAN phases' settings merged (each kind is calibrated with its phases' settings
+#: merged: the same as the shipped recipe's, so its calibration is reused), several epochs each on 16 training images
 BUDGET_PHASES = [
     {"name": "classifier", "kind": "classifier", "images": 64},
     {"name": "gan", "kind": "gan", "gan_images": 64},
@@ -74,7 +74,7 @@ BUDGET_PHASES = [
         "kind": "gan",
         "gan_images": 32,
         "encoder_images": 32,
-        "settings": {"train#trainer#lambda_classifier": 6.0},
+        "settings": {"train#trainer#lambda_classifier": 6.0, "train#trainer#lambda_counterfactual": 1.0},
     },
     {"name": "counterfactual_encoder", "kind": "counterfactual_encoder", "images": 48},
 ]
