@@ -119,3 +119,41 @@ def test_a_budget_too_small_is_refused_clearly_and_a_larger_one_shortens_the_pha
     report = (out / "report.md").read_text()
     assert "Time budget:" in report and "![training curves](curves.png)" in report
     assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_a_budgeted_plan_shortens_the_phases_left_when_the_phases_so_far_took_longer(tiny_demo, tmp_path, monkeypatch):
+    from medxgan_monai.training import ExplainerTraining
+
+    monkeypatch.setattr(ExplainerTraining, "calibrate", lambda self: MEASURED)
+    out = tmp_path / "replan"
+    # 16 training images: the MEASURED machine's 63 iterations per epoch stand for a larger datalist
+    training = ExplainerTraining(tiny_demo / "datalist.json", out, RECIPE, max_minutes=60, evaluate=False)
+    plan = training.plan()
+    scale = json.loads((out / "plan.json").read_text())["budget"]["scale"]
+    assert 0 < scale < 1
+
+    def finish(index: int, seconds: float) -> None:
+        (out / plan[index]["name"]).mkdir(exist_ok=True)
+        (out / plan[index]["name"] / "phase_complete.json").write_text(json.dumps({"seconds": seconds}))
+
+    finish(0, plan[0]["estimated_seconds"] * 0.9)  # faster than estimated: the plan stays (never lengthened)
+    before = [dict(entry) for entry in plan]
+    training._replan(plan, 1)
+    assert plan == before
+    finish(1, plan[1]["estimated_seconds"] * 1.5)  # slower: the phases left are shortened to fit the time left
+    training._replan(plan, 2)
+    record = json.loads((out / "plan.json").read_text())
+    (replanned,) = record["budget"]["replanned"]
+    assert replanned["before"] == "finetune" and replanned["scale"] < scale and replanned["ratio"] > 1
+    assert record["phases"][2]["gan_images"] == round(30_000 * replanned["scale"]) < before[2]["gan_images"]
+    assert record["phases"][:2] == before[:2], "finished phases keep their entries"
+    left = (
+        60 * 60
+        - MEASURED.seconds
+        - sum(entry["estimated_seconds"] * f for entry, f in zip(before[:2], (0.9, 1.5), strict=True))
+    )
+    ratio = replanned["ratio"]
+    assert sum(ratio * entry["estimated_seconds"] for entry in record["phases"][2:]) <= PLANNED_SHARE * left
+    finish(2, 10 * 60 * 60)  # far over: the last phase runs one epoch, the budget is exceeded
+    training._replan(plan, 3)
+    assert plan[3]["epochs"] == {"train#trainer#max_epochs": 1}

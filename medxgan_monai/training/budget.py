@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from medxgan_monai.handlers._ignite import Engine, Events
 
-__all__ = ["BudgetError", "Calibration", "EpochStopwatch", "fit_to_budget", "phase_seconds"]
+__all__ = ["BudgetError", "Calibration", "EpochStopwatch", "fit_to_budget", "phase_seconds", "scaled"]
 
 #: the part of the budget the plan may fill; the rest absorbs the model's error: a calibration of 8 iterations per
 #: stage under-estimated the GAN epochs of a 30-minute run on 2,000 images by about 15% (2 CPU cores)
@@ -109,6 +109,16 @@ class Calibration:
         spent = sum(epoch["iterations"] * epoch["iteration_seconds"] + epoch["overhead_seconds"] for epoch in epochs)
         self.fixed[kind] = max(0.0, wall_seconds - spent)
         self.iterations_per_epoch[kind] = iterations_per_epoch
+
+    def scaled(self, ratio: float) -> Calibration:
+        """Every time times ``ratio`` (the phases run so far took ``ratio`` times their estimates)."""
+        return Calibration(
+            iteration={key: value * ratio for key, value in self.iteration.items()},
+            epoch_overhead={key: value * ratio for key, value in self.epoch_overhead.items()},
+            fixed={key: value * ratio for key, value in self.fixed.items()},
+            iterations_per_epoch=dict(self.iterations_per_epoch),
+            seconds=self.seconds,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -38,7 +38,14 @@ from medxgan_monai.data.datalist import load_datalist
 from medxgan_monai.handlers.training_progress import PlanProgress, metric_number
 from medxgan_monai.handlers.validity_stop import ValidityStop
 from medxgan_monai.io.atomic import atomic_write_text
-from medxgan_monai.training.budget import Calibration, EpochStopwatch, fit_to_budget, phase_seconds
+from medxgan_monai.training.budget import (
+    BudgetError,
+    Calibration,
+    EpochStopwatch,
+    fit_to_budget,
+    phase_seconds,
+    scaled,
+)
 from medxgan_monai.training.curves import plot_training_curves, read_history
 
 __all__ = ["PHASE_KINDS", "ExplainerTraining", "Phase", "PhaseError", "run_bundle_workflow"]
@@ -219,29 +226,65 @@ class ExplainerTraining:
         training_images = self._training_images()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = {"datalist": str(self.datalist), "training_images": training_images}
-        phases, calibration = self.phases, None
+        phases, self._calibration = self.phases, None
         if self.max_minutes is not None:
-            calibration = self.calibrate()
-            left = self.max_minutes * 60 - calibration.seconds
-            scale, phases = fit_to_budget(self.phases, training_images, calibration, left)
+            self._calibration = self.calibrate()
+            left = self.max_minutes * 60 - self._calibration.seconds
+            scale, phases = fit_to_budget(self.phases, training_images, self._calibration, left)
             record["budget"] = {
                 "max_minutes": self.max_minutes,
-                "calibration_seconds": round(calibration.seconds, 1),
+                "calibration_seconds": round(self._calibration.seconds, 1),
                 "scale": round(scale, 4),
-                "estimated_seconds": round(sum(phase_seconds(p, training_images, calibration) for p in phases), 1),
+                "estimated_seconds": round(
+                    sum(phase_seconds(p, training_images, self._calibration) for p in phases), 1
+                ),
+                "replanned": [],
             }
             logger.info("budget %g min: each phase at %.1f%% of the recipe's images", self.max_minutes, 100 * scale)
-        plan = []
-        for phase in phases:
-            epochs = phase.epochs(training_images)
-            images = epochs["train#trainer#max_epochs"] * training_images
-            entry = {**asdict(phase), "settings": dict(phase.settings), "epochs": epochs, "images_planned": images}
-            if calibration is not None:
-                entry["estimated_seconds"] = round(phase_seconds(phase, training_images, calibration), 1)
-            plan.append(entry)
-        record["phases"] = plan
+        record["phases"] = [self._plan_entry(phase, training_images) for phase in phases]
+        self._plan_record = record
         atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
-        return plan
+        return record["phases"]
+
+    def _plan_entry(self, phase: Phase, training_images: int) -> dict:
+        epochs = phase.epochs(training_images)
+        images = epochs["train#trainer#max_epochs"] * training_images
+        entry = {**asdict(phase), "settings": dict(phase.settings), "epochs": epochs, "images_planned": images}
+        if self._calibration is not None:
+            entry["estimated_seconds"] = round(phase_seconds(phase, training_images, self._calibration), 1)
+        return entry
+
+    def _replan(self, plan: list[dict], index: int) -> None:
+        """Before phase ``index`` of a budgeted plan: the phases before it took ``ratio`` times their estimates;
+        shorten the phases left (never lengthen them) so that their estimates times ``ratio`` fit the time left.
+        When even one epoch per stage does not fit any more, the phases left run one epoch per stage, and the budget
+        is exceeded (stopping would throw away what was trained)."""
+        records = [json.loads((self.output_dir / p["name"] / PHASE_COMPLETE).read_text()) for p in plan[:index]]
+        estimated = sum(p["estimated_seconds"] for p in plan[:index])
+        if not records or estimated <= 0:
+            return
+        spent = sum(record["seconds"] for record in records)
+        ratio = spent / estimated
+        left = self.max_minutes * 60 - self._calibration.seconds - spent
+        training_images = self._plan_record["training_images"]
+        recipe, budget = self.phases[index:], self._plan_record["budget"]
+        try:
+            scale, phases = fit_to_budget(recipe, training_images, self._calibration.scaled(ratio), left)
+        except BudgetError:
+            scale, phases = 0.0, [scaled(phase, 0.0) for phase in recipe]
+            logger.warning("the budget is spent: the %d phase(s) left run one epoch per stage", len(recipe))
+        if scale >= (budget["replanned"][-1]["scale"] if budget["replanned"] else budget["scale"]):
+            return
+        logger.info(
+            "the phases so far took %.2fx their estimates: the %d phase(s) left shortened to %.1f%% of the recipe",
+            ratio,
+            len(recipe),
+            100 * scale,
+        )
+        plan[index:] = [self._plan_entry(phase, training_images) for phase in phases]
+        budget["replanned"].append({"before": plan[index]["name"], "ratio": round(ratio, 3), "scale": round(scale, 4)})
+        self._plan_record["phases"] = plan
+        atomic_write_text(self.output_dir / "plan.json", json.dumps(self._plan_record, indent=2) + "\n")
 
     def _training_images(self) -> int:
         training_images = len(load_datalist(self.datalist, "training"))
@@ -307,8 +350,12 @@ class ExplainerTraining:
         plan = self.plan()  # the calibration, if any, is not part of the plan's rate
         self._started, self._images_done = time.monotonic(), 0
         weights = {"classifier_ckpt": str(self.classifier_ckpt)} if self.classifier_ckpt else {}
-        for index, planned in enumerate(plan):
+        for index in range(len(plan)):
             unfinished = [p for p in plan[index:] if not (self.output_dir / p["name"] / PHASE_COMPLETE).is_file()]
+            if self.max_minutes is not None and unfinished and unfinished[0] is plan[index]:
+                self._replan(plan, index)
+                unfinished = plan[index:]
+            planned = plan[index]
             left = sum(p["images_planned"] for p in unfinished)
             progress = PlanProgress(
                 planned["name"],
@@ -494,6 +541,11 @@ class ExplainerTraining:
                 f"{budget['calibration_seconds']:.0f} s; every phase at {100 * budget['scale']:.1f}% of the recipe's "
                 f"images; estimated training {budget['estimated_seconds']:.0f} s.",
                 "",
+            ]
+            lines += [
+                f"Re-planned before `{entry['before']}`: the phases before it took {entry['ratio']:.2f}x their "
+                f"estimates; the phases left run at {100 * entry['scale']:.1f}% of the recipe's images.\n"
+                for entry in budget.get("replanned", [])
             ]
         lines += ["| phase | kind | epochs planned | epochs run | seconds | estimated s | final validation metrics |"]
         lines += ["|---" * 7 + "|"]
