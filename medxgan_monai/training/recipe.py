@@ -41,6 +41,7 @@ from medxgan_monai.io.atomic import atomic_write_text
 from medxgan_monai.training.budget import (
     BudgetError,
     Calibration,
+    CallsEveryImage,
     EpochStopwatch,
     fit_to_budget,
     phase_seconds,
@@ -330,10 +331,12 @@ class ExplainerTraining:
             overrides = self._overrides(trial, trial.epochs(1), weights, folder, resume=False)
             stopwatch, natural = EpochStopwatch(), {}
 
-            def shorten(trainer, parser, stopwatch=stopwatch, natural=natural) -> None:
+            def shorten(trainer, parser, stopwatch=stopwatch, natural=natural, kind=kind) -> None:
                 natural["iterations"] = trainer.state.epoch_length  # a full epoch (or the settings' epoch_length)
                 trainer.state.epoch_length = min(self.calibration_iterations, natural["iterations"])
                 stopwatch.attach(trainer)
+                if kind == "counterfactual_encoder":  # it trains on the images called positive: measure them all
+                    trainer.refiner.classifier = CallsEveryImage(trainer.refiner.classifier, trainer.refiner.target)
 
             logger.info("calibrating the %s phases: %d iterations per stage", kind, self.calibration_iterations)
             start = time.perf_counter()
