@@ -504,7 +504,7 @@ class ExplainerTraining:
         start = time.monotonic()
         run_bundle_workflow(self.bundle_root, ("inference.json", "evaluate.json"), "infer", overrides)
         classifier = self._evaluate_classifier(
-            weights["classifier_ckpt"], section, output.with_name(output.name + "_classifier")
+            weights["classifier_ckpt"], section, output.with_name("classifier_" + output.name)
         )
         record = {"folder": str(output), "weights": fingerprint, "section": section, "classifier": classifier}
         record["seconds"] = round(time.monotonic() - start, 1)
