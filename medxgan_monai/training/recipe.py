@@ -537,7 +537,7 @@ class ExplainerTraining:
         """``report.md`` and ``curves.png``: each phase's epochs (planned, run, and why fewer), wall time against the
         budget's estimate, final metrics, the curves of every epoch, the weights and the evaluation summary."""
         lines = ["# medXGAN explainer training", "", f"Datalist: `{self.datalist}`", ""]
-        budget = json.loads((self.output_dir / "plan.json").read_text()).get("budget")
+        budget = self._plan_record.get("budget")  # plan.json as this run planned and re-planned it
         if budget:
             lines += [
                 f"Time budget: {budget['max_minutes']:g} min for the training. Calibration "
