@@ -125,9 +125,12 @@ def persistent_run_name(output_dir: str | os.PathLike, prefix: str, resume: bool
     return name
 
 
-def shipped_companion(bundle_root: str | os.PathLike, name: str, **weights: str | os.PathLike) -> str | None:
-    """The bundle's ``models/<name>`` when every one of ``weights`` (setting -> path) is the bundle's own file of that
-    name (``generator_ckpt`` -> ``models/generator.pt``) and the bundle has that file, else ``None``.
+def shipped_companion(
+    bundle_root: str | os.PathLike, name: str, folder: str = "models", **weights: str | os.PathLike
+) -> str | None:
+    """The bundle's ``<folder>/<name>`` when every one of ``weights`` (setting -> path) is the bundle's own file of
+    that name in ``folder`` (``generator_ckpt`` -> ``models/generator.pt``) and the bundle has that file, else
+    ``None``. ``folder`` is ``models/3d`` for the native 3D weights (``configs/3d.json``).
 
     For weights trained for one particular set of others: the shipped counterfactual encoder fits only the shipped
     generator and encoder, so a run with a user's own generator or encoder must not pick it up by default.
@@ -137,7 +140,7 @@ def shipped_companion(bundle_root: str | os.PathLike, name: str, **weights: str 
         "$medxgan_monai.bundle.shipped_companion(@bundle_root, 'counterfactual_encoder.pt',
            generator_ckpt=@generator_ckpt, encoder_ckpt=@encoder_ckpt)"
     """
-    models = Path(bundle_root) / "models"
+    models = Path(bundle_root) / folder
     for setting, path in weights.items():
         shipped = models / (setting.removesuffix("_ckpt") + ".pt")
         if path is None or Path(path).resolve() != shipped.resolve():

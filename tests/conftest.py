@@ -89,14 +89,14 @@ def brain_like(shape, seed: int = 0):
     return (1000 * (np.sqrt((grid**2).sum(0)) < 0.8) + 50 * rng.random(shape)).astype(np.float32)
 
 
-def evaluation_workflow(datalist: Path, output_dir: Path, weights: dict, **overrides):
-    """The evaluation bundle (``inference.json`` + ``evaluate.json``) on the tiny networks of :data:`TINY_BUNDLE`
-    with ``weights``, initialized; MLflow in ``output_dir``'s parent folder (``mlruns.db``)."""
+def evaluation_workflow(datalist: Path, output_dir: Path, weights: dict, config_files=(), **overrides):
+    """The evaluation bundle (``inference.json`` + ``evaluate.json`` + ``config_files``) on the tiny networks of
+    :data:`TINY_BUNDLE` with ``weights``, initialized; MLflow in ``output_dir``'s parent folder (``mlruns.db``)."""
     from monai.bundle import ConfigWorkflow
 
     configs = BUNDLE_ROOT / "configs"
     workflow = ConfigWorkflow(
-        config_file=[str(configs / "inference.json"), str(configs / "evaluate.json")],
+        config_file=[str(configs / "inference.json"), str(configs / "evaluate.json"), *config_files],
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         workflow_type="infer",
@@ -108,3 +108,30 @@ def evaluation_workflow(datalist: Path, output_dir: Path, weights: dict, **overr
     )
     workflow.initialize()
     return workflow
+
+
+def oblique_series(folder: Path, count: int = 5, skip: int | None = None, seed: int = 0) -> list[Path]:
+    """An oblique, anisotropic MR series; files named and numbered in shuffled order (sorting must use positions)."""
+    import random
+
+    import numpy as np
+
+    from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
+
+    folder.mkdir(parents=True)
+    patient = SyntheticPatient("VOL-TEST", "VOLUME^TEST")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    cosines = (0.96, 0.28, 0.0, 0.0, 0.0, -1.0)  # rows along a tilted x, columns down the feet
+    normal = np.cross(cosines[:3], cosines[3:])
+    paths = []
+    for name_index, index in enumerate(order):
+        if index == skip:
+            continue
+        position = tuple(float(v) for v in np.array([10.0, -20.0, 30.0]) + 2.5 * index * normal)
+        geometry = MRSliceGeometry(position, cosines, pixel_spacing=(0.8, 1.2), slice_thickness=2.5)
+        pixels = brain_like((36, 40), seed=index).astype(np.uint16)
+        path = folder / f"img_{name_index:02d}.dcm"
+        write_mr_slice(pixels, geometry, patient, path, instance_number=count - index)
+        paths.append(path)
+    return paths

@@ -1,9 +1,11 @@
 """The demo volumes: determinism, exact 3D masks, anatomy continuous across slices, the DICOM series lining up with the
-NIfTI volume and its mask, the datalist read as the product reads it, and the command line option."""
+NIfTI volume and its mask, the datalist read as the product reads it, and the command line option; the native-3D
+benchmark (``--anatomy mni152_3d``): its splits and streams, exact masks, datalist, manifest and command line."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -11,8 +13,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from medxgan_monai.cli.make_demo_data import _parser, _settings
 from medxgan_monai.cli.make_demo_data import main as make_demo_data
 from medxgan_monai.data import (
+    BENCHMARK_3D,
     DemoDataSettings,
     DemoVolumeSettings,
     build_demo_volumes,
@@ -26,12 +30,22 @@ from medxgan_monai.io import group_dicom_series, read_dicom_series
 SIZE, SLICES = 32, 6
 TINY = DemoVolumeSettings(n_volumes=4, slices=SLICES, demo=DemoDataSettings(size=SIZE, seed=7))
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+#: the native-3D benchmark at its real 32^3 grid, with a few volumes per split
+TINY_3D = replace(BENCHMARK_3D, dicom_volumes=2, demo=replace(BENCHMARK_3D.demo, seed=7, n_train=3, n_val=2, n_test=2))
+SPLITS_3D = ("training", "validation", "test")
 
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_volumes") / "volumes"
     build_demo_volumes(out, TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def benchmark_3d(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo3d") / "demo3d"
+    build_demo_volumes(out, TINY_3D)
     return out
 
 
@@ -231,3 +245,121 @@ def test_settings_are_checked():
         DemoVolumeSettings(lesion_slices=(1, 4))
     with pytest.raises(ValueError, match="slice_step_mm"):
         DemoVolumeSettings(slice_step_mm=0.0)
+
+
+def test_benchmark_3d_is_the_same_files_for_the_same_settings(benchmark_3d, tmp_path):
+    again = tmp_path / "again"
+    build_demo_volumes(again, TINY_3D)
+    files = sorted(path.relative_to(benchmark_3d) for path in benchmark_3d.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(again) for path in again.rglob("*") if path.is_file())
+    for file in files:
+        if file.name != "manifest.json":  # it holds the build time
+            assert (benchmark_3d / file).read_bytes() == (again / file).read_bytes(), file
+    manifest, repeated = (json.loads((root / "manifest.json").read_text()) for root in (benchmark_3d, again))
+    assert {**manifest, "build_seconds": 0} == {**repeated, "build_seconds": 0}
+
+
+def test_benchmark_3d_draws_each_split_and_volume_from_its_own_stream():
+    anatomy = {split: render_volume(TINY_3D, 0, positive=False, split=split)["lesion_free"] for split in SPLITS_3D}
+    others = [
+        render_volume(TINY_3D, 1, positive=False, split="test")["lesion_free"],
+        # the test volumes of the same seed and grid, and the benchmark of another seed
+        render_volume(replace(TINY_3D, training_splits=False), 0, positive=False)["lesion_free"],
+        render_volume(replace(TINY_3D, demo=replace(TINY_3D.demo, seed=8)), 0, positive=False)["lesion_free"],
+    ]
+    volumes = [*anatomy.values(), *others]
+    for a in range(len(volumes)):
+        for b in range(a + 1, len(volumes)):
+            assert not np.array_equal(volumes[a], volumes[b]), (a, b)
+    with pytest.raises(ValueError, match="split must be one of test"):
+        render_volume(TINY, 0, positive=False, split="training")
+
+
+def test_benchmark_3d_volumes_are_whole_isotropic_grids_with_exact_masks(benchmark_3d):
+    manifest = json.loads((benchmark_3d / "manifest.json").read_text())
+    for split in SPLITS_3D:
+        for index, item in enumerate(load_datalist(benchmark_3d / "datalist.json", split, require_mask=True)):
+            image, mask = _array(Path(item["image"])), _array(Path(item["mask"]))
+            assert image.shape == mask.shape == (32, 32, 32)
+            assert image.dtype == np.int16 and mask.dtype == np.uint8
+            np.testing.assert_allclose(_affine(Path(item["image"]))[:3, :3], np.diag([-5.0, -5.0, 5.0]), atol=1e-6)
+            np.testing.assert_array_equal(_affine(Path(item["mask"])), _affine(Path(item["image"])))
+            # the same volume without lesions differs from the stored one exactly at the mask
+            volume = render_volume(TINY_3D, index, bool(item["label"]), split=split)
+            np.testing.assert_array_equal(volume["image"], image)
+            np.testing.assert_array_equal(image != volume["lesion_free"], mask.astype(bool))
+            case = f"{split}_{index:05d}"
+            if item["label"] == 0:
+                assert not mask.any() and case not in manifest["lesions"]
+                continue
+            records = manifest["lesions"][case]
+            assert sum(record["voxels"] for record in records) == int(mask.sum())
+            for record in records:
+                # several voxels in every axis, and a central cross-section within the benchmark's range
+                assert min(record["extent_voxels"]) >= 3, (case, record)
+                low, high = TINY_3D.demo.lesions.area_fraction
+                assert low <= record["central_area_fraction"] <= high
+
+
+def test_benchmark_3d_datalist_has_the_splits_and_a_few_dicom_test_volumes(benchmark_3d):
+    datalist = _datalist(benchmark_3d)
+    assert list(datalist) == [*SPLITS_3D, "test_dicom"]
+    for split, count in zip(SPLITS_3D, (3, 2, 2), strict=True):
+        assert [item["image"] for item in datalist[split]] == [f"{split}_{i:05d}.nii.gz" for i in range(count)]
+        assert [item["mask"] for item in datalist[split]] == [f"{split}_{i:05d}_mask.nii.gz" for i in range(count)]
+        assert sum(item["label"] for item in datalist[split]) == count // 2
+    # one positive and one negative test volume as DICOM series, each its NIfTI volume with the mask in its grid
+    dicom = datalist["test_dicom"]
+    assert sorted(item["label"] for item in dicom) == [0, 1]
+    for item in dicom:
+        case = item["image"].removesuffix("_dicom")
+        assert {"image": f"{case}.nii.gz", "label": item["label"], "mask": f"{case}_mask.nii.gz"} in datalist["test"]
+        series = read_dicom_series(_dicom_files(benchmark_3d / item["image"]))
+        slices = [pydicom.dcmread(path).pixel_array.T for path in series.paths]  # [row, column] to (column, row)
+        np.testing.assert_array_equal(np.stack(slices, axis=-1), _array(benchmark_3d / f"{case}.nii.gz"))
+        np.testing.assert_allclose(series.affine, _affine(benchmark_3d / f"{case}.nii.gz"), atol=1e-4)
+        np.testing.assert_array_equal(_array(benchmark_3d / item["mask"]), _array(benchmark_3d / f"{case}_mask.nii.gz"))
+    assert [item["volume"] for item in collect_inputs(benchmark_3d / "datalist.json", section="training")] == [
+        NIFTI_VOLUME
+    ] * 3
+    manifest = json.loads((benchmark_3d / "manifest.json").read_text())
+    assert manifest["counts"]["training"] == {"total": 3, "positive": 1}
+    assert set(manifest["leakage_check_auc"]) == {"mean", "std", "min", "max", "p01", "p99"}
+    assert manifest["settings"]["training_splits"] is True and manifest["build_seconds"] > 0
+
+
+def test_command_line_builds_the_3d_benchmark_with_the_flags_given(tmp_path, capsys):
+    out = tmp_path / "demo3d"
+    status = make_demo_data(
+        [str(out), "--anatomy", "mni152_3d", "--seed", "3", "--n-train", "2", "--n-val", "0", "--n-test", "2"]
+        + ["--lesion-area", "0.03", "0.05", "--lesion-contrast", "0.3", "0.4"]
+    )
+    assert status == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"]["training"] == {"total": 2, "positive": 1}
+    assert summary["counts"]["validation"] == {"total": 0, "positive": 0}
+    assert "leakage_check_auc" in summary
+    settings = json.loads((out / "manifest.json").read_text())["settings"]
+    assert settings["demo"]["seed"] == 3 and settings["demo"]["lesions"]["area_fraction"] == [0.03, 0.05]
+    assert settings["demo"]["lesions"]["contrast"] == [0.3, 0.4] and settings["demo"]["size"] == 32
+    assert _array(out / _datalist(out)["test"][0]["image"]).shape == (32, 32, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo3d"]
+    # the defaults follow the anatomy: the benchmark's own
+    assert _settings(_parser().parse_args(["out", "--anatomy", "mni152_3d"])) == BENCHMARK_3D.demo
+
+
+@pytest.mark.parametrize(
+    ("anatomy", "flags", "refused"),
+    [
+        ("mni152_3d", ["--size", "64"], "--size"),
+        ("mni152_3d", ["--volumes", "2"], "--volumes"),
+        ("mni152_3d", ["--volume-slices", "8"], "--volume-slices"),
+        ("chest_cr", ["--volume-slices", "8"], "--volume-slices"),
+    ],
+)
+def test_command_line_refuses_flags_the_anatomy_does_not_use(tmp_path, capsys, anatomy, flags, refused):
+    status = make_demo_data([str(tmp_path / "out"), "--anatomy", anatomy, *flags])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert f"{refused} cannot be combined with --anatomy {anatomy}" in error
+    assert not (tmp_path / "out").exists()

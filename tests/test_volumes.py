@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import TINY_BUNDLE, brain_like
+from conftest import TINY_BUNDLE, brain_like, oblique_series
 from PIL import Image
 
 from medxgan_monai.bundle import run_inference
 from medxgan_monai.data import collect_inputs
-from medxgan_monai.io import MRSliceGeometry, SyntheticPatient, write_mr_slice
 
 OBLIQUE = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 3.0, 7.25], [0, 0, 0, 1]])
 
@@ -24,27 +22,6 @@ OBLIQUE = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
-
-
-def _series(folder: Path, count: int = 5, skip: int | None = None, seed: int = 0) -> list[Path]:
-    """An oblique, anisotropic MR series; files named and numbered in shuffled order (sorting must use positions)."""
-    folder.mkdir(parents=True)
-    patient = SyntheticPatient("VOL-TEST", "VOLUME^TEST")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    cosines = (0.96, 0.28, 0.0, 0.0, 0.0, -1.0)  # rows along a tilted x, columns down the feet
-    normal = np.cross(cosines[:3], cosines[3:])
-    paths = []
-    for name_index, index in enumerate(order):
-        if index == skip:
-            continue
-        position = tuple(float(v) for v in np.array([10.0, -20.0, 30.0]) + 2.5 * index * normal)
-        geometry = MRSliceGeometry(position, cosines, pixel_spacing=(0.8, 1.2), slice_thickness=2.5)
-        pixels = brain_like((36, 40), seed=index).astype(np.uint16)
-        path = folder / f"img_{name_index:02d}.dcm"
-        write_mr_slice(pixels, geometry, patient, path, instance_number=count - index)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +37,7 @@ def _explain(inputs, out: Path, weights: dict, **settings):
 
 
 def test_inputs_name_their_volumes(volume, tmp_path):
-    _series(tmp_path / "series")
+    oblique_series(tmp_path / "series")
     (tmp_path / "series" / "notes.txt").write_text("not an image")
     items = collect_inputs([volume, tmp_path / "series"])
     assert [item.get("volume") for item in items] == ["nifti", "dicom_series"]
@@ -108,7 +85,7 @@ def test_a_dicom_series_folder_becomes_one_volume_with_one_parametric_map_and_on
 
     from medxgan_monai.io.series import read_dicom_series
 
-    paths = _series(tmp_path / "series")
+    paths = oblique_series(tmp_path / "series")
     report = _explain([tmp_path / "series"], tmp_path / "out", weights, slices="all")
     assert not report.problems
     expected = read_dicom_series(paths)
@@ -136,7 +113,7 @@ def test_a_dicom_series_folder_becomes_one_volume_with_one_parametric_map_and_on
 
 
 def test_a_broken_series_is_reported_and_the_rest_is_explained(volume, weights, tmp_path):
-    _series(tmp_path / "gap", skip=2)
+    oblique_series(tmp_path / "gap", skip=2)
     report = _explain([tmp_path / "gap", volume], tmp_path / "out", weights, slices="all")
     (problem,) = report.problems
     assert problem.stem == "gap" and "VOLUME" not in problem.problem and "VOL-TEST" not in problem.problem

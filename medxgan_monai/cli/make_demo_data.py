@@ -1,6 +1,8 @@
 """Command line: build the demo benchmark (see :func:`medxgan_monai.data.build_demo_dataset`), and with ``--volumes``
 the demo volumes beside it (:func:`medxgan_monai.data.build_demo_volumes`, in ``OUT_DIR/volumes``); with
-``--anatomy chest_cr`` the chest radiograph benchmark instead (:func:`medxgan_monai.data.build_radiograph_dataset`)."""
+``--anatomy chest_cr`` the chest radiograph benchmark instead (:func:`medxgan_monai.data.build_radiograph_dataset`);
+with ``--anatomy mni152_3d`` the native-3D benchmark (:data:`medxgan_monai.data.BENCHMARK_3D`, built by
+:func:`~medxgan_monai.data.build_demo_volumes`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 from dataclasses import replace
 
 from medxgan_monai.data import (
+    BENCHMARK_3D,
     DemoDataSettings,
     DemoVolumeSettings,
     RadiographDataSettings,
@@ -22,17 +25,35 @@ from medxgan_monai.io import atomic_replace_dir
 
 __all__ = ["main"]
 
-#: the settings class of each anatomy; the flags left out take its defaults (lesions included)
-ANATOMIES = {"mni152": DemoDataSettings, "chest_cr": RadiographDataSettings}
+#: the default settings of each anatomy; the flags left out keep them (lesions included). mni152_3d's are the
+#: native-3D benchmark's 2D demo settings (its grid, z range, split sizes and lesions)
+ANATOMIES = {"mni152": DemoDataSettings(), "chest_cr": RadiographDataSettings(), "mni152_3d": BENCHMARK_3D.demo}
+#: the native-3D benchmark's grid, in words
+_GRID_3D = (
+    f"{BENCHMARK_3D.demo.size} x {BENCHMARK_3D.demo.size} x {BENCHMARK_3D.slices} voxels "
+    f"of {BENCHMARK_3D.slice_step_mm:g} mm"
+)
+#: the flags each anatomy refuses, and why
+NOT_APPLICABLE = {
+    "chest_cr": {
+        "volumes": "the demo volumes are MNI152 brain volumes",
+        "volume_slices": "the demo volumes are MNI152 brain volumes",
+    },
+    "mni152_3d": {
+        "size": f"its volumes are {_GRID_3D}",
+        "volumes": "it is made of volumes already (sections training, validation and test)",
+        "volume_slices": f"its volumes are {_GRID_3D}",
+    },
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = {name: settings() for name, settings in ANATOMIES.items()}
     volume_defaults = DemoVolumeSettings()
     parser = argparse.ArgumentParser(
         prog="make_demo_data",
         description="Build a deterministic demo benchmark: the MNI152 brain MR slices (NIfTI and DICOM images, masks "
-        "and datalists) or crops of a real chest radiograph with lung nodules (NIfTI images, masks and a datalist).",
+        "and datalists), crops of a real chest radiograph with lung nodules (NIfTI images, masks and a datalist) or "
+        "MNI152 brain MR volumes with 3D lesions (NIfTI volumes, masks and a datalist).",
     )
     parser.add_argument("out_dir", help="output folder; created atomically (it appears only when complete)")
     parser.add_argument(
@@ -40,14 +61,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(ANATOMIES),
         default="mni152",
         help="mni152: axial brain MR slices of the MNI152 template with tumour-like lesions (default); chest_cr: crops "
-        "of pydicom-data's PA chest CR with lung nodules (needs pydicom-data)",
+        "of pydicom-data's PA chest CR with lung nodules (needs pydicom-data); mni152_3d: the native-3D benchmark, "
+        f"MNI152 brain volumes of {_GRID_3D} with 3D lesions ({BENCHMARK_3D.dicom_volumes} test "
+        "volumes also as DICOM series)",
     )
 
-    def per_anatomy(attribute) -> str:
-        return ", ".join(f"{name} {attribute(settings)}" for name, settings in defaults.items())
+    def per_anatomy(attribute, flag: str = "") -> str:
+        return ", ".join(
+            f"{name} {attribute(settings)}"
+            for name, settings in ANATOMIES.items()
+            if flag not in NOT_APPLICABLE.get(name, {})
+        )
 
     parser.add_argument(
-        "--size", type=int, help=f"image width and height in pixels (default: {per_anatomy(lambda s: s.size)})"
+        "--size",
+        type=int,
+        help=f"image width and height in pixels (default: {per_anatomy(lambda s: s.size, 'size')})",
     )
     parser.add_argument("--seed", type=int, help=f"default: {per_anatomy(lambda s: s.seed)}")
     parser.add_argument("--n-train", type=int, help=f"default: {per_anatomy(lambda s: s.n_train)}")
@@ -58,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         nargs=2,
         metavar=("MIN", "MAX"),
-        help="area of one lesion as a fraction of the field of view "
+        help="area of one lesion (mni152_3d: of its central cross-section) as a fraction of the field of view "
         f"(default: {per_anatomy(lambda s: ' '.join(map(str, s.lesions.area_fraction)))})",
     )
     parser.add_argument(
@@ -80,9 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--volume-slices",
         type=int,
-        default=volume_defaults.slices,
         metavar="K",
-        help=f"axial slices per volume (default %(default)s), {volume_defaults.slice_step_mm:g} mm apart",
+        help=f"axial slices per volume (default {volume_defaults.slices}), {volume_defaults.slice_step_mm:g} mm apart",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     return parser
@@ -91,34 +119,44 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> DemoDataSettings | RadiographDataSettings:
     """The chosen anatomy's settings: its defaults, replaced by the flags given (the lesion ranges keep its other
     lesion settings, e.g. the chest's bright-only nodules)."""
-    settings_class = ANATOMIES[args.anatomy]
-    defaults = settings_class()
+    defaults = ANATOMIES[args.anatomy]
     given = {name: getattr(args, name) for name in ("size", "seed", "n_train", "n_val", "n_test")}
     lesions = {
         "area_fraction": tuple(args.lesion_area) if args.lesion_area else None,
         "contrast": tuple(args.lesion_contrast) if args.lesion_contrast else None,
     }
     lesion_settings = replace(defaults.lesions, **{k: v for k, v in lesions.items() if v is not None})
-    return settings_class(**{k: v for k, v in given.items() if v is not None}, lesions=lesion_settings)
+    return replace(defaults, **{k: v for k, v in given.items() if v is not None}, lesions=lesion_settings)
+
+
+def _refused_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """One line per flag given, other than at its default, that ``--anatomy`` does not use."""
+    return [
+        f"--{name.replace('_', '-')} cannot be combined with --anatomy {args.anatomy}: {reason}"
+        for name, reason in NOT_APPLICABLE.get(args.anatomy, {}).items()
+        if getattr(args, name) != parser.get_default(name)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.anatomy != "mni152" and args.volumes:
-        print(
-            f"error: --volumes builds MNI152 brain volumes; it cannot be combined with --anatomy {args.anatomy}",
-            file=sys.stderr,
-        )
+    refused = _refused_flags(args, parser)
+    if refused:
+        print("\n".join(f"error: {line}" for line in refused), file=sys.stderr)
         return 2
     try:
         settings = _settings(args)
         if args.anatomy == "chest_cr":
             manifest = build_radiograph_dataset(args.out_dir, settings, overwrite=args.overwrite)
+        elif args.anatomy == "mni152_3d":
+            manifest = build_demo_volumes(args.out_dir, replace(BENCHMARK_3D, demo=settings), overwrite=args.overwrite)
         elif args.volumes == 0:
             manifest = build_demo_dataset(args.out_dir, settings, overwrite=args.overwrite)
         else:
-            volume_settings = DemoVolumeSettings(n_volumes=args.volumes, slices=args.volume_slices, demo=settings)
+            slices = DemoVolumeSettings().slices if args.volume_slices is None else args.volume_slices
+            volume_settings = DemoVolumeSettings(n_volumes=args.volumes, slices=slices, demo=settings)
             # one folder for both, so that OUT_DIR appears only when the images and the volumes are complete
             with atomic_replace_dir(args.out_dir, overwrite=args.overwrite) as staging:
                 # the builder replaces its folder atomically: here the empty staging folder, which is ours

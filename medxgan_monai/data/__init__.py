@@ -1,9 +1,10 @@
-"""Data: the demo benchmark, chest radiograph benchmark and demo volume builders and datalist loading and validation."""
+"""Data: the builders of the demo benchmark, chest radiograph benchmark, demo volumes and native-3D benchmark, and
+datalist loading and validation."""
 
 from medxgan_monai.data.batching import GrowingBatchSampler
 from medxgan_monai.data.datalist import DatalistError, load_datalist, validate_datalist
 from medxgan_monai.data.demo import DemoDataSettings, build_demo_dataset, image_statistics_auc
-from medxgan_monai.data.demo_volumes import DemoVolumeSettings, build_demo_volumes, render_volume
+from medxgan_monai.data.demo_volumes import BENCHMARK_3D, DemoVolumeSettings, build_demo_volumes, render_volume
 from medxgan_monai.data.inputs import (
     InputProblem,
     collect_evaluation_items,
@@ -20,6 +21,7 @@ from medxgan_monai.data.radiograph_demo import (
 )
 
 __all__ = [
+    "BENCHMARK_3D",
     "CHEST_NODULES",
     "DatalistError",
     "DemoDataSettings",

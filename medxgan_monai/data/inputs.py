@@ -20,6 +20,7 @@ from medxgan_monai.data.volumes import (
     expand_volume,
     nifti_volume_shape,
     series_items,
+    slice_keys,
 )
 from medxgan_monai.io.ledger import LEDGER_DIR, numbered_item_name, safe_item_name
 from medxgan_monai.io.nifti import output_geometry
@@ -295,9 +296,12 @@ def screen_inputs(
     min_size: int = 8,
     image_key: str = "image",
     slice_axis: int | None = None,
+    spatial_dims: int = 2,
 ) -> tuple[list[dict], list[InputProblem]]:
-    """Run each item through ``preprocessing`` once and keep those that give a usable image; a volume is cut into
-    its slices (:func:`~medxgan_monai.data.volumes.expand_volume`, along ``slice_axis``), each screened alike.
+    """Run each item through ``preprocessing`` once and keep those that give a usable image; for a 2D model
+    (``spatial_dims`` 2) a volume is cut into its slices (:func:`~medxgan_monai.data.volumes.expand_volume`, along
+    ``slice_axis``), each screened alike; for a 3D model it stays one item, loaded whole (a 2D image is then rejected
+    by the loader: a 3D model explains volumes only).
 
     An item is rejected, with the reason, when it cannot be read (missing, unreadable, unsupported, wrong number of
     dimensions or channels: the loader's :class:`~medxgan_monai.transforms.ImageReadError`), when its source is
@@ -314,10 +318,12 @@ def screen_inputs(
     for item in items:
         source = item[image_key]
         try:
-            slices = expand_volume(item, slice_axis)
+            sliced = spatial_dims == 2
+            slices = expand_volume(item, slice_axis) if sliced else [{**item, **slice_keys()}]
             for piece in slices:
                 image = preprocessing(dict(piece))[image_key]
-                _check_usable(image, piece[image_key], min_size, constant_allowed="volume" in item)
+                # a constant slice (the air above a head) is part of a volume; a constant volume has nothing to show
+                _check_usable(image, piece[image_key], min_size, constant_allowed=sliced and "volume" in item)
         except Exception as error:  # any failure of one input must not stop the batch
             problem = _describe(error)
             problems.append(InputProblem(item.get("stem", Path(source).name), source, problem))
@@ -347,8 +353,12 @@ def _check_usable(image, path: str, min_size: int, constant_allowed: bool = Fals
     # loader; a 1-pixel-wide image keeps its unit axis and is rejected
     while len(source_shape) > image.ndim - 1 and source_shape[-1] == 1:
         source_shape.pop()
-    if min(source_shape, default=0) < min_size:
+    # a volume loaded whole may have few slices (thick-slice MR): the size limit is on its slices' planes
+    in_plane = source_shape[:2] if len(source_shape) == 3 else source_shape
+    if min(in_plane, default=0) < min_size:
         raise ImageReadError(path, f"image of size {tuple(source_shape)} is below {min_size} pixels along an axis")
+    if len(source_shape) == 3 and source_shape[2] < 2:
+        raise ImageReadError(path, f"volume of size {tuple(source_shape)} has one slice")
     # the geometry the outputs will be written in, checked now rather than after the image was explained
     affine, _ = output_geometry(meta)
     if not np.isfinite(affine).all():

@@ -233,13 +233,14 @@ class ExplanationScorer:
             score = row[self.ranking_metric]
             if not math.isfinite(score):
                 continue
+            image, mask, saliency = (a[index, 0].detach().cpu().numpy() for a in (images, masks, maps))
+            caption = f"{row['stem']}\n{self.metrics[self.ranking_metric].title} {score:.2f}"
+            if image.ndim == 3:  # a volume explained whole: its slice with the most lesion (last axis)
+                shown = int(np.argmax(mask.sum(axis=(0, 1))))
+                image, mask, saliency = image[..., shown], mask[..., shown], saliency[..., shown]
+                caption = f"{row['stem']} slice {shown}\n{self.metrics[self.ranking_metric].title} {score:.2f}"
             # MONAI arrays are (x, y): transpose so tiles show rows as a viewer would
-            case = ExampleCase(
-                f"{row['stem']}\n{self.metrics[self.ranking_metric].title} {score:.2f}",
-                images[index, 0].detach().cpu().numpy().T,
-                masks[index, 0].numpy().T > 0.5,
-                maps[index, 0].detach().cpu().numpy().T,
-            )
+            case = ExampleCase(caption, image.T, mask.T > 0.5, saliency.T)
             candidates.append(_Candidate(score, case))
         candidates.sort(key=lambda c: c.score, reverse=self.metrics[self.ranking_metric].higher_is_better)
         if len(candidates) > 2 * self.examples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,10 +25,11 @@ from medxgan_monai.io.explanation_outputs import (
     ExplainedImage,
     ExplainedMethod,
     default_writers,
+    native_volume,
     stack_slices,
 )
 from medxgan_monai.io.ledger import OutputLedger
-from medxgan_monai.io.nifti import SOURCE_FORMAT, output_geometry
+from medxgan_monai.io.nifti import SLICE_SOURCES, SOURCE_FORMAT, output_geometry
 from medxgan_monai.networks.classifier import class_probabilities
 
 __all__ = ["ATTRIBUTIONS", "FAILURE", "SECONDS", "ExplanationHandler", "ExplanationWriter", "InferenceFailed"]
@@ -418,6 +420,8 @@ class ExplanationWriter:
                     sweep.alphas.tolist(),
                 )
             item.methods[method] = result
+        if item.image.ndim == 3:  # a volume explained whole by a 3D model
+            return native_volume(item, _slice_sources(image.meta, item))
         return item
 
     def _invert(self, image: MetaTensor, volumes: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -431,6 +435,14 @@ class ExplanationWriter:
         )
         inverted = inverter(data)
         return {name: np.asarray(inverted[name].detach().cpu().numpy()[0], dtype=np.float32) for name in volumes}
+
+
+def _slice_sources(meta: Mapping, item: ExplainedImage) -> list[str]:
+    """A whole volume's slice files: a DICOM volume's as its loader recorded them; a NIfTI volume's file, once per
+    slice along its last axis."""
+    if SLICE_SOURCES in meta:
+        return [str(path) for path in json.loads(str(meta[SLICE_SOURCES]))]
+    return [item.source] * int(next(iter(item.methods.values())).saliency_in_source_grid.shape[2])
 
 
 SLICE_ROWS = "slice_rows"

@@ -35,6 +35,7 @@ __all__ = [
     "PanelWriter",
     "SweepWriter",
     "default_writers",
+    "native_volume",
     "stack_slices",
 ]
 
@@ -102,7 +103,8 @@ class ExplainedVolume:
     Args:
         slice_axis: the axis the slices are stacked along in the volume's arrays.
         slice_sources: each slice's source file, in slice order (a DICOM series' instances; a NIfTI volume's file).
-        slice_probabilities: the classifier's probability of each slice.
+        slice_probabilities: the classifier's probability of each slice (a volume explained whole by a 3D model,
+            :func:`native_volume`: the volume's, the classifier's only one, for every slice).
         explained: whether each slice was explained (see :class:`~medxgan_monai.handlers.ExplanationHandler`).
         top_slice: the index of the most positive slice.
         strongest: the slices with the strongest evidence, most positive first, as ``(index, slice's
@@ -181,6 +183,75 @@ def stack_slices(
         volume.counterfactuals[name] = ExplainedCounterfactual(
             counterfactual.image, stacked, counterfactual.probability
         )
+    return volume
+
+
+def native_volume(item: ExplainedImage, slice_sources: list[str]) -> ExplainedImage:
+    """A volume explained whole by a 3D model (``item``'s model-grid arrays are 3D), in the form every writer takes
+    for a volume: the source-grid maps and counterfactuals stay whole (NIfTI, the DICOM series' Parametric Map and
+    SEG); the panel shows the slices with the strongest evidence and the GIF the strongest one.
+
+    Slices are along the last axis (a DICOM series' instances; a NIfTI volume's third axis). They are ranked by the
+    sum of the first method's map over each slice of the model grid (the run's first method: the default map), and
+    numbered in the source's slices (the model grid's slice ``k`` of ``K`` lies in source slice
+    ``floor((k + 0.5) * n / K)`` of ``n``). A 3D classifier gives one probability, the volume's: every slice row of
+    the panel shows it.
+
+    Args:
+        item: the volume's :class:`ExplainedImage`, arrays in both grids 3D, sweep frames ``(K, x, y, z)``.
+        slice_sources: each source slice's file, in slice order (a series' instances; the NIfTI file repeated).
+    """
+    axis, count = 2, len(slice_sources)
+    model_slices = item.image.shape[axis]
+    if not item.methods:
+        raise ValueError(f"{item.stem}: a volume without explanations")
+    evidence = next(iter(item.methods.values())).saliency.sum(axis=(0, 1))
+    ranked = [int(k) for k in np.argsort(-evidence, kind="stable")[:STRONGEST_SLICES]]
+
+    def source_slice(k: int) -> int:
+        return min(count - 1, int((k + 0.5) * count / model_slices))
+
+    def model_slice(k: int, whole_volume: bool) -> ExplainedImage:
+        """Slice ``k`` of the model grid as a 2D item; its source-grid arrays are the whole volume's, or the source
+        slice that holds it."""
+        piece = ExplainedImage(
+            stem=item.stem,
+            source=item.source,
+            source_format=item.source_format,
+            affine=item.affine,
+            shape=item.shape,
+            image=item.image[:, :, k],
+            probability=item.probability,
+        )
+        for method, result in item.methods.items():
+            sweep = None
+            if result.sweep is not None:
+                frames, probabilities, alphas = result.sweep
+                sweep = (frames[..., k], probabilities, alphas)
+            in_source = result.saliency_in_source_grid
+            in_source = in_source if whole_volume else in_source[..., source_slice(k)]
+            piece.methods[method] = ExplainedMethod(
+                result.title, result.in_panel, result.saliency[:, :, k], in_source, result.counterfactual_name, sweep
+            )
+            piece.methods[method].peak = result.peak
+        for name, counterfactual in item.counterfactuals.items():
+            in_source = counterfactual.in_source_grid
+            in_source = in_source if whole_volume else in_source[..., source_slice(k)]
+            piece.counterfactuals[name] = ExplainedCounterfactual(
+                counterfactual.image[:, :, k], in_source, counterfactual.probability
+            )
+        return piece
+
+    top = ranked[0]
+    volume = model_slice(top, whole_volume=True)
+    volume.volume = ExplainedVolume(
+        slice_axis=axis,
+        slice_sources=list(slice_sources),
+        slice_probabilities=[item.probability] * count,
+        explained=[True] * count,
+        top_slice=source_slice(top),
+        strongest=[(source_slice(k), model_slice(k, whole_volume=False)) for k in ranked],
+    )
     return volume
 
 

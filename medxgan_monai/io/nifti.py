@@ -10,12 +10,16 @@ import numpy as np
 
 from medxgan_monai.io.atomic import atomic_output
 
-__all__ = ["SOURCE_AFFINE", "SOURCE_FORMAT", "SOURCE_SHAPE", "output_geometry", "recorded_shape", "write_nifti"]
+__all__ = ["SLICE_SOURCES", "SOURCE_AFFINE", "SOURCE_FORMAT", "SOURCE_SHAPE", "output_geometry", "recorded_shape"]
+__all__ += ["write_nifti"]
 
 
 #: metadata keys under which the loader (:class:`~medxgan_monai.transforms.LoadScan`) records a source's format
 #: ("nifti", "dicom" or "bitmap"), array shape as stored, and the affine its outputs are written with
 SOURCE_FORMAT, SOURCE_SHAPE, SOURCE_AFFINE = "source_format", "source_shape", "source_affine"
+#: metadata key of a DICOM volume loaded whole (for a 3D model): its slices' source files in slice order, as one JSON
+#: string (one string per image collates into a batch whatever the slice counts; JSON is read back as data only)
+SLICE_SOURCES = "slice_sources"
 
 
 #: NIfTI's largest number of axes: a recorded shape is padded with -1 to this length, so that the metadata of images

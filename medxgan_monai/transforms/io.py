@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medxgan_monai.io.dicom import messages_redacted, nominal_pixel_spacing, redact_identifying_values
-from medxgan_monai.io.nifti import SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE, recorded_shape
+from medxgan_monai.io.nifti import SLICE_SOURCES, SOURCE_AFFINE, SOURCE_FORMAT, SOURCE_SHAPE, recorded_shape
 
 __all__ = [
     "MAX_DECODED_BYTES",
@@ -457,6 +458,66 @@ class LoadScan(LoadImage):
         }
         return MetaTensor(torch.as_tensor(pixels[None], dtype=torch.float32), affine=affine.copy(), meta=meta)
 
+    def load_dicom_volume(self, source, files: list[str] | None = None) -> MetaTensor:
+        """A DICOM volume loaded whole, for a 3D model: the single-frame instances ``files`` of one series (held in
+        the folder ``source``), or without ``files`` the enhanced multi-frame instance ``source``, as ``(1, columns,
+        rows, slices)``, slices sorted along the normal (:func:`~medxgan_monai.io.series.read_dicom_series`,
+        :func:`~medxgan_monai.io.series.read_dicom_multiframe`). Each slice is loaded as a 2D slice would be
+        (modality rescale, MONOCHROME1, colour, size limits per slice); the volume's affine is the series' (the one
+        its outputs, and a mask in its grid, are written with), and its metadata records its slices' source files
+        (:data:`~medxgan_monai.io.nifti.SLICE_SOURCES`) for the derived DICOM series.
+
+        Raises:
+            ImageReadError: the instances are not one volume (the series reader's problem), a slice cannot be read,
+                the slices differ in size, or the volume decodes to more than ``max_decoded_bytes`` times
+                :data:`MAX_SLICES_PER_LIMIT` bytes.
+        """
+        from medxgan_monai.io.series import SeriesError, read_dicom_multiframe, read_dicom_series
+
+        source = str(source)
+        if files is None and os.path.isdir(source):
+            raise ImageReadError(source, "a folder is loaded as a DICOM series only with its instances' files")
+        try:
+            if files is None:
+                volume = read_dicom_multiframe(source)
+                paths = [source] * volume.shape[2]
+            else:
+                volume = read_dicom_series(files, origin=source)
+                paths = [str(path) for path in volume.paths]
+        except SeriesError as error:
+            raise ImageReadError(source, error.problem) from None
+        slice_loader = LoadScan(
+            spatial_dims=2,
+            grayscale=self.grayscale,
+            max_pixels=self.max_pixels,
+            max_decoded_bytes=self.max_decoded_bytes,
+        )
+        if files is None:
+            pieces = [self.load_frame(source, index) for index in range(len(paths))]
+        else:
+            pieces = [slice_loader(path) for path in paths]
+        shapes = {tuple(piece.shape) for piece in pieces}
+        if len(shapes) != 1:
+            raise ImageReadError(source, f"its slices differ in size: {sorted(shapes)}")
+        stacked = torch.stack([piece.as_tensor() for piece in pieces], dim=-1).float()
+        if stacked.numel() * stacked.element_size() > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
+            raise ImageReadError(
+                source,
+                f"volume of shape {tuple(stacked.shape[1:])} is over the limit of "
+                f"{self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
+            )
+        affine = np.asarray(volume.affine, dtype=np.float64)
+        meta = {
+            "filename_or_obj": source,
+            MetaKeys.SPATIAL_SHAPE: np.asarray(stacked.shape[1:]),
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            SOURCE_FORMAT: "dicom",
+            SOURCE_SHAPE: recorded_shape(stacked.shape[1:]),
+            SOURCE_AFFINE: affine.copy(),
+            SLICE_SOURCES: json.dumps(paths),
+        }
+        return MetaTensor(stacked, affine=torch.as_tensor(affine), meta=meta)
+
     def _multiframe(self, filename: str) -> tuple[np.ndarray, pydicom.Dataset, tuple[int, ...], list[np.ndarray]]:
         """The decoded frames (frame-number order), the header, the frame number of each slice and each frame's
         affine of a multi-frame instance, read once per file version."""
@@ -568,15 +629,28 @@ class LoadScand(MapTransform):
         # a slice of a NIfTI volume or of a multi-frame DICOM instance (see medxgan_monai.data.volumes); a DICOM
         # series' slice is its own file
         index, axis = int(d.get("slice", -1)), int(d.get("slice_axis", -1))
+        # a DICOM volume loaded whole for a 3D model; its file list is consumed here (lists of different lengths
+        # would not collate into a batch)
+        files = d.pop("files", None)
         for key in self.key_iterator(d):
             kind = detect_format(d[key]) if index >= 0 else None
-            if kind == "nifti":
+            if self.loader.spatial_dims == 3 and _is_dicom_volume(d[key], d.get("volume")):
+                d[key] = self.loader.load_dicom_volume(d[key], files if os.path.isdir(d[key]) else None)
+            elif kind == "nifti":
                 d[key] = self.loader.load_slice(d[key], axis, index)
             elif kind == "dicom" and str(d[key]) == str(d.get("volume_source", "")):
                 d[key] = self.loader.load_frame(d[key], index)
             else:
                 d[key] = self.loader(d[key])
         return d
+
+
+def _is_dicom_volume(path, volume: str | None) -> bool:
+    """Whether ``path`` is an item's DICOM volume (:mod:`medxgan_monai.data.volumes`): the folder of a series, or an
+    enhanced multi-frame instance; not, for one, the NIfTI mask beside it."""
+    if volume == "dicom_series":
+        return os.path.isdir(path)
+    return volume == "dicom_multiframe" and detect_format(path) == "dicom"
 
 
 def load_scan(path: str | os.PathLike, spatial_dims: int | None = 2) -> MetaTensor:

@@ -1,0 +1,164 @@
+"""Native 3D: a 3D classifier and a 3D medXGAN explain whole volumes (``configs/3d.json`` on the 2D configs): NIfTI
+and DICOM series in, 3D maps in the source geometry, one Parametric Map and one SEG per series, one row per volume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from conftest import BUNDLE_ROOT, TINY_BUNDLE, brain_like, oblique_series
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+CONFIGS = BUNDLE_ROOT / "configs"
+OBLIQUE = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 3.0, 7.25], [0, 0, 0, 1]])
+SIZE = (16, 16, 16)
+#: the tiny 2D overrides, made 3D: the networks of :func:`_tiny_3d_weights`
+TINY_3D = {
+    **{key: value for key, value in TINY_BUNDLE.items() if not key.endswith("#channels")},
+    "image_size": list(SIZE),
+    "network_def#init_features": 8,
+    "network_def#growth_rate": 4,
+    "generator_channels": [16, 8],
+    "encoder_channels": [8, 16],
+    "counterfactual_max_steps": 2,
+}
+
+
+def _tiny_3d_weights(folder: Path) -> dict:
+    """Seeded random 3D classifier, generator and encoder matching :data:`TINY_3D`; the overrides naming them."""
+    import torch
+    from monai.networks.nets import DenseNet
+
+    from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    modules = {
+        "classifier_ckpt": DenseNet(3, 1, 2, init_features=8, growth_rate=4, block_config=(2, 2)),
+        "generator_ckpt": MedXGANGenerator(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
+        "encoder_ckpt": MedXGANEncoder(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
+    }
+    overrides = {}
+    for key, module in modules.items():
+        overrides[key] = str(folder / f"{key}.pt")
+        torch.save(module.state_dict(), overrides[key])
+    return overrides
+
+
+@pytest.fixture(scope="module")
+def weights_3d(tmp_path_factory) -> dict:
+    return _tiny_3d_weights(tmp_path_factory.mktemp("weights_3d"))
+
+
+def _explain_3d(inputs, out: Path, weights: dict, **settings) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "3d.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE_ROOT),
+        input=[str(p) for p in inputs],
+        output_dir=str(out),
+        tracking_uri=None,
+        **{**TINY_3D, **weights, "methods": ["medxgan_ig", "medxgan", "gradient"], **settings},
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    except Exception:  # the report says which inputs failed; the tests read it
+        pass
+    workflow.finalize()
+    return workflow
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_volumes_are_explained_whole_into_their_own_geometry(weights_3d, tmp_path):
+    nib.save(nib.Nifti1Image(brain_like((20, 24, 10)), OBLIQUE), tmp_path / "head.nii.gz")
+    sources = oblique_series(tmp_path / "series", count=5)
+    nib.save(nib.Nifti1Image(brain_like((24, 24)), np.eye(4)), tmp_path / "slice.nii.gz")
+    out = tmp_path / "out"
+    _explain_3d([tmp_path / "head.nii.gz", tmp_path / "series", tmp_path / "slice.nii.gz"], out, weights_3d)
+
+    source = nib.load(tmp_path / "head.nii.gz")
+    for name in ("head_medxgan_ig", "head_gradient", "head_residual_counterfactual", "head_counterfactual"):
+        written = nib.load(out / f"{name}.nii.gz")
+        assert written.shape == source.shape and np.array_equal(written.affine, source.affine), name
+    maps = nib.load(out / "head_medxgan_ig.nii.gz").get_fdata()
+    assert maps.max() <= 1 + 1e-6 and (maps.max(axis=(0, 1)) > 0).sum() > 1, "one 3D map over several slices"
+
+    rows = _rows(out / "predictions.csv")
+    assert sorted(row["stem"] for row in rows) == ["head", "series"], "one row per volume, none per slice"
+    assert all(row["slice"] == "" and 0 <= float(row["probability"]) <= 1 for row in rows)
+    errors = _rows(out / "errors.csv")
+    assert [row["stem"] for row in errors] == ["slice"] and "3D" in errors[0]["problem"], "a 3D model takes volumes"
+
+    # the series: one Parametric Map and one SEG whose frames reference the instances, in slice order
+    parametric_map = pydicom.dcmread(out / "series_medxgan_ig_pm.dcm")
+    segmentation = pydicom.dcmread(out / "series_medxgan_ig_seg.dcm")
+    assert int(parametric_map.NumberOfFrames) == 5
+    referenced = {
+        frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for frame in parametric_map.PerFrameFunctionalGroupsSequence
+    }
+    assert referenced == {str(pydicom.dcmread(path).SOPInstanceUID) for path in sources}
+    assert segmentation.StudyInstanceUID == pydicom.dcmread(sources[0]).StudyInstanceUID
+
+    with Image.open(out / "head_panel.png") as panel:
+        assert panel.height == 3 * (16 * 3 + 28), "one row for each of the 3 slices with the strongest evidence"
+    with Image.open(out / "head_sweep.gif") as sweep:
+        assert sweep.n_frames == 2 * TINY_3D["sweep_frames"] - 2, "the sweep of one slice, forth and back"
+
+
+@pytest.fixture(scope="module")
+def volume_datalist(tmp_path_factory) -> Path:
+    """Eight small volumes (four with a bright blob and its mask) in training, validation and test sections."""
+    folder = tmp_path_factory.mktemp("volumes")
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in (20, 20, 12)], indexing="ij"))
+    entries = []
+    for index in range(8):
+        image, label = brain_like((20, 20, 12), seed=index), index % 2
+        mask = np.zeros(image.shape, np.uint8)
+        if label:
+            centre = np.array([8 + index % 4, 10, 6])[:, None, None, None]
+            mask = (np.sqrt(((grid - centre) ** 2).sum(0)) < 3).astype(np.uint8)
+            image = image + 600.0 * mask
+        nib.save(nib.Nifti1Image(image, OBLIQUE), folder / f"v{index}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, OBLIQUE), folder / f"v{index}_mask.nii.gz")
+        entries.append({"image": f"v{index}.nii.gz", "label": label, "mask": f"v{index}_mask.nii.gz"})
+    datalist = {"training": entries[:4], "validation": entries[4:6], "test": entries[6:] + entries[:2]}
+    (folder / "datalist.json").write_text(json.dumps(datalist))
+    return folder / "datalist.json"
+
+
+def test_the_evaluation_scores_whole_volume_maps_against_3d_masks(weights_3d, volume_datalist, tmp_path):
+    from conftest import evaluation_workflow
+
+    workflow = evaluation_workflow(
+        volume_datalist,
+        tmp_path / "evaluation",
+        weights_3d,
+        config_files=[str(CONFIGS / "3d.json")],
+        **{key: value for key, value in TINY_3D.items() if key not in TINY_BUNDLE or key == "image_size"},
+        methods=["medxgan_ig", "gradient", "gradcam", "occlusion"],
+        section="test",
+        perturbation_steps=4,
+        bootstrap_samples=200,
+        randomization_images=2,
+        robustness_images=1,
+    )
+    workflow.run()
+    workflow.finalize()
+    rows = _rows(next((tmp_path / "evaluation").glob("**/metrics_per_image.csv")))
+    assert {row["method"] for row in rows} == {"medxgan_ig", "gradient", "gradcam", "occlusion"}
+    assert len(rows) == 4 * 2, "the two positives of the test section, each whole"
+    assert all(0 <= float(row["relevance_mass"]) <= 1 for row in rows)
