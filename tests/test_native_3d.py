@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE, brain_like, oblique_series
+from conftest import BUNDLE_ROOT, TINY_BUNDLE, TINY_TRAINING, brain_like, oblique_series
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -162,3 +162,55 @@ def test_the_evaluation_scores_whole_volume_maps_against_3d_masks(weights_3d, vo
     assert {row["method"] for row in rows} == {"medxgan_ig", "gradient", "gradcam", "occlusion"}
     assert len(rows) == 4 * 2, "the two positives of the test section, each whole"
     assert all(0 <= float(row["relevance_mass"]) <= 1 for row in rows)
+
+
+#: the tiny 2D training overrides, made 3D (two iterations per epoch)
+TINY_3D_TRAINING = {
+    **{key: value for key, value in TINY_TRAINING.items() if not key.endswith("#channels")},
+    "image_size": list(SIZE),
+    "network_def#init_features": 8,
+    "network_def#growth_rate": 4,
+    "generator_channels": [16, 8],
+    "discriminator_channels": [8, 16],
+    "encoder_channels": [8, 16],
+}
+
+
+def test_the_one_command_trains_and_evaluates_a_3d_explainer(volume_datalist, tmp_path, monkeypatch):
+    import torch
+
+    from medxgan_monai.networks import MedXGANGenerator
+    from medxgan_monai.training import run_bundle_workflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "explainer"
+    few_samples = {"validation#num_samples": 8}
+    phases = [
+        {"name": "classifier", "kind": "classifier", "images": 4},
+        {"name": "gan", "kind": "gan", "gan_images": 4, "encoder_images": 4, "settings": few_samples},
+        {"name": "counterfactual_encoder", "kind": "counterfactual_encoder", "images": 4},
+    ]
+    evaluation = {
+        "methods": ["medxgan_ig", "gradient"],
+        "inversion_steps": 2,
+        "counterfactual_steps": 1,
+        "counterfactual_max_steps": 2,
+        "medxgan_ig_steps": 4,
+        "randomization_images": 0,
+        "robustness_images": 0,
+        "perturbation_steps": 2,
+        "bootstrap_samples": 50,
+    }
+    overrides = {"datalist": str(volume_datalist), "output_dir": str(out), "phases": phases, "overlays": ["3d.json"]}
+    overrides.update(settings=TINY_3D_TRAINING, evaluation_settings=evaluation)
+    run_bundle_workflow(BUNDLE_ROOT, ["train_explainer.json"], "train", overrides)
+
+    generator = MedXGANGenerator(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8))
+    generator.load_state_dict(torch.load(out / "gan" / "models" / "generator.pt", weights_only=True))
+    assert (out / "counterfactual_encoder" / "models" / "counterfactual_encoder.pt").is_file()
+    assert sorted(p.name for p in (out / "gan" / "samples").iterdir())[:1] == ["epoch_0001.png"]
+    (evaluated,) = (out / "evaluation").glob("evaluation_*")
+    rows = _rows(evaluated / "metrics_per_image.csv")
+    assert {row["method"] for row in rows} == {"medxgan_ig", "gradient"} and len(rows) == 2 * 2
+    report = (out / "report.md").read_text()
+    assert "3d.json" in report and "test_auc" in report

@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         "shortened by one factor to fit (the evaluation comes after it); default: the recipe as written",
     )
     parser.add_argument(
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: a 2D classifier and explainer of images (default); 3: of whole volumes (the bundle's configs/3d.json: "
+        "32x32x32 voxels, 3D networks)",
+    )
+    parser.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "validity_target": args.validity_target or None,
         "max_minutes": args.max_minutes,
         "settings": settings,
+        "overlays": ["3d.json"] if args.spatial_dims == 3 else [],
     }
     try:
         run_bundle_workflow(args.bundle or DEFAULT_BUNDLE, ["train_explainer.json"], "train", values)

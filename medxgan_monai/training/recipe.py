@@ -161,6 +161,8 @@ class ExplainerTraining:
             written. A rerun with the same budget reuses the calibration and so makes the same plan.
         calibration_iterations: training iterations per stage in each calibration run.
         progress_bar: a progress bar per epoch on a terminal (none when the output is not a terminal).
+        overlays: config files of the bundle (names under ``configs/``) added to every phase's configs and the
+            evaluation's, e.g. ``["3d.json"]``: a 3D classifier and a 3D explainer of whole volumes.
 
     Example::
 
@@ -183,6 +185,7 @@ class ExplainerTraining:
         max_minutes: float | None = None,
         calibration_iterations: int = 8,
         progress_bar: bool = True,
+        overlays: Sequence[str] = (),
     ) -> None:
         self.datalist = Path(datalist).resolve()
         self.output_dir = Path(output_dir).resolve()
@@ -196,6 +199,7 @@ class ExplainerTraining:
         self.register_model_name = register_model_name
         self.evaluate = evaluate
         self.bundle_root = Path(bundle_root).resolve()
+        self.overlays = tuple(_bundle_config(self.bundle_root, name) for name in overlays)
         self.validity_target = validity_target
         if max_minutes is not None and not max_minutes > 0:
             raise PhaseError(f"the time budget must be a positive number of minutes, not {max_minutes!r}")
@@ -309,6 +313,7 @@ class ExplainerTraining:
             "classifier_ckpt": str(self.classifier_ckpt),
             "kinds": {kind: _plain(settings) for kind, settings in merged.items()},
             "iterations": self.calibration_iterations,
+            "overlays": list(self.overlays),
         }
         record_path = self.output_dir / "calibration.json"
         if record_path.is_file():
@@ -422,7 +427,7 @@ class ExplainerTraining:
     def _overrides(self, phase: Phase, epochs: dict, weights: dict, folder: Path, resume: bool) -> dict:
         """The bundle overrides of one run of ``phase`` in ``folder``, starting from ``weights``."""
         configs, prefix = PHASE_KINDS[phase.kind]
-        settings = self._applicable({**self.settings, **dict(phase.settings)}, configs)
+        settings = self._applicable({**self.settings, **dict(phase.settings)}, (*configs, *self.overlays))
         overrides = {**settings, **epochs, **self._inputs(phase, weights)}
         overrides.update(datalist=str(self.datalist), output_dir=str(folder))
         if prefix:
@@ -456,7 +461,8 @@ class ExplainerTraining:
             trainer = attached["trainer"] = parser.get_parsed_content("train#trainer")
             prepare(trainer, parser)
 
-        parser = run_bundle_workflow(self.bundle_root, PHASE_KINDS[kind][0], "train", overrides, prepare_trainer)
+        configs = (*PHASE_KINDS[kind][0], *self.overlays)
+        parser = run_bundle_workflow(self.bundle_root, configs, "train", overrides, prepare_trainer)
         models = Path(overrides["output_dir"]) / "models"
         if kind == "classifier":
             return attached["trainer"], {"classifier_ckpt": str(models / "model.pt")}
@@ -502,7 +508,7 @@ class ExplainerTraining:
             "tracking_uri": default_tracking_uri(self.output_dir / "evaluation"),
         }
         start = time.monotonic()
-        run_bundle_workflow(self.bundle_root, ("inference.json", "evaluate.json"), "infer", overrides)
+        run_bundle_workflow(self.bundle_root, ("inference.json", "evaluate.json", *self.overlays), "infer", overrides)
         classifier = self._evaluate_classifier(
             weights["classifier_ckpt"], section, output.with_name("classifier_" + output.name)
         )
@@ -514,7 +520,7 @@ class ExplainerTraining:
     def _evaluate_classifier(self, checkpoint: str, section: str, folder: Path) -> dict:
         """The classifier's AUC, accuracy, sensitivity and specificity on ``section`` (``evaluate_classifier.json``,
         its files in ``folder``)."""
-        configs = ("train_classifier.json", "evaluate_classifier.json")
+        configs = ("train_classifier.json", "evaluate_classifier.json", *self.overlays)
         overrides = {
             **self._applicable(self.settings, configs),
             "datalist": str(self.datalist),
@@ -537,6 +543,8 @@ class ExplainerTraining:
         """``report.md`` and ``curves.png``: each phase's epochs (planned, run, and why fewer), wall time against the
         budget's estimate, final metrics, the curves of every epoch, the weights and the evaluation summary."""
         lines = ["# medXGAN explainer training", "", f"Datalist: `{self.datalist}`", ""]
+        if self.overlays:
+            lines += [f"Config overlays on every phase and the evaluation: {', '.join(self.overlays)}", ""]
         budget = self._plan_record.get("budget")  # plan.json as this run planned and re-planned it
         if budget:
             lines += [
@@ -644,6 +652,16 @@ def _shared_with_inference(key: str) -> bool:
 def _plain(values: Mapping) -> dict:
     """Parsed config values as JSON-able data (tuples and tensors of sizes as lists)."""
     return json.loads(json.dumps(dict(values), default=lambda value: list(value)))
+
+
+def _bundle_config(bundle_root: Path, name: str) -> str:
+    """``name`` when it is a config file of the bundle (a plain file name under ``configs/``: never a path, so a
+    setting cannot make the recipe run some other file's expressions)."""
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".json"):
+        raise PhaseError(f"an overlay is the name of a config file of the bundle (e.g. 3d.json), not {name!r}")
+    if not (bundle_root / "configs" / name).is_file():
+        raise PhaseError(f"no config {name} in {bundle_root / 'configs'}")
+    return name
 
 
 def _has_masks(datalist: Path, section: str) -> bool:
