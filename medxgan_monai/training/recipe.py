@@ -17,6 +17,7 @@ interrupted classifier phase starts again), evaluates the result with the evalua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -313,7 +314,8 @@ class ExplainerTraining:
             "classifier_ckpt": str(self.classifier_ckpt),
             "kinds": {kind: _plain(settings) for kind, settings in merged.items()},
             "iterations": self.calibration_iterations,
-            "overlays": list(self.overlays),
+            # the bundle's configs as they are now: a changed network size or validation changes what is measured
+            "configs": self._configs_digest(),
         }
         record_path = self.output_dir / "calibration.json"
         if record_path.is_file():
@@ -351,6 +353,14 @@ class ExplainerTraining:
         calibration.seconds = time.monotonic() - started
         atomic_write_text(record_path, json.dumps({"key": key, "calibration": calibration.as_dict()}, indent=2) + "\n")
         return calibration
+
+    def _configs_digest(self) -> str:
+        """A digest of every config file the phases run (overlays included), in order."""
+        names = dict.fromkeys(name for configs, _ in PHASE_KINDS.values() for name in (*configs, *self.overlays))
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(name.encode() + b"\0" + (self.bundle_root / "configs" / name).read_bytes())
+        return digest.hexdigest()
 
     def run(self) -> dict:
         """Run the phases not finished yet, then the evaluation and the report; returns the final weights (the
