@@ -2,7 +2,7 @@
 
 import importlib
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
 
 #: subpackages reachable as attributes after ``import medxgan_monai`` (the configs write
 #: ``$medxgan_monai.bundle.run_name(...)``); each is imported on first access, so importing the package alone loads

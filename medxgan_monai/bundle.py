@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,9 +217,10 @@ def unwrap_config_error(error: BaseException) -> BaseException:
     return error
 
 
-def inference_config(bundle_root: str | os.PathLike = DEFAULT_BUNDLE, **values: Any):
-    """The parsed-on-demand ``configs/inference.json`` of ``bundle_root`` on the CPU, for scripts and tests that take
-    its networks, preprocessing or explainers; ``bundle_root`` and ``values`` (e.g. ``generator_ckpt``) are data
+def inference_config(bundle_root: str | os.PathLike = DEFAULT_BUNDLE, overlays: Sequence[str] = (), **values: Any):
+    """The parsed-on-demand ``configs/inference.json`` of ``bundle_root`` (with the bundle's config files
+    ``overlays`` on top: :func:`overlay_configs`) on the CPU, for scripts and tests that take its networks,
+    preprocessing or explainers; ``bundle_root`` and ``values`` (e.g. ``generator_ckpt``) are data
     (:func:`config_value`), never config expressions.
 
     Example::
@@ -230,29 +231,51 @@ def inference_config(bundle_root: str | os.PathLike = DEFAULT_BUNDLE, **values: 
     from monai.bundle import ConfigParser
 
     config = ConfigParser()
-    config.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
+    names = ("inference.json", *overlay_configs(bundle_root, overlays))
+    config.read_config([str(Path(bundle_root) / "configs" / name) for name in names])
     config.update(config_values({"bundle_root": str(bundle_root), "device": torch.device("cpu"), **values}))
     return config
 
 
-def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUNDLE):
+def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUNDLE, overlays: Sequence[str] = ()):
     """Run ``configs/inference.json`` of ``bundle_root`` with ``overrides`` (e.g. ``input``, ``output_dir``,
     ``methods``) and return its :class:`~medxgan_monai.handlers.InferenceReport`; inputs that could not be explained
     are in ``report.problems`` (not raised). Any other failure is raised unwrapped.
 
     Every override value (and ``bundle_root``) is data (:func:`config_value`): a path such as ``$HOME_scan.nii.gz``
     or ``scan#2.dcm`` is that file, never a config expression, reference or macro. Keys are config ids
-    (``network_def#block_config`` sets one argument of the network). To run the bundle again and again on new
-    inputs with the same networks, use :class:`InferencePipeline`, which loads the weights once.
+    (``network_def#block_config`` sets one argument of the network). ``overlays`` are config files of the bundle
+    added on top of ``inference.json`` (:func:`overlay_configs`; ``["3d.json"]``: the 3D explainer of volumes). To
+    run the bundle again and again on new inputs with the same networks, use :class:`InferencePipeline`, which loads
+    the weights once.
 
     Example::
 
         report = run_inference({"input": ["scan.dcm"], "output_dir": "out/", "methods": ["medxgan"]})
     """
-    return _run_inference_workflow(overrides, bundle_root)[0]
+    return _run_inference_workflow(overrides, bundle_root, overlays=overlays)[0]
 
 
-def _run_inference_workflow(overrides: dict, bundle_root: str | os.PathLike, locator=None):
+def overlay_configs(bundle_root: str | os.PathLike, names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` when each is a config file of the bundle (a plain file name under ``configs/``, e.g. ``3d.json``),
+    to add on top of a workflow's configs. Never a path: a setting cannot make a workflow run another file's
+    expressions.
+
+    Raises:
+        ValueError: a name that is a path, not a ``.json`` name, or not a file of the bundle's configs.
+    """
+    folder = Path(bundle_root) / "configs"
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".json"):
+            raise ValueError(f"an overlay is the name of a config file of the bundle (e.g. 3d.json), not {name!r}")
+        if not (folder / name).is_file():
+            raise ValueError(f"no config {name} in {folder}")
+    return tuple(names)
+
+
+def _run_inference_workflow(
+    overrides: dict, bundle_root: str | os.PathLike, locator=None, overlays: Sequence[str] = ()
+):
     """:func:`run_inference`, also returning the workflow's parser (whose built components can be reused); a
     ``locator`` (MONAI's ``ComponentLocator``) that already indexed the short ``_target_`` names is reused."""
     from monai.bundle import ConfigWorkflow
@@ -260,8 +283,9 @@ def _run_inference_workflow(overrides: dict, bundle_root: str | os.PathLike, loc
     from medxgan_monai.handlers.explanation import InferenceFailed
 
     configs = Path(bundle_root) / "configs"
+    files = [str(configs / name) for name in ("inference.json", *overlay_configs(bundle_root, overlays))]
     workflow = ConfigWorkflow(
-        config_file=str(configs / "inference.json"),
+        config_file=files,
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         workflow_type="infer",
@@ -305,8 +329,14 @@ class InferencePipeline:
     #: the config ids whose built objects later runs reuse: everything that holds network weights
     REUSED = ("classifier_net", "explainers")
 
-    def __init__(self, overrides: dict | None = None, bundle_root: str | os.PathLike = DEFAULT_BUNDLE) -> None:
+    def __init__(
+        self,
+        overrides: dict | None = None,
+        bundle_root: str | os.PathLike = DEFAULT_BUNDLE,
+        overlays: Sequence[str] = (),
+    ) -> None:
         self.overrides = dict(overrides or {})
+        self.overlays = overlay_configs(bundle_root, overlays)
         if reused := set(self.REUSED) & set(self.overrides):
             raise ValueError(f"{sorted(reused)} are built by the pipeline and cannot be overridden")
         self.bundle_root = bundle_root
@@ -320,7 +350,7 @@ class InferencePipeline:
         if changed := set(overrides) & set(self.overrides):
             raise ValueError(f"{sorted(changed)} are fixed for this pipeline (its networks were built with them)")
         report, parser = _run_inference_workflow(
-            {**self.overrides, **overrides, **self.built}, self.bundle_root, self.locator
+            {**self.overrides, **overrides, **self.built}, self.bundle_root, self.locator, self.overlays
         )
         self.locator = parser.locator
         if not self.built:

@@ -135,3 +135,11 @@ def oblique_series(folder: Path, count: int = 5, skip: int | None = None, seed: 
         write_mr_slice(pixels, geometry, patient, path, instance_number=count - index)
         paths.append(path)
     return paths
+
+
+def dciodvfy_errors(path) -> list[str]:
+    """The "Error" lines dicom3tools' ``dciodvfy`` reports for the DICOM file ``path`` (its IOD checked)."""
+    import subprocess
+
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from conftest import dciodvfy_errors
 from pydicom.dataelem import RawDataElement
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
@@ -92,11 +92,6 @@ def _frame_positions(written: pydicom.Dataset) -> np.ndarray:
 
 def _positions(sources) -> np.ndarray:
     return np.array([[float(v) for v in source.ImagePositionPatient] for source in sources])
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
 
 
 # --- the series Parametric Map --------------------------------------------------------------------------------------
@@ -220,7 +215,7 @@ def test_segmentation_where_no_pixel_passes_the_threshold_is_a_valid_empty_objec
     assert _frame_sources(written) == [source.SOPInstanceUID for source in series]
     assert hd.seg.segread(tmp_path / "seg.dcm").get_segment_numbers() == [1]
     if shutil.which("dciodvfy"):
-        assert not _dciodvfy_errors(tmp_path / "seg.dcm")
+        assert not dciodvfy_errors(tmp_path / "seg.dcm")
 
 
 # --- dciodvfy ---------------------------------------------------------------------------------------------------------
@@ -237,7 +232,7 @@ def test_derived_objects_have_no_dciodvfy_errors(tmp_path, series):
     }
     for name, write in outputs.items():
         write(tmp_path / name)
-        assert not _dciodvfy_errors(tmp_path / name), name
+        assert not dciodvfy_errors(tmp_path / name), name
         written = pydicom.dcmread(tmp_path / name)
         # Laterality: present (empty: unknown) where the General Series needs it, absent beside a Segment Sequence
         if name == "seg.dcm":
@@ -249,7 +244,7 @@ def test_derived_objects_have_no_dciodvfy_errors(tmp_path, series):
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
 def test_the_synthetic_mr_slices_have_no_dciodvfy_errors(tmp_path):
     _write_series(tmp_path / "source", SyntheticPatient(**PATIENT), count=1)
-    assert not _dciodvfy_errors(tmp_path / "source" / "slice0.dcm")
+    assert not dciodvfy_errors(tmp_path / "source" / "slice0.dcm")
 
 
 def test_a_stated_laterality_is_carried_over(tmp_path, series):

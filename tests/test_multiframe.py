@@ -6,14 +6,13 @@ multi-frame instance as one volume."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import TINY_BUNDLE
+from conftest import TINY_BUNDLE, dciodvfy_errors
 from pydicom.uid import generate_uid
 
 from medxgan_monai.bundle import run_inference
@@ -158,11 +157,6 @@ def _explain(inputs: list[Path], out: Path, weights: dict, **settings):
     return run_inference({**overrides, "input": [str(p) for p in inputs], "output_dir": str(out)})
 
 
-def _dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-
-
 def test_a_multiframe_volume_is_explained_like_its_series_into_frames_that_reference_it(volume, weights, tmp_path):
     series, _ = volume
     multiframe = _multiframe(series, tmp_path / "mf.dcm", rescale=None)  # the values of the single-frame slices
@@ -214,7 +208,7 @@ def test_a_multiframe_volume_is_explained_like_its_series_into_frames_that_refer
     assert all(c.FrameOfReferenceUID == source.FrameOfReferenceUID for c in captures)
     if shutil.which("dciodvfy"):
         for path in [*overlays[:2], *(tmp_path / "from_multiframe").glob("mf_medxgan_ig_*.dcm")]:
-            assert _dciodvfy_errors(path) == [], path.name
+            assert dciodvfy_errors(path) == [], path.name
 
 
 def test_a_series_gets_its_overlay_series_only_on_request(volume, weights, tmp_path):
@@ -269,3 +263,30 @@ def test_an_evaluation_entry_may_be_a_multiframe_volume_with_a_mask_in_its_grid(
     items, problems = collect_evaluation_items(tmp_path / "datalist.json")
     assert [item["volume"] for item in items] == [DICOM_MULTIFRAME]
     assert len(problems) == 1 and "not the volume's grid" in problems[0].problem
+
+
+def test_a_3d_model_loads_a_series_and_its_multiframe_copy_whole_into_one_volume(volume):
+    import json
+
+    from medxgan_monai.io.nifti import SLICE_SOURCES
+    from medxgan_monai.transforms import LoadScand
+
+    series, multiframe = volume
+    loader = LoadScand(keys="image", spatial_dims=3)
+    folder = {"image": str(series[0].parent), "volume": "dicom_series", "files": [str(p) for p in series]}
+    whole_series = loader(folder)
+    whole_multiframe = loader({"image": str(multiframe), "volume": "dicom_multiframe"})
+    assert "files" not in whole_series, "the file list is consumed: items of any slice count collate"
+    expected = read_dicom_series(series)
+    assert whole_series["image"].shape == (1, 40, 36, SLICES)
+    np.testing.assert_allclose(np.asarray(whole_series["image"].affine), expected.affine, atol=1e-9)
+    np.testing.assert_array_equal(whole_multiframe["image"].numpy(), 2 * whole_series["image"].numpy() - 100)
+    np.testing.assert_allclose(np.asarray(whole_multiframe["image"].affine), expected.affine, atol=1e-9)
+    assert json.loads(whole_series["image"].meta[SLICE_SOURCES]) == [str(p) for p in expected.paths]
+    assert json.loads(whole_multiframe["image"].meta[SLICE_SOURCES]) == [str(multiframe)] * SLICES
+    with pytest.raises(ValueError, match="only with its instances' files"):
+        loader({"image": str(series[0].parent), "volume": "dicom_series"})
+    # a volume's size limit, from the headers, before a slice is decoded
+    small = LoadScand(keys="image", spatial_dims=3, max_decoded_bytes=40 * 36 * 4 * SLICES // 8 - 1)
+    with pytest.raises(ValueError, match="volume of shape .* over the limit"):
+        small(folder)

@@ -106,3 +106,28 @@ def test_the_shipped_counterfactual_encoder_needs_few_refinement_steps(shipped):
     assert (fast.counterfactual_probability < 0.5).float().mean() >= 0.95
     change = {name: (positives - a.counterfactual).abs().mean().item() for name, a in (("fast", fast), ("slow", slow))}
     assert change["fast"] <= 2.5 * change["slow"], change
+
+
+def test_the_shipped_3d_weights_explain_fresh_3d_demo_volumes(tmp_path):
+    """``models/3d`` (``configs/3d.json``): the 3D classifier, generator, encoder and counterfactual encoder load into
+    the 3D networks and explain fresh demo volumes (a seed they never saw) with valid counterfactuals."""
+    from dataclasses import replace
+
+    from medxgan_monai.data import BENCHMARK_3D, build_demo_volumes
+    from medxgan_monai.explain import class_probability
+
+    demo = replace(BENCHMARK_3D.demo, seed=123, n_train=2, n_val=2, n_test=8)
+    build_demo_volumes(tmp_path / "demo3d", replace(BENCHMARK_3D, dicom_volumes=0, demo=demo))
+    config = inference_config(BUNDLE_ROOT, overlays=["3d.json"], methods=["medxgan_ig"])
+    assert str(config.get_parsed_content("counterfactual_encoder_ckpt")).endswith("3d/counterfactual_encoder.pt")
+    items = [i for i in load_datalist(tmp_path / "demo3d" / "datalist.json", "test") if i["label"] == 1]
+    preprocessing = config.get_parsed_content("preprocessing")
+    images = torch.stack([preprocessing({"image": i["image"]})["image"].as_tensor() for i in items])
+    classifier = config.get_parsed_content("classifier_net")
+    attributions, _ = config.get_parsed_content("explainers").explain(images)
+    maps, counterfactual = attributions["medxgan_ig"].maps, attributions["medxgan_ig"].counterfactual_probability
+    assert maps.shape == (len(items), 1, 32, 32, 32) and torch.isfinite(maps).all()
+    with torch.no_grad():
+        detected = class_probability(classifier, images) >= 0.5
+    assert detected.any(), "the shipped 3D classifier should detect some of the lesions"
+    assert (counterfactual[detected] < 0.5).float().mean() >= 0.75, "the refined residual counterfactual is negative"

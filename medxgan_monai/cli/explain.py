@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         "DICOM instances of one series in a folder are one volume) or datalist JSON files",
     )
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: the 2D explainer (volumes explained slice by slice; default); 3: the 3D explainer of whole volumes "
+        "(the bundle's configs/3d.json and its models/3d weights)",
+    )
     add_methods_argument(parser, None, "default: the bundle's `methods` setting, the default map medxgan_ig first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--section", default="test", help="datalist section to explain (default: test)")
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["dicom_volume_overlay"] = True
     overrides.update(weights_overrides(args))
     try:
-        report = run_inference(overrides, args.bundle)
+        report = run_inference(overrides, args.bundle, overlays=["3d.json"] if args.spatial_dims == 3 else [])
     except (FileNotFoundError, ValueError) as error:
         print(f"medxgan-explain: error: {error}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from medxgan_monai.bundle import (
     config_values,
     default_tracking_uri,
     latest_checkpoint,
+    overlay_configs,
     unwrap_config_error,
 )
 from medxgan_monai.data.datalist import load_datalist
@@ -200,7 +201,10 @@ class ExplainerTraining:
         self.register_model_name = register_model_name
         self.evaluate = evaluate
         self.bundle_root = Path(bundle_root).resolve()
-        self.overlays = tuple(_bundle_config(self.bundle_root, name) for name in overlays)
+        try:
+            self.overlays = overlay_configs(self.bundle_root, overlays)
+        except ValueError as error:
+            raise PhaseError(str(error)) from None
         self.validity_target = validity_target
         if max_minutes is not None and not max_minutes > 0:
             raise PhaseError(f"the time budget must be a positive number of minutes, not {max_minutes!r}")
@@ -246,7 +250,17 @@ class ExplainerTraining:
                 ),
                 "replanned": [],
             }
-            logger.info("budget %g min: each phase at %.1f%% of the recipe's images", self.max_minutes, 100 * scale)
+            classifier = [
+                new.images / old.images
+                for old, new in zip(self.phases, phases, strict=True)
+                if old.kind == "classifier" and old.images
+            ]
+            logger.info(
+                "budget %g min: the phases at %.1f%% of the recipe's images%s",
+                self.max_minutes,
+                100 * scale,
+                f", the classifier at {100 * classifier[0]:.1f}% (classifier first)" if classifier else "",
+            )
         record["phases"] = [self._plan_entry(phase, training_images) for phase in phases]
         self._plan_record = record
         atomic_write_text(self.output_dir / "plan.json", json.dumps(record, indent=2) + "\n")
@@ -662,16 +676,6 @@ def _shared_with_inference(key: str) -> bool:
 def _plain(values: Mapping) -> dict:
     """Parsed config values as JSON-able data (tuples and tensors of sizes as lists)."""
     return json.loads(json.dumps(dict(values), default=lambda value: list(value)))
-
-
-def _bundle_config(bundle_root: Path, name: str) -> str:
-    """``name`` when it is a config file of the bundle (a plain file name under ``configs/``: never a path, so a
-    setting cannot make the recipe run some other file's expressions)."""
-    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".json"):
-        raise PhaseError(f"an overlay is the name of a config file of the bundle (e.g. 3d.json), not {name!r}")
-    if not (bundle_root / "configs" / name).is_file():
-        raise PhaseError(f"no config {name} in {bundle_root / 'configs'}")
-    return name
 
 
 def _has_masks(datalist: Path, section: str) -> bool:

@@ -338,13 +338,17 @@ class LoadScan(LoadImage):
             if kind == "nifti" and self.spatial_dims is not None and len(extent) > self.spatial_dims:
                 # a 4D series would otherwise be read as a 3D image with channels
                 raise ImageReadError(filename, f"expected a {self.spatial_dims}D image, got shape {shape}")
-            if int(np.prod(shape, dtype=np.int64)) > self.max_pixels:
+            # a volume loaded whole (a 3D model) has a volume's limits, as when it is explained slice by slice:
+            # max_pixels per slice, max_decoded_bytes times MAX_SLICES_PER_LIMIT for the whole
+            whole_volume = self.spatial_dims == 3 and len(shape) >= 3
+            if int(np.prod(shape[:2] if whole_volume else shape, dtype=np.int64)) > self.max_pixels:
                 raise ImageReadError(filename, f"image of shape {shape} exceeds the limit of {self.max_pixels} pixels")
-            if header.decoded_bytes > self.max_decoded_bytes:
+            byte_limit = self.max_decoded_bytes * (MAX_SLICES_PER_LIMIT if whole_volume else 1)
+            if header.decoded_bytes > byte_limit:
                 raise ImageReadError(
                     filename,
                     f"image of shape {shape} ({header.layout}) decodes to {header.decoded_bytes} bytes, over the limit "
-                    f"of {self.max_decoded_bytes} bytes",
+                    f"of {byte_limit} bytes",
                 )
             image = super().__call__(filename, reader=reader or self._reader_for(kind))
         except ImageReadError:
@@ -468,9 +472,9 @@ class LoadScan(LoadImage):
         (:data:`~medxgan_monai.io.nifti.SLICE_SOURCES`) for the derived DICOM series.
 
         Raises:
-            ImageReadError: the instances are not one volume (the series reader's problem), a slice cannot be read,
-                the slices differ in size, or the volume decodes to more than ``max_decoded_bytes`` times
-                :data:`MAX_SLICES_PER_LIMIT` bytes.
+            ImageReadError: the instances are not one volume (the series reader's problem), the volume would decode
+                to more than ``max_decoded_bytes`` times :data:`MAX_SLICES_PER_LIMIT` bytes as float32 (checked
+                from the headers, before decoding), a slice cannot be read, or the slices differ in size.
         """
         from medxgan_monai.io.series import SeriesError, read_dicom_multiframe, read_dicom_series
 
@@ -486,6 +490,14 @@ class LoadScan(LoadImage):
                 paths = [str(path) for path in volume.paths]
         except SeriesError as error:
             raise ImageReadError(source, error.problem) from None
+        # checked from the headers, before any slice is decoded: the volume as float32, within a volume's limit
+        decoded = int(np.prod(volume.shape, dtype=np.int64)) * 4
+        if decoded > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
+            raise ImageReadError(
+                source,
+                f"volume of shape {tuple(volume.shape)} decodes to {decoded} bytes, over the limit of "
+                f"{self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
+            )
         slice_loader = LoadScan(
             spatial_dims=2,
             grayscale=self.grayscale,
@@ -500,12 +512,6 @@ class LoadScan(LoadImage):
         if len(shapes) != 1:
             raise ImageReadError(source, f"its slices differ in size: {sorted(shapes)}")
         stacked = torch.stack([piece.as_tensor() for piece in pieces], dim=-1).float()
-        if stacked.numel() * stacked.element_size() > self.max_decoded_bytes * MAX_SLICES_PER_LIMIT:
-            raise ImageReadError(
-                source,
-                f"volume of shape {tuple(stacked.shape[1:])} is over the limit of "
-                f"{self.max_decoded_bytes * MAX_SLICES_PER_LIMIT} bytes",
-            )
         affine = np.asarray(volume.affine, dtype=np.float64)
         meta = {
             "filename_or_obj": source,
