@@ -256,6 +256,10 @@ def run_inference(overrides: dict, bundle_root: str | os.PathLike = DEFAULT_BUND
     return _run_inference_workflow(overrides, bundle_root, overlays=overlays)[0]
 
 
+#: the bundle's config overlays for each number of spatial dimensions (``--spatial-dims`` of the console commands)
+SPATIAL_OVERLAYS: dict[int, tuple[str, ...]] = {2: (), 3: ("3d.json",)}
+
+
 def overlay_configs(bundle_root: str | os.PathLike, names: Sequence[str]) -> tuple[str, ...]:
     """``names`` when each is a config file of the bundle (a plain file name under ``configs/``, e.g. ``3d.json``),
     to add on top of a workflow's configs. Never a path: a setting cannot make a workflow run another file's

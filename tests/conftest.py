@@ -53,9 +53,23 @@ TINY_TRAINING = {
 }
 
 
-def save_tiny_weights(folder: Path, size: int = 32) -> dict:
+#: the evaluation bundle's overrides for a recipe's evaluation in tests: two methods, few steps, small statistics
+TINY_EVALUATION = {
+    "methods": ["medxgan_ig", "gradient"],
+    "inversion_steps": 2,
+    "counterfactual_steps": 1,
+    "counterfactual_max_steps": 2,
+    "medxgan_ig_steps": 4,
+    "randomization_images": 0,
+    "robustness_images": 0,
+    "perturbation_steps": 2,
+    "bootstrap_samples": 50,
+}
+
+
+def save_tiny_weights(folder: Path, size: int = 32, spatial_dims: int = 2) -> dict:
     """Randomly initialised (seeded) classifier, generator and encoder matching :data:`TINY_BUNDLE` at ``size``
-    pixels; returns the bundle overrides naming them (and the image size)."""
+    pixels along each of ``spatial_dims`` axes; returns the bundle overrides naming them (and the image size)."""
     import torch
     from monai.networks.nets import DenseNet
 
@@ -63,12 +77,14 @@ def save_tiny_weights(folder: Path, size: int = 32) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    shape = [size] * spatial_dims
+    codes = {"image_size": shape, "anatomy_dim": 16, "pathology_dim": 4}
     modules = {
-        "classifier_ckpt": DenseNet(2, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)),
-        "generator_ckpt": MedXGANGenerator(image_size=size, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
-        "encoder_ckpt": MedXGANEncoder(image_size=size, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
+        "classifier_ckpt": DenseNet(spatial_dims, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2)),
+        "generator_ckpt": MedXGANGenerator(spatial_dims, channels=(16, 8), **codes),
+        "encoder_ckpt": MedXGANEncoder(spatial_dims, channels=(8, 16), **codes),
     }
-    overrides: dict = {"image_size": [size, size]}
+    overrides: dict = {"image_size": shape}
     for key, module in modules.items():
         overrides[key] = str(folder / f"{key}.pt")
         torch.save(module.state_dict(), overrides[key])

@@ -12,7 +12,16 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE_ROOT, TINY_BUNDLE, TINY_TRAINING, brain_like, dciodvfy_errors, oblique_series
+from conftest import (
+    BUNDLE_ROOT,
+    TINY_BUNDLE,
+    TINY_EVALUATION,
+    TINY_TRAINING,
+    brain_like,
+    dciodvfy_errors,
+    oblique_series,
+    save_tiny_weights,
+)
 from PIL import Image
 
 from medxgan_monai.bundle import overlay_configs, run_inference
@@ -20,42 +29,27 @@ from medxgan_monai.bundle import overlay_configs, run_inference
 CONFIGS = BUNDLE_ROOT / "configs"
 OBLIQUE = np.array([[0.0, -0.7, 0.1, 20.0], [1.3, 0.0, 0.0, -31.5], [0.0, 0.05, 3.0, 7.25], [0, 0, 0, 1]])
 SIZE = (16, 16, 16)
-#: the tiny 2D overrides, made 3D: the networks of :func:`_tiny_3d_weights`
-TINY_3D = {
-    **{key: value for key, value in TINY_BUNDLE.items() if not key.endswith("#channels")},
+#: what makes the tiny test overrides 3D: the volume size and the networks' channels as top-level values (the 3D
+#: overlay's keys) instead of the 2D tests' nested ones
+THREE_D = {
     "image_size": list(SIZE),
-    "network_def#init_features": 8,
-    "network_def#growth_rate": 4,
     "generator_channels": [16, 8],
     "encoder_channels": [8, 16],
+    # the tiny classifier's (the overlay's 3D DenseNet is narrower)
+    "network_def#init_features": 32,
+    "network_def#growth_rate": 16,
+}
+#: the tiny inference overrides in 3D, for the networks of ``save_tiny_weights(..., spatial_dims=3)``
+TINY_3D = {
+    **{key: value for key, value in TINY_BUNDLE.items() if not key.endswith("#channels")},
+    **THREE_D,
     "counterfactual_max_steps": 2,
 }
 
 
-def _tiny_3d_weights(folder: Path) -> dict:
-    """Seeded random 3D classifier, generator and encoder matching :data:`TINY_3D`; the overrides naming them."""
-    import torch
-    from monai.networks.nets import DenseNet
-
-    from medxgan_monai.networks import MedXGANEncoder, MedXGANGenerator
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    modules = {
-        "classifier_ckpt": DenseNet(3, 1, 2, init_features=8, growth_rate=4, block_config=(2, 2)),
-        "generator_ckpt": MedXGANGenerator(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8)),
-        "encoder_ckpt": MedXGANEncoder(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(8, 16)),
-    }
-    overrides = {}
-    for key, module in modules.items():
-        overrides[key] = str(folder / f"{key}.pt")
-        torch.save(module.state_dict(), overrides[key])
-    return overrides
-
-
 @pytest.fixture(scope="module")
 def weights_3d(tmp_path_factory) -> dict:
-    return _tiny_3d_weights(tmp_path_factory.mktemp("weights_3d"))
+    return save_tiny_weights(tmp_path_factory.mktemp("weights_3d"), size=SIZE[0], spatial_dims=3)
 
 
 def _explain_3d(inputs, out: Path, weights: dict, **settings):
@@ -155,15 +149,11 @@ def test_the_evaluation_scores_whole_volume_maps_against_3d_masks(weights_3d, vo
     assert all(0 <= float(row["relevance_mass"]) <= 1 for row in rows)
 
 
-#: the tiny 2D training overrides, made 3D (two iterations per epoch)
+#: the tiny training overrides in 3D (two iterations per epoch)
 TINY_3D_TRAINING = {
     **{key: value for key, value in TINY_TRAINING.items() if not key.endswith("#channels")},
-    "image_size": list(SIZE),
-    "network_def#init_features": 8,
-    "network_def#growth_rate": 4,
-    "generator_channels": [16, 8],
+    **THREE_D,
     "discriminator_channels": [8, 16],
-    "encoder_channels": [8, 16],
 }
 
 
@@ -181,19 +171,8 @@ def test_the_one_command_trains_and_evaluates_a_3d_explainer(volume_datalist, tm
         {"name": "gan", "kind": "gan", "gan_images": 4, "encoder_images": 4, "settings": few_samples},
         {"name": "counterfactual_encoder", "kind": "counterfactual_encoder", "images": 4},
     ]
-    evaluation = {
-        "methods": ["medxgan_ig", "gradient"],
-        "inversion_steps": 2,
-        "counterfactual_steps": 1,
-        "counterfactual_max_steps": 2,
-        "medxgan_ig_steps": 4,
-        "randomization_images": 0,
-        "robustness_images": 0,
-        "perturbation_steps": 2,
-        "bootstrap_samples": 50,
-    }
     overrides = {"datalist": str(volume_datalist), "output_dir": str(out), "phases": phases, "overlays": ["3d.json"]}
-    overrides.update(settings=TINY_3D_TRAINING, evaluation_settings=evaluation)
+    overrides.update(settings=TINY_3D_TRAINING, evaluation_settings=TINY_EVALUATION)
     run_bundle_workflow(BUNDLE_ROOT, ["train_explainer.json"], "train", overrides)
 
     generator = MedXGANGenerator(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8))
@@ -219,7 +198,7 @@ def test_3d_integrated_gradients_add_up_to_the_change_in_probability(weights_3d)
     )
     from medxgan_monai.networks import FrozenClassifier, MedXGANEncoder, MedXGANGenerator
 
-    classifier = DenseNet(3, 1, 2, init_features=8, growth_rate=4, block_config=(2, 2))
+    classifier = DenseNet(3, 1, 2, init_features=32, growth_rate=16, block_config=(2, 2))
     generator = MedXGANGenerator(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(16, 8))
     encoder = MedXGANEncoder(3, image_size=SIZE, anatomy_dim=16, pathology_dim=4, channels=(8, 16))
     for module, key in ((classifier, "classifier_ckpt"), (generator, "generator_ckpt"), (encoder, "encoder_ckpt")):

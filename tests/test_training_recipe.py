@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLE_ROOT, TINY_TRAINING
+from conftest import BUNDLE_ROOT, TINY_EVALUATION, TINY_TRAINING
 
 from medxgan_monai.training import ExplainerTraining, Phase, PhaseError, run_bundle_workflow
 
@@ -72,17 +72,6 @@ def test_a_recipe_whose_phases_are_out_of_order_is_refused(tiny_demo):
 
 #: the GAN phases' validator (the counterfactual encoder phase has a validator of its own, without samples)
 FEW_SAMPLES = {"validation#num_samples": 20}
-TINY_EVALUATION = {
-    "methods": ["medxgan_ig", "gradient"],
-    "inversion_steps": 2,
-    "counterfactual_steps": 1,
-    "counterfactual_max_steps": 2,
-    "medxgan_ig_steps": 4,
-    "randomization_images": 0,
-    "robustness_images": 0,
-    "perturbation_steps": 2,
-    "bootstrap_samples": 50,
-}
 #: 16 training images: one epoch per phase (two for the fine-tune: one of G and D, one of E)
 TINY_PHASES = [
     {"name": "classifier", "kind": "classifier", "images": 16},

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from medxgan_monai.bundle import DEFAULT_BUNDLE
+from medxgan_monai.bundle import DEFAULT_BUNDLE, SPATIAL_OVERLAYS
 
 __all__ = ["add_methods_argument", "add_weights_arguments", "main", "weights_overrides"]
 
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spatial-dims",
         type=int,
-        choices=(2, 3),
+        choices=sorted(SPATIAL_OVERLAYS),
         default=2,
         help="2: the 2D explainer (volumes explained slice by slice; default); 3: the 3D explainer of whole volumes "
         "(the bundle's configs/3d.json and its models/3d weights)",
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["dicom_volume_overlay"] = True
     overrides.update(weights_overrides(args))
     try:
-        report = run_inference(overrides, args.bundle, overlays=["3d.json"] if args.spatial_dims == 3 else [])
+        report = run_inference(overrides, args.bundle, overlays=SPATIAL_OVERLAYS[args.spatial_dims])
     except (FileNotFoundError, ValueError) as error:
         print(f"medxgan-explain: error: {error}", file=sys.stderr)
         return 2

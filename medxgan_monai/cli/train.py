@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from medxgan_monai.bundle import SPATIAL_OVERLAYS
+
 __all__ = ["main"]
 
 
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spatial-dims",
         type=int,
-        choices=(2, 3),
+        choices=sorted(SPATIAL_OVERLAYS),
         default=2,
         help="2: a 2D classifier and explainer of images (default); 3: of whole volumes (the bundle's configs/3d.json: "
         "32x32x32 voxels, 3D networks)",
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "validity_target": args.validity_target or None,
         "max_minutes": args.max_minutes,
         "settings": settings,
-        "overlays": ["3d.json"] if args.spatial_dims == 3 else [],
+        "overlays": list(SPATIAL_OVERLAYS[args.spatial_dims]),
     }
     try:
         run_bundle_workflow(args.bundle or DEFAULT_BUNDLE, ["train_explainer.json"], "train", values)

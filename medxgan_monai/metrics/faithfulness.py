@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.networks.layers import GaussianFilter
-from scipy.sparse import csc_matrix
-from scipy.sparse.linalg import spsolve
+from scipy.sparse import csc_matrix, diags
+from scipy.sparse.linalg import cg, spsolve
 from torch import nn
 
 from medxgan_monai.networks.classifier import class_probabilities
@@ -229,8 +229,19 @@ def _linear_imputation(values: np.ndarray, removed: np.ndarray) -> np.ndarray:
         shape=(len(unknown), len(unknown)),
     )
     imputed = flat_values.copy()
-    imputed[unknown] = spsolve(matrix, rhs)
+    imputed[unknown] = spsolve(matrix, rhs) if len(shape) < 3 else _solve_3d(matrix, rhs, diagonal)
     return imputed.reshape(shape)
+
+
+def _solve_3d(matrix, rhs: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """The 3D system by conjugate gradients with a Jacobi preconditioner: a direct factorisation of a 26-neighbour
+    system fills in (a third of a 32^3 volume removed took minutes per solve); the matrix is symmetric positive
+    definite (each removed voxel's neighbour weights on the diagonal, and at least one kept voxel in the image)."""
+    preconditioner = diags(1.0 / diagonal)
+    solution, info = cg(matrix, rhs, x0=rhs / diagonal, rtol=1e-13, atol=0.0, maxiter=10 * len(rhs), M=preconditioner)
+    if info != 0:  # did not converge (not seen): the exact, slow solve
+        return spsolve(matrix, rhs)
+    return solution
 
 
 @torch.no_grad()
